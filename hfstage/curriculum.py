@@ -1,0 +1,527 @@
+"""The curriculum runner: one engine that trains any list of stages, in order, for every task.
+
+Each stage gets a fresh ``StageTrainingArguments`` and ``StageTrainer``, starts from the weights of
+the best kept stage so far, and ends with its best-within-stage weights written atomically to
+``<output_dir>/stage_<N>_<name>/`` (``model.safetensors``, ``config.json``, ``stage.json``). A stage is
+kept when it improves the tracked metric by at least ``improvement_threshold`` (a negative threshold
+keeps every stage). Rerunning the same command resumes: finished stages are skipped and an
+interrupted stage continues from its last Trainer checkpoint under ``<output_dir>/checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import accelerate
+import torch
+import transformers
+from transformers import AutoModel, EarlyStoppingCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+import hfstage
+from hfstage.callbacks import StageCallback, TrainingLogCallback
+from hfstage.checkpoint import atomic_write_json, publish_dir, read_json, remove_stale_tmp, staging_dir
+from hfstage.config import RunConfig, StageConfig
+from hfstage.errors import CheckpointError, ConfigError, StageError
+from hfstage.models import build_model
+from hfstage.tasks import TASKS
+from hfstage.trainer import (
+    StageTrainer,
+    StageTrainingArguments,
+    cpu_only,
+    distributed_state,
+    freeze,
+    matching,
+    set_dropout,
+)
+
+logger = logging.getLogger("hfstage")
+
+RUN_JSON = "run.json"
+STAGE_JSON = "stage.json"
+TRAINING_LOG = "training.log"
+CHECKPOINTS = "checkpoints"
+# Fields that change how a run is logged, not what it computes: they may differ on resume.
+COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir")
+
+
+def stage_dirname(index: int, name: str) -> str:
+    return f"stage_{index}_{name}"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "hfstage": hfstage.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks done before anything is trained or written
+
+
+def check_stages(cfg: RunConfig, task, model) -> None:
+    """Validate what only the task and the model can check: augmentations and name patterns."""
+    names = [n for n, _ in model.named_parameters()]
+    for index, stage in enumerate(cfg.stages, 1):
+        where = f"stages.{index} ({stage.name})"
+        task.check_stage(stage, where)
+        for field in ("freeze_patterns", "lr_multipliers"):
+            for pattern in getattr(stage, field):
+                if not matching(names, pattern):
+                    raise ConfigError(
+                        f"{where}.{field}: {pattern!r} matches no parameter of model "
+                        f"'{cfg.model['type']}' (names look like {', '.join(names[:3])})"
+                    )
+        if stage.freeze_patterns and all(any(matching([n], p) for p in stage.freeze_patterns) for n in names):
+            raise ConfigError(f"{where}.freeze_patterns: every parameter would be frozen; nothing would train")
+        if stage.mixed_precision == "fp16" and cpu_only():
+            raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
+
+
+def _comparable(config: dict[str, Any], finished: int) -> dict[str, Any]:
+    out = {k: v for k, v in config.items() if k not in COSMETIC_FIELDS and k != "stages"}
+    out["stages"] = config.get("stages", [])[:finished]
+    return out
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b), 1):
+            out += _diff(x, y, f"{prefix}.{i}")
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def finished_stage_records(out: Path, cfg: RunConfig) -> list[dict]:
+    """Records of the stages already finished in ``out``, in order, stopping at the first gap."""
+    records = []
+    for index, stage in enumerate(cfg.stages, 1):
+        path = out / stage_dirname(index, stage.name) / STAGE_JSON
+        if not path.is_file():
+            break
+        try:
+            records.append(read_json(path))
+        except (json.JSONDecodeError, OSError) as exc:
+            raise CheckpointError(f"{path}: unreadable stage record ({exc}); delete that stage folder to retrain it")
+    return records
+
+
+def check_output_dir(out: Path, cfg: RunConfig) -> dict | None:
+    """Refuse an output_dir that holds a different run; return its run.json when it is this run."""
+    run_json = out / RUN_JSON
+    if not run_json.is_file():
+        if out.is_dir() and any(p.name.startswith("stage_") for p in out.iterdir()):
+            raise ConfigError(f"{out}: holds stage folders but no {RUN_JSON}; it is not an hfstage run this command can resume")
+        return None
+    try:
+        saved = read_json(run_json)
+        saved_config = saved["config"]
+    except (json.JSONDecodeError, OSError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{run_json}: unreadable run record ({exc}); choose another output_dir") from None
+    finished = len(finished_stage_records(out, cfg))
+    new = json.loads(json.dumps(cfg.to_dict()))
+    diffs = _diff(_comparable(saved_config, finished), _comparable(new, finished))
+    if diffs:
+        raise ConfigError(
+            f"{run_json}: output_dir holds a different run ({'; '.join(diffs[:5])}); "
+            "choose another output_dir, or delete this one to start over"
+        )
+    return saved
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+
+def setup_logging(out: Path | None, main: bool) -> None:
+    """hfstage's logger to stderr, and (main process) to ``<output_dir>/training.log``."""
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "_hfstage", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler._hfstage = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler):
+            logger.removeHandler(h)
+            h.close()
+    if out is not None and main:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(out / TRAINING_LOG, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(fh)
+
+
+def better(cfg: RunConfig, value: float, reference: float) -> float:
+    """How much ``value`` improves on ``reference`` for the tracked metric (positive = better)."""
+    return value - reference if cfg.greater_is_better else reference - value
+
+
+def best_kept(cfg: RunConfig, records: list[dict]) -> dict | None:
+    key = cfg.metric_for_best_model
+    kept = [r for r in records if r.get("kept") and key in r["metrics"]]
+    if not kept:
+        return None
+    sign = 1 if cfg.greater_is_better else -1
+    return max(kept, key=lambda r: sign * r["metrics"][key])
+
+
+def decide_kept(cfg: RunConfig, records: list[dict], metrics: dict) -> tuple[bool, float | None]:
+    """(kept, improvement over the best kept stage so far)."""
+    key = cfg.metric_for_best_model
+    if key not in metrics:
+        raise ConfigError(
+            f"metric_for_best_model: {key!r} is not among the stage metrics ({', '.join(sorted(metrics))})"
+        )
+    reference = best_kept(cfg, records)
+    if reference is None:
+        return True, None
+    gain = better(cfg, metrics[key], reference["metrics"][key])
+    return (cfg.improvement_threshold < 0 or gain >= cfg.improvement_threshold), gain
+
+
+def _run_record(cfg: RunConfig, config_file: str | None, world_size: int, records: list[dict], status: str,
+                created_at: str | None = None, error: str | None = None) -> dict:
+    best = best_kept(cfg, records)
+    finished = {r["stage_index"]: r for r in records}
+    stages = []
+    for index, stage in enumerate(cfg.stages, 1):
+        r = finished.get(index)
+        entry = {"stage_index": index, "stage_name": stage.name, "dir": stage_dirname(index, stage.name),
+                 "status": "finished" if r else "pending"}
+        if r:
+            entry.update(kept=r["kept"], metrics=r["metrics"], training_time_s=r["training_time_s"])
+        stages.append(entry)
+    record = {
+        "format_version": 1,
+        "status": status,
+        "config_file": config_file,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "world_size": world_size,
+        "metric_for_best_model": cfg.metric_for_best_model,
+        "stages": stages,
+        "best_stage": best["stage_index"] if best else None,
+        "best_stage_dir": stage_dirname(best["stage_index"], best["stage_name"]) if best else None,
+        "created_at": created_at or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if error:
+        record["error"] = error
+    return record
+
+
+def load_stage_model(stage_dir: Path):
+    """Rebuild a saved stage's model from its ``config.json`` (the model type comes from there)."""
+    if not (stage_dir / "config.json").is_file():
+        raise CheckpointError(f"{stage_dir}: no config.json; not a saved stage")
+    return AutoModel.from_pretrained(stage_dir)
+
+
+def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Path) -> StageTrainingArguments:
+    steps = stage.eval_steps
+    precision = stage.mixed_precision
+    args = StageTrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=stage.epochs,
+        learning_rate=stage.lr,
+        lr_scheduler_type=stage.scheduler,
+        warmup_steps=stage.warmup_ratio,
+        weight_decay=stage.weight_decay,
+        optim=stage.optim,
+        per_device_train_batch_size=stage.batch_size,
+        per_device_eval_batch_size=stage.eval_batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        max_grad_norm=stage.max_grad_norm,
+        eval_strategy="steps" if steps else "epoch",
+        save_strategy="steps" if steps else "epoch",
+        eval_steps=steps,
+        save_steps=steps,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=cfg.metric_for_best_model,
+        greater_is_better=cfg.greater_is_better,
+        logging_steps=cfg.logging_steps,
+        report_to=[r for r in cfg.report_to if r not in ("tensorboard", "none")] or "none",
+        seed=cfg.seed,
+        use_cpu=cpu_only(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        dataloader_num_workers=cfg.data.num_workers,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        stage_name=stage.name,
+        stage_index=index,
+        loss=stage.loss,
+        label_smoothing=stage.label_smoothing,
+        focal_alpha=stage.focal_alpha,
+        focal_gamma=stage.focal_gamma,
+        freeze_patterns=list(stage.freeze_patterns),
+        lr_multipliers=dict(stage.lr_multipliers),
+    )
+    if precision == "no":
+        args.mixed_precision = "no"  # overrides what the accelerate config asked for
+    return args
+
+
+def _tensorboard_callback(cfg: RunConfig, out: Path, label: str, main: bool):
+    if "tensorboard" not in cfg.report_to or not main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "logs" / label)))
+
+
+def _work_dir(out: Path, label: str, stage: StageConfig) -> Path:
+    """The stage's Trainer checkpoints; discarded when the stage's config changed since they were made."""
+    work = out / CHECKPOINTS / label
+    marker = work / "stage_config.json"
+    wanted = dataclasses.asdict(stage)
+    if work.is_dir():
+        try:
+            same = read_json(marker) == json.loads(json.dumps(wanted))
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            logger.warning("%s: discarding checkpoints made with a different stage config", work)
+            shutil.rmtree(work, ignore_errors=True)
+    if not work.is_dir():
+        atomic_write_json(marker, wanted)
+    return work
+
+
+def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[dict], out: Path,
+                callbacks: Sequence[StageCallback], state) -> dict:
+    """Train one stage and publish its folder; returns its stage.json record."""
+    label = stage_dirname(index, stage.name)
+    where = f"stages.{index} ({stage.name})"
+    for cb in callbacks:
+        cb.on_stage_begin(stage_index=index, stage=stage, run_config=cfg)
+
+    start = best_kept(cfg, records)
+    if start is None:
+        set_seed(cfg.seed)
+        model = build_model(cfg.model, **task.model_args(splits))
+        started_from = None
+    else:
+        started_from = stage_dirname(start["stage_index"], start["stage_name"])
+        model = load_stage_model(out / started_from)
+    set_dropout(model, stage.dropout)
+    frozen = freeze(model, stage.freeze_patterns, where)
+    total = sum(p.numel() for p in model.parameters())
+
+    work = _work_dir(out, label, stage) if state.is_main_process else out / CHECKPOINTS / label
+    state.wait_for_everyone()
+    args = _training_arguments(cfg, stage, index, work)
+    stage_callbacks = [TrainingLogCallback(label), *callbacks]
+    if stage.early_stopping_patience:
+        stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience))
+    tb = _tensorboard_callback(cfg, out, label, state.is_main_process)
+    if tb is not None:
+        stage_callbacks.append(tb)
+    trainer = StageTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits.train,
+        eval_dataset=splits.eval,
+        data_collator=task.collator(stage, training=True),
+        eval_data_collator=task.collator(stage, training=False),
+        compute_metrics=task.compute_metrics,
+        callbacks=stage_callbacks,
+    )
+    resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+    logger.info(
+        "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
+        index, len(cfg.stages), stage.name, stage.epochs, stage.lr, stage.loss, frozen, total,
+        started_from or "random init", f", resuming {resume}" if resume else "",
+    )
+    began = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    training_time = time.time() - began
+    metrics = trainer.evaluate()
+    test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if splits.test is not None else {}
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise StageError(f"stage {index} '{stage.name}': {key} is {value}; the stage's files were not written")
+    kept, gain = decide_kept(cfg, records, metrics)
+    record = {
+        "stage_index": index,
+        "stage_name": stage.name,
+        "stage_description": stage.description,
+        "stage_config": dataclasses.asdict(stage),
+        "metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
+        "test_metrics": {k: v for k, v in test_metrics.items() if k.startswith("test_")},
+        "training_time_s": round(training_time, 3),
+        "train_samples_per_second": round(len(splits.train) * stage.epochs / max(training_time, 1e-9), 1),
+        "global_steps": trainer.state.global_step,
+        "kept": kept,
+        "improvement": gain,
+        "improvement_threshold": cfg.improvement_threshold,
+        "started_from": started_from,
+        "frozen_parameters": frozen,
+        "total_parameters": total,
+        "world_size": state.num_processes,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if state.is_main_process:
+        staged = staging_dir(out / label)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staged, safe_serialization=True)
+        atomic_write_json(staged / STAGE_JSON, record)
+        publish_dir(staged, out / label)
+        shutil.rmtree(work, ignore_errors=True)
+    state.wait_for_everyone()
+    key = cfg.metric_for_best_model
+    if kept:
+        logger.info("stage %d '%s' kept: %s = %.5g", index, stage.name, key, metrics[key])
+    else:
+        logger.warning(
+            "stage %d '%s' NOT KEPT: %s = %.5g improves the best kept stage by %.5g < improvement_threshold %g; "
+            "the next stage starts from %s",
+            index, stage.name, key, metrics[key], gain, cfg.improvement_threshold,
+            stage_dirname(best_kept(cfg, records)["stage_index"], best_kept(cfg, records)["stage_name"]),
+        )
+    for cb in callbacks:
+        cb.on_stage_end(stage_index=index, stage=stage, run_config=cfg, record=record)
+    return record
+
+
+def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> dict:
+    """Run (or resume) the whole curriculum; returns the final run.json record."""
+    state = distributed_state()
+    main = state.is_main_process
+    out = Path(cfg.output_dir)
+    task = TASKS.get(cfg.task, "task")()
+    splits = task.load_splits(cfg.data)
+    set_seed(cfg.seed)
+    check_stages(cfg, task, build_model(cfg.model, **task.model_args(splits)))
+    saved = check_output_dir(out, cfg)
+    records = finished_stage_records(out, cfg)
+    created_at = saved.get("created_at") if saved else None
+    state.wait_for_everyone()  # every process checked the same folder before anyone writes to it
+    setup_logging(out, main)
+    if main:
+        remove_stale_tmp(out)
+        atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))
+        logger.info("run %s: %d stages, %d finished, world size %d", out, len(cfg.stages), len(records), state.num_processes)
+    state.wait_for_everyone()
+    try:
+        for index, stage in enumerate(cfg.stages, 1):
+            if index <= len(records):
+                logger.info("stage %d '%s' already finished; skipping", index, stage.name)
+                continue
+            records.append(train_stage(cfg, task, splits, index, stage, records, out, callbacks, state))
+            if main:
+                atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))
+    except StageError as exc:
+        if main:
+            atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "failed", created_at, str(exc)))
+        raise
+    final = _run_record(cfg, config_file, state.num_processes, records, "finished", created_at)
+    if main:
+        atomic_write_json(out / RUN_JSON, final)
+        table = format_stage_table(records, final["best_stage"])
+        logger.info("finished; best stage %s (%s)", final["best_stage"], final["best_stage_dir"])
+        print(table, flush=True)
+    state.wait_for_everyone()
+    return final
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def format_stage_table(records: list[dict], best_stage: int | None) -> str:
+    """The stages table: stage, kept, eval loss, eval accuracy, test accuracy, time."""
+    header = ("stage", "kept", "eval_loss", "eval_accuracy", "test_accuracy", "time_s", "started_from")
+    rows = [header]
+    for r in records:
+        name = f"{r['stage_index']} {r['stage_name']}" + (" *" if r["stage_index"] == best_stage else "")
+        rows.append((
+            name,
+            "yes" if r["kept"] else "no",
+            _fmt(r["metrics"].get("eval_loss")),
+            _fmt(r["metrics"].get("eval_accuracy")),
+            _fmt(r.get("test_metrics", {}).get("test_accuracy")),
+            _fmt(r["training_time_s"], 1),
+            r["started_from"] or "init",
+        ))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if best_stage is not None:
+        lines.append("* best stage")
+    return "\n".join(lines)
+
+
+def plan(cfg: RunConfig) -> str:
+    """A dry run: what each stage changes, without loading data or training.
+
+    The model is built from the config alone (data-derived sizes take the model's defaults), which
+    is enough to resolve freeze patterns to parameter counts.
+    """
+    task = TASKS.get(cfg.task, "task")()
+    model = build_model(cfg.model)
+    check_stages(cfg, task, model)
+    total = sum(p.numel() for p in model.parameters())
+    header = ("#", "name", "epochs", "lr", "scheduler", "loss", "frozen", "lr_multipliers", "augmentation", "other")
+    rows = [header]
+    for index, stage in enumerate(cfg.stages, 1):
+        names = [n for n, _ in model.named_parameters()]
+        frozen = sum(
+            p.numel() for n, p in model.named_parameters() if any(matching([n], pat) for pat in stage.freeze_patterns)
+        ) if names else 0
+        loss = stage.loss
+        params = []
+        if stage.loss == "focal":
+            params += [f"a={stage.focal_alpha:g}", f"g={stage.focal_gamma:g}"]
+        if stage.label_smoothing:
+            params.append(f"ls={stage.label_smoothing:g}")
+        if params:
+            loss += "(" + ",".join(params) + ")"
+        other = []
+        if stage.weight_decay:
+            other.append(f"wd={stage.weight_decay:g}")
+        if stage.warmup_ratio:
+            other.append(f"warmup={stage.warmup_ratio:g}")
+        if stage.dropout is not None:
+            other.append(f"dropout={stage.dropout:g}")
+        if stage.early_stopping_patience:
+            other.append(f"patience={stage.early_stopping_patience}")
+        if stage.mixed_precision:
+            other.append(stage.mixed_precision)
+        rows.append((
+            str(index), stage.name, f"{stage.epochs:g}", f"{stage.lr:g}", stage.scheduler, loss,
+            f"{frozen}/{total}", ",".join(f"{k}x{v:g}" for k, v in stage.lr_multipliers.items()) or "-",
+            ",".join(f"{k}={v:g}" for k, v in stage.augmentation.items()) or "-", " ".join(other) or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    keep = ("every stage is kept (improvement_threshold < 0)" if cfg.improvement_threshold < 0 else
+            f"a stage is kept when {cfg.metric_for_best_model} improves by >= {cfg.improvement_threshold:g}")
+    lines += ["", f"task {cfg.task}, model {cfg.model['type']}, output_dir {cfg.output_dir}, seed {cfg.seed}; {keep}"]
+    if cfg.quick_test:
+        lines.append(f"quick_test: 1 epoch per stage, {cfg.data.max_train_samples} training samples")
+    return "\n".join(lines)

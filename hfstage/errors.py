@@ -1,0 +1,29 @@
+"""Exceptions hfstage raises for problems a user can fix.
+
+Every error names the file and the field it is about, so the CLI can print it as one line and exit
+with code 2 before anything is written.
+"""
+
+
+class HfstageError(Exception):
+    """Base class: a problem with the user's input, reported without a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(HfstageError):
+    """A config file or a ``key=value`` override is malformed, unknown or out of range."""
+
+
+class DataError(HfstageError):
+    """A data file is missing, unreadable, or holds arrays of the wrong key, shape, dtype or value."""
+
+
+class CheckpointError(HfstageError):
+    """A checkpoint or run folder is missing files or does not match what was asked for."""
+
+
+class StageError(HfstageError):
+    """A stage could not finish (for example its loss became NaN); earlier stages are intact."""
+
+    exit_code = 1

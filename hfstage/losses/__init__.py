@@ -1,0 +1,17 @@
+"""Training losses, one per module, registered by name.
+
+Every loss takes ``(logits, labels)``. Logits of shape ``(N,)`` (or ``(N, 1)``) are one binary logit
+per sample with labels in {0, 1}; logits of shape ``(N, C)`` are C-class scores with integer labels.
+"""
+
+from hfstage.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+
+from hfstage.losses import cross_entropy, focal  # noqa: E402,F401  (registers the losses)
+
+
+def build_loss(stage):
+    """The training loss a stage asks for, with the stage's parameters."""
+    cls = LOSSES.get(stage.loss, f"stage '{stage.name}': loss")
+    return cls.from_stage(stage)

@@ -1,0 +1,124 @@
+"""A siamese CNN for same/different pairs: one encoder shared by both images, then a fusion head.
+
+The encoder embeds each image; the head fuses the two embeddings with symmetric and/or ordered
+operations and outputs one logit (1 = the pair matches):
+
+- ``diff``: ``|a - b|`` (symmetric)    - ``product``: ``a * b`` (symmetric)
+- ``sum``: ``a + b`` (symmetric)       - ``concat``: ``[a, b]`` (ordered)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from hfstage.models import MODELS
+
+FUSIONS = ("diff", "product", "sum", "concat")
+
+
+class PairCNNConfig(PretrainedConfig):
+    model_type = "hfstage_pair_cnn"
+
+    def __init__(
+        self,
+        image_size: int | list[int] = 28,
+        in_channels: int = 1,
+        channels: list[int] | None = None,
+        convs_per_block: int = 1,
+        embed_dim: int = 128,
+        fusion: list[str] | None = None,
+        hidden_dim: int = 128,
+        dropout: float = 0.1,
+        **kwargs,
+    ):
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
+        self.in_channels = in_channels
+        self.channels = list(channels) if channels is not None else [32, 64]
+        self.convs_per_block = convs_per_block
+        self.embed_dim = embed_dim
+        self.fusion = list(fusion) if fusion is not None else ["diff", "product"]
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        unknown = [f for f in self.fusion if f not in FUSIONS]
+        if unknown or not self.fusion:
+            raise ValueError(f"fusion must be a non-empty list of {', '.join(FUSIONS)}, got {self.fusion}")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be a non-empty list of positive widths, got {self.channels}")
+        if convs_per_block < 1:
+            raise ValueError(f"convs_per_block must be >= 1, got {convs_per_block}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        super().__init__(**kwargs)
+
+
+@dataclass
+class PairOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+
+
+def conv_block(cin: int, cout: int, convs: int) -> nn.Sequential:
+    """``convs`` x (3x3 conv, BatchNorm, ReLU), then 2x2 max-pooling."""
+    layers = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+@MODELS.register("pair_cnn")
+class PairCNNModel(PreTrainedModel):
+    config_class = PairCNNConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: PairCNNConfig):
+        super().__init__(config)
+        widths = [config.in_channels] + config.channels
+        h, w = config.image_size
+        for _ in config.channels:
+            h, w = h // 2, w // 2
+        self.encoder = nn.Sequential(
+            *[conv_block(a, b, config.convs_per_block) for a, b in zip(widths[:-1], widths[1:])],
+            nn.Flatten(),
+            nn.Linear(widths[-1] * h * w, config.embed_dim),
+            nn.BatchNorm1d(config.embed_dim),
+            nn.ReLU(inplace=True),
+        )
+        fused = sum(2 * config.embed_dim if f == "concat" else config.embed_dim for f in config.fusion)
+        self.head = nn.Sequential(
+            nn.Linear(fused, config.hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden_dim, 1),
+        )
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ops = {"diff": lambda: (a - b).abs(), "product": lambda: a * b, "sum": lambda: a + b,
+               "concat": lambda: torch.cat([a, b], dim=1)}
+        return torch.cat([ops[f]() for f in self.config.fusion], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> PairOutput:
+        """``pixel_values``: (B, 2, H, W) or (B, 2, C, H, W) floats in [0, 1]. Returns one logit per pair."""
+        b = pixel_values.shape[0]
+        images = pixel_values.reshape(b * 2, self.config.in_channels, *pixel_values.shape[-2:])
+        emb = self.encoder((images - 0.5) / 0.5)
+        a, c = emb.reshape(b, 2, -1).unbind(1)  # images were laid out pair by pair
+        return PairOutput(logits=self.head(self.fuse(a, c))[:, 0])
+
+
+AutoConfig.register(PairCNNConfig.model_type, PairCNNConfig)
+AutoModel.register(PairCNNConfig, PairCNNModel)

@@ -1,0 +1,199 @@
+"""``StageTrainer``: a ``transformers.Trainer`` that trains one curriculum stage.
+
+Following TRL, the trainer has its own ``TrainingArguments`` subclass holding what a stage adds
+(loss and its parameters, freeze patterns, per-group learning-rate multipliers) and overrides only
+``compute_loss`` and ``create_optimizer``; the loop, devices, precision and checkpointing stay the
+Trainer's and accelerate's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import PartialState
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from hfstage.errors import ConfigError, StageError
+from hfstage.losses import LOSSES
+from hfstage.losses.cross_entropy import CrossEntropyLoss
+
+logger = logging.getLogger("hfstage")
+
+
+def cpu_only() -> bool:
+    """True when no accelerator is visible, so Trainer/accelerate must be told to use the CPU.
+
+    Without ``use_cpu=True`` a 2-process launch on a machine without GPUs runs two unsynchronised
+    single-process jobs instead of one gloo DDP job (see the accelerate_configs README notes).
+    """
+    return not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def distributed_state() -> PartialState:
+    """The process group, initialised the same way the Trainer will (CPU gloo when there is no GPU)."""
+    return PartialState(cpu=cpu_only())
+
+
+@dataclass
+class StageTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus what one curriculum stage adds."""
+
+    stage_name: str = field(default="stage", metadata={"help": "Name of the stage, for messages and logs."})
+    stage_index: int = field(default=1, metadata={"help": "Number of the stage in its curriculum (from 1)."})
+    loss: str = field(default="cross_entropy", metadata={"help": "Training loss from the loss registry."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the training loss."})
+    focal_alpha: float = field(default=1.0, metadata={"help": "Focal loss multiplier alpha."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss exponent gamma."})
+    freeze_patterns: list[str] = field(default_factory=list, metadata={"help": "Parameter-name globs to freeze."})
+    lr_multipliers: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "Parameter-name glob -> learning-rate multiplier."}
+    )
+
+
+def matching(names: list[str], pattern: str) -> list[str]:
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def freeze(model: nn.Module, patterns: list[str], where: str) -> int:
+    """Freeze parameters matching any pattern; put fully frozen modules in eval mode for good.
+
+    A frozen backbone's BatchNorm would otherwise keep updating its running statistics every time the
+    Trainer calls ``model.train()``. Returns the number of frozen parameters (elements).
+    """
+    if not patterns:
+        return 0
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not matching(names, pattern):
+            raise ConfigError(
+                f"{where}.freeze_patterns: {pattern!r} matches no parameter (names look like {', '.join(names[:3])})"
+            )
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    for module in _topmost_frozen_modules(model):
+        module.register_forward_pre_hook(_keep_eval)
+    return frozen
+
+
+def _keep_eval(module: nn.Module, _inputs) -> None:
+    if module.training:
+        module.eval()
+
+
+def _topmost_frozen_modules(model: nn.Module) -> list[nn.Module]:
+    def all_frozen(m: nn.Module) -> bool:
+        params = list(m.parameters())
+        return bool(params) and not any(p.requires_grad for p in params)
+
+    found = []
+
+    def visit(m: nn.Module) -> None:
+        for child in m.children():
+            if all_frozen(child):
+                found.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return found
+
+
+def set_dropout(model: nn.Module, p: float | None) -> None:
+    if p is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = p
+
+
+class StageTrainer(Trainer):
+    """Trains one stage: the stage's loss in training, plain cross-entropy for ``eval_loss``.
+
+    ``eval_loss`` never includes label smoothing or focal weighting, so stages that train with
+    different losses are compared on the same scale when the curriculum decides what to keep.
+    """
+
+    # our losses are per-batch means: let the Trainer divide by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # evaluation (also the evaluations inside training) must never see training augmentation
+        self.eval_data_collator = eval_data_collator or self.data_collator
+        a = self.args
+        self.train_loss_fn = LOSSES.get(a.loss, f"stage '{a.stage_name}': loss").from_stage(
+            _LossParams(a.label_smoothing, a.focal_alpha, a.focal_gamma)
+        )
+        self.eval_loss_fn = CrossEntropyLoss()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def get_test_dataloader(self, test_dataset):
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_test_dataloader(test_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"]
+        loss = (self.train_loss_fn if model.training else self.eval_loss_fn)(logits, labels)
+        if model.training and not torch.isfinite(loss.detach()):
+            raise StageError(
+                f"stage {self.args.stage_index} '{self.args.stage_name}': the training loss became "
+                f"{loss.item()} at step {self.state.global_step + 1}; the stage was stopped and earlier "
+                f"stages are intact (lower the lr, enable max_grad_norm, or check the data)"
+            )
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        if not self.args.lr_multipliers:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            names = [n for n, p in opt_model.named_parameters() if p.requires_grad]
+            for pattern in self.args.lr_multipliers:
+                if not matching(names, pattern):
+                    raise ConfigError(
+                        f"stage '{self.args.stage_name}'.lr_multipliers: {pattern!r} matches no trainable parameter"
+                    )
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[float, bool], list] = {}
+            for name, param in opt_model.named_parameters():
+                if not param.requires_grad:
+                    continue
+                mult = next(
+                    (m for pat, m in self.args.lr_multipliers.items() if fnmatch.fnmatchcase(name, pat)), 1.0
+                )
+                groups.setdefault((mult, name in decay), []).append(param)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            base_lr = optimizer_kwargs.pop("lr", self.args.learning_rate)
+            param_groups = [
+                {"params": params, "lr": base_lr * mult, "weight_decay": self.args.weight_decay if has_decay else 0.0}
+                for (mult, has_decay), params in groups.items()
+            ]
+            self.optimizer = optimizer_cls(param_groups, lr=base_lr, **optimizer_kwargs)
+        return self.optimizer
+
+
+@dataclass
+class _LossParams:
+    """The loss fields of a stage, as ``Loss.from_stage`` reads them."""
+
+    label_smoothing: float
+    focal_alpha: float
+    focal_gamma: float

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny REAL data (MNIST pairs) and small recipes, all on disk in temp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hf_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("hf_home")
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_HUB_CACHE"] = str(home / "hub")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    yield
+
+
+@pytest.fixture(scope="session")
+def pair_data(tmp_path_factory) -> Path:
+    """Real MNIST pairs, small: 320 train / 160 val / 160 test pairs."""
+    from hfstage.data.prepare import prepare_mnist_pairs
+
+    out = tmp_path_factory.mktemp("mnist_pairs")
+    prepare_mnist_pairs(out, seed=0, train_pairs=320, val_pairs=160, test_pairs=160)
+    return out
+
+
+TINY_MODEL = {"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "hidden_dim": 16, "dropout": 0.1}
+
+
+def write_recipe(path: Path, data: Path, output_dir: Path, stages=None, **run_fields) -> Path:
+    """A small recipe file; stages default to three quick ones."""
+    recipe = {
+        "task": "pair_classification",
+        "output_dir": str(output_dir),
+        "seed": 0,
+        "data": {"path": str(data)},
+        "model": dict(TINY_MODEL),
+        "report_to": ["none"],
+        "logging_steps": 5,
+        "improvement_threshold": -1,
+        "defaults": {"batch_size": 32, "eval_batch_size": 64, "lr": 3e-3},
+        "stages": stages
+        or [
+            {"name": "baseline", "epochs": 1},
+            {"name": "augmentation", "epochs": 1, "augmentation": {"shift": 0.1, "swap": 0.5}},
+            {"name": "regularization", "epochs": 1, "label_smoothing": 0.1, "dropout": 0.3},
+        ],
+    }
+    recipe.update(run_fields)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path, pair_data):
+    def make(stages=None, **run_fields):
+        return write_recipe(tmp_path / "recipe.yaml", pair_data, tmp_path / "run", stages, **run_fields)
+
+    return make

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from hfstage.losses import LOSSES
+from hfstage.losses.cross_entropy import CrossEntropyLoss
+from hfstage.losses.focal import FocalLoss
+
+
+def sigmoid(z):
+    return 1 / (1 + math.exp(-z))
+
+
+def test_registry_names():
+    assert {"cross_entropy", "focal"} <= set(LOSSES.names())
+
+
+def test_binary_cross_entropy_by_hand():
+    logits, labels = torch.tensor([0.5, -1.0]), torch.tensor([1, 0])
+    expected = (-math.log(sigmoid(0.5)) - math.log(1 - sigmoid(-1.0))) / 2
+    assert CrossEntropyLoss()(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_binary_label_smoothing_by_hand():
+    eps = 0.2
+    logits, labels = torch.tensor([2.0]), torch.tensor([1])
+    q = 1 - eps / 2  # target 0.9 for the positive class
+    expected = -(q * math.log(sigmoid(2.0)) + (1 - q) * math.log(1 - sigmoid(2.0)))
+    assert CrossEntropyLoss(eps)(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multiclass_label_smoothing_by_hand():
+    eps = 0.1
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    logp = torch.log_softmax(logits, -1)[0]
+    q = torch.tensor([1 - eps + eps / 3, eps / 3, eps / 3])
+    expected = -(q * logp).sum().item()
+    assert CrossEntropyLoss(eps)(logits, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_binary_focal_by_hand():
+    alpha, gamma = 0.5, 2.0
+    logits, labels = torch.tensor([1.0, 0.3]), torch.tensor([1, 0])
+    p1, p2 = sigmoid(1.0), 1 - sigmoid(0.3)  # p_t of each sample
+    expected = (alpha * (1 - p1) ** gamma * -math.log(p1) + alpha * (1 - p2) ** gamma * -math.log(p2)) / 2
+    assert FocalLoss(alpha, gamma)(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multiclass_focal_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 0.5]])
+    p = torch.softmax(logits, -1)[0, 1].item()
+    expected = 1.0 * (1 - p) ** 3 * -math.log(p)
+    assert FocalLoss(1.0, 3.0)(logits, torch.tensor([1])).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_focal_gamma_zero_is_cross_entropy():
+    logits, labels = torch.randn(16), torch.randint(0, 2, (16,))
+    assert FocalLoss(1.0, 0.0)(logits, labels).item() == pytest.approx(CrossEntropyLoss()(logits, labels).item(), rel=1e-6)
+    logits, labels = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    assert FocalLoss(1.0, 0.0)(logits, labels).item() == pytest.approx(CrossEntropyLoss()(logits, labels).item(), rel=1e-6)
