@@ -152,11 +152,23 @@ def check_output_dir(out: Path, cfg: RunConfig) -> dict | None:
 # The run
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (it may be replaced after set-up, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(out: Path | None, main: bool) -> None:
     """hfstage's logger to stderr, and (main process) to ``<output_dir>/training.log``."""
     logger.setLevel(logging.INFO)
     if not any(getattr(h, "_hfstage", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._hfstage = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
@@ -318,7 +330,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     label = stage_dirname(index, stage.name)
     where = f"stages.{index} ({stage.name})"
     for cb in callbacks:
-        cb.on_stage_begin(stage_index=index, stage=stage, run_config=cfg)
+        if hasattr(cb, "on_stage_begin"):  # plain TrainerCallbacks are welcome too
+            cb.on_stage_begin(stage_index=index, stage=stage, run_config=cfg)
 
     start = best_kept(cfg, records)
     if start is None:
@@ -403,7 +416,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
             stage_dirname(best_kept(cfg, records)["stage_index"], best_kept(cfg, records)["stage_name"]),
         )
     for cb in callbacks:
-        cb.on_stage_end(stage_index=index, stage=stage, run_config=cfg, record=record)
+        if hasattr(cb, "on_stage_end"):
+            cb.on_stage_end(stage_index=index, stage=stage, run_config=cfg, record=record)
     return record
 
 

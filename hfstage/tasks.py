@@ -53,7 +53,7 @@ class PairClassificationTask:
             if x.shape[1:] != train_x.shape[1:]:
                 raise DataError(
                     f"{path}: key 'x' has images of shape {tuple(x.shape[2:])} but {train_path} has "
-                    f"{tuple(train_x.shape[2:])} ({field})"
+                    f"{tuple(train_x.shape[2:])} (data.{field})"
                 )
         sets = {k: npz_pairs.PairDataset(*arrays) for k, (_, arrays) in loaded.items()}
         return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))

@@ -62,7 +62,7 @@ def load_pair_arrays(path: str | Path, field: str = "data") -> tuple[np.ndarray,
     bad = ~np.isin(y, (0, 1))
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{path}: key 'y' must be 0 or 1; sample {i} has {y[i]!r}")
+        raise DataError(f"{path}: key 'y' must be 0 or 1; sample {i} has {y[i].item()!r}")
     return x, y.astype(np.int64)
 
 

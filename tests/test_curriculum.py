@@ -1,0 +1,251 @@
+"""The curriculum engine end to end: real Trainer, real files, real process kills."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, TrainerCallback
+
+import hfstage  # noqa: F401  (registers the Auto classes)
+from hfstage.callbacks import StageCallback
+from hfstage.cli import main
+from hfstage.config import build_run_config, load_config
+from hfstage.curriculum import best_kept, decide_kept, run
+from hfstage.errors import ConfigError, StageError
+
+STAGE_KEYS = {"stage_index", "stage_name", "stage_description", "stage_config", "metrics", "training_time_s", "kept",
+              "started_from"}
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# keep / skip decisions on crafted metrics
+
+def cfg_with(threshold: float, metric: str = "eval_loss"):
+    return build_run_config({"improvement_threshold": threshold, "metric_for_best_model": metric,
+                             "stages": [{"name": "a"}]})
+
+
+def rec(i, value, kept=True, key="eval_loss"):
+    return {"stage_index": i, "stage_name": f"s{i}", "kept": kept, "metrics": {key: value}}
+
+
+def test_first_stage_is_always_kept():
+    assert decide_kept(cfg_with(0.5), [], {"eval_loss": 9.0}) == (True, None)
+
+
+def test_loss_must_improve_by_threshold():
+    cfg = cfg_with(0.01)
+    records = [rec(1, 0.50)]
+    kept, gain = decide_kept(cfg, records, {"eval_loss": 0.495})
+    assert not kept and gain == pytest.approx(0.005)
+    kept, gain = decide_kept(cfg, records, {"eval_loss": 0.48})
+    assert kept and gain == pytest.approx(0.02)
+
+
+def test_negative_threshold_keeps_a_worse_stage():
+    kept, gain = decide_kept(cfg_with(-1), [rec(1, 0.5)], {"eval_loss": 0.9})
+    assert kept and gain == pytest.approx(-0.4)
+
+
+def test_accuracy_is_greater_is_better():
+    cfg = cfg_with(0.0, "eval_accuracy")
+    records = [rec(1, 0.90, key="eval_accuracy")]
+    assert decide_kept(cfg, records, {"eval_accuracy": 0.91})[0]
+    assert not decide_kept(cfg, records, {"eval_accuracy": 0.89})[0]
+
+
+def test_best_kept_ignores_stages_not_kept():
+    cfg = cfg_with(0.0)
+    records = [rec(1, 0.5), rec(2, 0.1, kept=False), rec(3, 0.4)]
+    assert best_kept(cfg, records)["stage_index"] == 3
+    # the reference for the next stage is the best KEPT stage (0.4), not the skipped 0.1
+    assert decide_kept(cfg, records, {"eval_loss": 0.3})[0]
+
+
+def test_unknown_tracked_metric_is_a_config_error():
+    with pytest.raises(ConfigError, match="eval_auc"):
+        decide_kept(cfg_with(0.0, "eval_auc"), [], {"eval_loss": 1.0})
+
+
+# ------------------------------------------------------------------------------------------------
+# full runs
+
+
+def accuracy_by_hand(stage_dir: Path, npz: Path) -> float:
+    model = AutoModel.from_pretrained(stage_dir).eval()
+    data = np.load(npz)
+    x = torch.from_numpy(data["x"]).float() / 255
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits
+    return float(((logits > 0).long().numpy() == data["y"]).mean())
+
+
+def test_quick_curriculum_writes_the_run_layout(recipe, pair_data, tmp_path, capsys):
+    path = recipe(report_to=["tensorboard"])
+    assert main(["train", "--config", str(path)]) == 0
+    out = tmp_path / "run"
+    table = capsys.readouterr().out
+    assert "1 baseline" in table and "3 regularization" in table and "eval_accuracy" in table
+
+    run_json = read(out / "run.json")
+    assert run_json["status"] == "finished" and run_json["world_size"] == 1
+    assert [s["status"] for s in run_json["stages"]] == ["finished"] * 3
+    assert run_json["config"]["stages"][1]["augmentation"] == {"shift": 0.1, "swap": 0.5}
+    assert {"torch", "transformers", "accelerate", "hfstage"} <= set(run_json["versions"])
+
+    records = [read(out / d / "stage.json") for d in ("stage_1_baseline", "stage_2_augmentation", "stage_3_regularization")]
+    for i, r in enumerate(records, 1):
+        assert STAGE_KEYS <= set(r)
+        assert r["stage_index"] == i and r["kept"] is True
+        assert {"eval_loss", "eval_accuracy", "eval_f1", "eval_precision", "eval_recall"} <= set(r["metrics"])
+        assert "test_accuracy" in r["test_metrics"]
+        assert (out / f"stage_{i}_{r['stage_name']}" / "model.safetensors").is_file()
+        assert (out / "logs" / f"stage_{i}_{r['stage_name']}").is_dir()  # TensorBoard events
+    assert records[0]["started_from"] is None
+    assert records[1]["started_from"] == "stage_1_baseline"
+    assert records[2]["stage_config"]["label_smoothing"] == 0.1
+    best = best_kept(load_config(path), records)
+    assert run_json["best_stage"] == best["stage_index"]
+
+    # AutoModel rebuilds every stage, and its predictions reproduce the saved metrics
+    for r in records:
+        stage_dir = out / f"stage_{r['stage_index']}_{r['stage_name']}"
+        assert accuracy_by_hand(stage_dir, pair_data / "val.npz") == pytest.approx(r["metrics"]["eval_accuracy"])
+        assert accuracy_by_hand(stage_dir, pair_data / "test_public.npz") == pytest.approx(r["test_metrics"]["test_accuracy"])
+
+    log = (out / "training.log").read_text()
+    assert "stage 3 'regularization' kept" in log and "eval_loss=" in log
+    assert not (out / "checkpoints" / "stage_1_baseline").exists()  # work folders are cleaned up
+    assert not list(out.glob(".*.tmp"))
+
+    # a finished run is not retrained
+    before = {p: p.stat().st_mtime_ns for p in out.glob("stage_*/*")}
+    assert main(["train", "--config", str(path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("stage_*/*")} == before
+
+    # a different run in the same folder is refused, and nothing is touched
+    assert main(["train", "--config", str(path), "seed=1"]) == 2
+    assert "holds a different run" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("stage_*/*")} == before
+
+
+def test_stage_not_kept_is_skipped_loudly(recipe, tmp_path):
+    path = recipe(improvement_threshold=10.0)  # no stage can improve eval_loss by 10
+    assert main(["train", "--config", str(path)]) == 0
+    out = tmp_path / "run"
+    r2, r3 = read(out / "stage_2_augmentation/stage.json"), read(out / "stage_3_regularization/stage.json")
+    assert r2["kept"] is False and r3["kept"] is False
+    assert r3["started_from"] == "stage_1_baseline"
+    assert read(out / "run.json")["best_stage"] == 1
+    assert "NOT KEPT" in (out / "training.log").read_text()
+
+
+def test_frozen_encoder_does_not_change_even_batchnorm_statistics(recipe, tmp_path):
+    path = recipe(stages=[{"name": "baseline", "epochs": 1},
+                          {"name": "head_only", "epochs": 1, "freeze_patterns": ["encoder.*"]}])
+    assert main(["train", "--config", str(path)]) == 0
+    out = tmp_path / "run"
+    before = load_file(out / "stage_1_baseline/model.safetensors")
+    after = load_file(out / "stage_2_head_only/model.safetensors")
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert any("running_mean" in k for k in encoder)
+    for k in encoder:
+        assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
+    r2 = read(out / "stage_2_head_only/stage.json")
+    assert 0 < r2["frozen_parameters"] < r2["total_parameters"]
+
+
+class _PoisonWeights(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if args.stage_index == 2 and state.global_step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_the_stage_and_keeps_earlier_ones(recipe, tmp_path):
+    cfg = load_config(recipe())
+    with pytest.raises(StageError, match=r"stage 2 'augmentation'.*nan at step 3"):
+        run(cfg, callbacks=[_PoisonWeights()])
+    out = tmp_path / "run"
+    run_json = read(out / "run.json")
+    assert run_json["status"] == "failed" and "nan" in run_json["error"]
+    assert [s["status"] for s in run_json["stages"]] == ["finished", "pending", "pending"]
+    assert not (out / "stage_2_augmentation").exists()
+    AutoModel.from_pretrained(out / "stage_1_baseline")  # intact
+
+
+KILL_SCRIPT = """
+import os, sys
+from transformers import TrainerCallback
+from hfstage.callbacks import StageCallback
+from hfstage.config import load_config
+from hfstage.curriculum import run
+
+mode = sys.argv[2]
+
+class Kill(StageCallback):
+    def on_stage_end(self, stage_index, stage, run_config, record, **kwargs):
+        if mode == "between" and stage_index == 1:
+            os._exit(9)
+
+    def on_save(self, args, state, control, **kwargs):
+        if mode == "inside" and args.stage_index == 2 and state.global_step == 5:
+            os._exit(9)
+
+run(load_config(sys.argv[1]), callbacks=[Kill()])
+"""
+
+
+def killed_run(path: Path, mode: str, tmp_path: Path) -> None:
+    script = tmp_path / "kill.py"
+    script.write_text(textwrap.dedent(KILL_SCRIPT))
+    proc = subprocess.run([sys.executable, str(script), str(path), mode], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr[-3000:]
+
+
+def test_resume_after_kill_between_stages(recipe, tmp_path):
+    path = recipe()
+    killed_run(path, "between", tmp_path)
+    out = tmp_path / "run"
+    assert (out / "stage_1_baseline/stage.json").is_file()
+    assert not (out / "stage_2_augmentation").exists()
+    assert read(out / "run.json")["status"] == "running"
+    first = read(out / "stage_1_baseline/stage.json")
+    assert main(["train", "--config", str(path)]) == 0
+    assert read(out / "stage_1_baseline/stage.json") == first  # not retrained
+    assert read(out / "run.json")["status"] == "finished"
+    assert "stage 1 'baseline' already finished" in (out / "training.log").read_text()
+
+
+def test_resume_inside_a_stage_from_its_checkpoint(recipe, tmp_path):
+    path = recipe(stages=[{"name": "baseline", "epochs": 1},
+                          {"name": "longer", "epochs": 2, "eval_steps": 5}])
+    killed_run(path, "inside", tmp_path)
+    out = tmp_path / "run"
+    assert (out / "checkpoints/stage_2_longer/checkpoint-5").is_dir()
+    assert not (out / "stage_2_longer").exists()
+    assert main(["train", "--config", str(path)]) == 0
+    r2 = read(out / "stage_2_longer/stage.json")
+    assert r2["global_steps"] == 20  # 320 pairs / 32 per step * 2 epochs: the resumed run finished the stage
+    assert "resuming" in (out / "training.log").read_text()
+    assert not (out / "checkpoints/stage_2_longer").exists()
+
+
+def test_editing_an_unfinished_stage_is_allowed_on_resume(recipe, tmp_path):
+    path = recipe()
+    killed_run(path, "between", tmp_path)
+    assert main(["train", "--config", str(path), "stages.2.lr=1e-4"]) == 0
+    assert read(tmp_path / "run/stage_2_augmentation/stage.json")["stage_config"]["lr"] == pytest.approx(1e-4)

@@ -1,0 +1,55 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+import hfstage  # noqa: F401
+from hfstage.errors import ConfigError
+from hfstage.models import MODELS, build_model
+from hfstage.models.pair_cnn import PairCNNConfig
+
+
+@pytest.mark.parametrize("fusion, symmetric", [(["diff"], True), (["product"], True), (["sum"], True),
+                                               (["diff", "product"], True), (["concat"], False)])
+def test_fusion_symmetry(fusion, symmetric):
+    torch.manual_seed(0)
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "fusion": fusion}).eval()
+    x = torch.rand(6, 2, 28, 28)
+    with torch.no_grad():
+        a, b = model(pixel_values=x).logits, model(pixel_values=x.flip(1)).logits
+    assert a.shape == (6,)
+    assert torch.allclose(a, b, atol=1e-5) == symmetric
+
+
+def test_forward_backward_and_auto_reload(tmp_path):
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "convs_per_block": 2, "embed_dim": 16},
+                        image_size=[20, 24])
+    x = torch.rand(3, 2, 20, 24)
+    model(pixel_values=x).logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.model_type == "hfstage_pair_cnn" and config.image_size == [20, 24] and config.convs_per_block == 2
+    again = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(again).__name__ == "PairCNNModel"
+    before, after = model.state_dict(), again.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=x).logits, again(pixel_values=x).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_cfg, message", [
+    ({"type": "pair_cnm"}, "unknown model 'pair_cnm' (did you mean 'pair_cnn'?)"),
+    ({"type": "pair_cnn", "chanels": [4]}, "model.chanels: unknown argument of model 'pair_cnn' (did you mean 'channels'?)"),
+    ({"type": "pair_cnn", "fusion": ["dif"]}, "fusion must be a non-empty list"),
+    ({"type": "pair_cnn", "dropout": 1.5}, "dropout must be in [0, 1)"),
+])
+def test_bad_model_config(model_cfg, message):
+    with pytest.raises(ConfigError) as err:
+        build_model(model_cfg)
+    assert message in str(err.value)
+
+
+def test_registry_lists_pair_cnn():
+    assert "pair_cnn" in MODELS.names()
+    assert PairCNNConfig().fusion == ["diff", "product"]
