@@ -32,6 +32,7 @@ from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import atomic_write_json, publish_dir, read_json, remove_stale_tmp, staging_dir
 from hfstage.config import RunConfig, StageConfig
 from hfstage.errors import CheckpointError, ConfigError, StageError
+from hfstage.losses import LOSSES
 from hfstage.models import build_model
 from hfstage.tasks import TASKS
 from hfstage.trainer import (
@@ -78,6 +79,7 @@ def check_stages(cfg: RunConfig, task, model) -> None:
     for index, stage in enumerate(cfg.stages, 1):
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
+        LOSSES.get(stage.loss, f"{where}.loss")
         for field in ("freeze_patterns", "lr_multipliers"):
             for pattern in getattr(stage, field):
                 if not matching(names, pattern):
@@ -466,6 +468,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
+def format_table(rows: list[tuple]) -> str:
+    """Left-aligned text columns; the first row is the header, underlined with dashes."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_stage_table(records: list[dict], best_stage: int | None) -> str:
     """The stages table: stage, kept, eval loss, eval accuracy, test accuracy, time."""
     header = ("stage", "kept", "eval_loss", "eval_accuracy", "test_accuracy", "time_s", "started_from")
@@ -481,9 +491,7 @@ def format_stage_table(records: list[dict], best_stage: int | None) -> str:
             _fmt(r["training_time_s"], 1),
             r["started_from"] or "init",
         ))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = format_table(rows).splitlines()
     if best_stage is not None:
         lines.append("* best stage")
     return "\n".join(lines)
@@ -530,9 +538,7 @@ def plan(cfg: RunConfig) -> str:
             f"{frozen}/{total}", ",".join(f"{k}x{v:g}" for k, v in stage.lr_multipliers.items()) or "-",
             ",".join(f"{k}={v:g}" for k, v in stage.augmentation.items()) or "-", " ".join(other) or "-",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = format_table(rows).splitlines()
     keep = ("every stage is kept (improvement_threshold < 0)" if cfg.improvement_threshold < 0 else
             f"a stage is kept when {cfg.metric_for_best_model} improves by >= {cfg.improvement_threshold:g}")
     lines += ["", f"task {cfg.task}, model {cfg.model['type']}, output_dir {cfg.output_dir}, seed {cfg.seed}; {keep}"]
