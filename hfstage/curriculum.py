@@ -1,10 +1,11 @@
 """The curriculum runner: one engine that trains any list of stages, in order, for every task.
 
 Each stage gets a fresh ``StageTrainingArguments`` and ``StageTrainer``, starts from the weights of
-the best kept stage so far, and ends with its best-within-stage weights written atomically to
+the latest kept stage, and ends with its best-within-stage weights written atomically to
 ``<output_dir>/stage_<N>_<name>/`` (``model.safetensors``, ``config.json``, ``stage.json``). A stage is
-kept when it improves the tracked metric by at least ``improvement_threshold`` (a negative threshold
-keeps every stage). Rerunning the same command resumes: finished stages are skipped and an
+kept when it improves the tracked metric over the best kept stage by at least
+``improvement_threshold``, so with a threshold >= 0 the latest kept stage is also the best one; a
+negative threshold keeps every stage and each continues from the one before (the user's S1 system). Rerunning the same command resumes: finished stages are skipped and an
 interrupted stage continues from its last Trainer checkpoint under ``<output_dir>/checkpoints/``.
 """
 
@@ -200,6 +201,12 @@ def best_kept(cfg: RunConfig, records: list[dict]) -> dict | None:
     return max(kept, key=lambda r: sign * r["metrics"][key])
 
 
+def latest_kept(records: list[dict]) -> dict | None:
+    """The stage the next one starts from."""
+    kept = [r for r in records if r.get("kept")]
+    return kept[-1] if kept else None
+
+
 def decide_kept(cfg: RunConfig, records: list[dict], metrics: dict) -> tuple[bool, float | None]:
     """(kept, improvement over the best kept stage so far)."""
     key = cfg.metric_for_best_model
@@ -277,7 +284,7 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         greater_is_better=cfg.greater_is_better,
         logging_steps=cfg.logging_steps,
         report_to=[r for r in cfg.report_to if r not in ("tensorboard", "none")] or "none",
-        seed=cfg.seed,
+        seed=cfg.seed + index - 1,  # each stage its own data order and augmentation draws, reproducibly
         use_cpu=cpu_only(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
@@ -326,6 +333,22 @@ def _work_dir(out: Path, label: str, stage: StageConfig) -> Path:
     return work
 
 
+def _best_checkpoint_metrics(trainer) -> dict | None:
+    """The evaluation logged for the checkpoint the Trainer restored at the end of training.
+
+    That checkpoint was saved right after this evaluation, so evaluating it again would only repeat
+    the same numbers at the cost of a pass over the validation set.
+    """
+    best = trainer.state.best_model_checkpoint
+    if not best:
+        return None
+    step = int(Path(best).name.rsplit("-", 1)[-1])
+    for entry in trainer.state.log_history:
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return None
+
+
 def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[dict], out: Path,
                 callbacks: Sequence[StageCallback], state) -> dict:
     """Train one stage and publish its folder; returns its stage.json record."""
@@ -335,7 +358,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         if hasattr(cb, "on_stage_begin"):  # plain TrainerCallbacks are welcome too
             cb.on_stage_begin(stage_index=index, stage=stage, run_config=cfg)
 
-    start = best_kept(cfg, records)
+    start = latest_kept(records)
     if start is None:
         set_seed(cfg.seed)
         model = build_model(cfg.model, **task.model_args(splits))
@@ -375,7 +398,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     began = time.time()
     trainer.train(resume_from_checkpoint=resume)
     training_time = time.time() - began
-    metrics = trainer.evaluate()
+    metrics = _best_checkpoint_metrics(trainer) or trainer.evaluate()
     test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if splits.test is not None else {}
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -415,7 +438,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
             "stage %d '%s' NOT KEPT: %s = %.5g improves the best kept stage by %.5g < improvement_threshold %g; "
             "the next stage starts from %s",
             index, stage.name, key, metrics[key], gain, cfg.improvement_threshold,
-            stage_dirname(best_kept(cfg, records)["stage_index"], best_kept(cfg, records)["stage_name"]),
+            stage_dirname(latest_kept(records)["stage_index"], latest_kept(records)["stage_name"]),
         )
     for cb in callbacks:
         if hasattr(cb, "on_stage_end"):

@@ -18,7 +18,7 @@ import hfstage  # noqa: F401  (registers the Auto classes)
 from hfstage.callbacks import StageCallback
 from hfstage.cli import main
 from hfstage.config import build_run_config, load_config
-from hfstage.curriculum import best_kept, decide_kept, run
+from hfstage.curriculum import best_kept, decide_kept, latest_kept, run
 from hfstage.errors import ConfigError, StageError
 
 STAGE_KEYS = {"stage_index", "stage_name", "stage_description", "stage_config", "metrics", "training_time_s", "kept",
@@ -74,6 +74,12 @@ def test_best_kept_ignores_stages_not_kept():
     assert decide_kept(cfg, records, {"eval_loss": 0.3})[0]
 
 
+def test_next_stage_starts_from_the_latest_kept_stage():
+    records = [rec(1, 0.5), rec(2, 0.6), rec(3, 0.1, kept=False)]
+    assert latest_kept(records)["stage_index"] == 2  # kept (threshold < 0) though worse than stage 1
+    assert best_kept(cfg_with(-1), records)["stage_index"] == 1  # ... while the run's best stage is 1
+
+
 def test_unknown_tracked_metric_is_a_config_error():
     with pytest.raises(ConfigError, match="eval_auc"):
         decide_kept(cfg_with(0.0, "eval_auc"), [], {"eval_loss": 1.0})
@@ -115,6 +121,7 @@ def test_quick_curriculum_writes_the_run_layout(recipe, pair_data, tmp_path, cap
         assert (out / "logs" / f"stage_{i}_{r['stage_name']}").is_dir()  # TensorBoard events
     assert records[0]["started_from"] is None
     assert records[1]["started_from"] == "stage_1_baseline"
+    assert records[2]["started_from"] == "stage_2_augmentation"  # threshold -1: every stage chains on
     assert records[2]["stage_config"]["label_smoothing"] == 0.1
     best = best_kept(load_config(path), records)
     assert run_json["best_stage"] == best["stage_index"]

@@ -96,6 +96,8 @@ class PairCNNModel(PreTrainedModel):
             nn.Linear(config.hidden_dim, 1),
         )
         self.post_init()
+        # NHWC is ~3x faster for these small convs and poolings on CPU (oneDNN) and no slower on GPU
+        self.encoder.to(memory_format=torch.channels_last)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -115,7 +117,7 @@ class PairCNNModel(PreTrainedModel):
         """``pixel_values``: (B, 2, H, W) or (B, 2, C, H, W) floats in [0, 1]. Returns one logit per pair."""
         b = pixel_values.shape[0]
         images = pixel_values.reshape(b * 2, self.config.in_channels, *pixel_values.shape[-2:])
-        emb = self.encoder((images - 0.5) / 0.5)
+        emb = self.encoder(((images - 0.5) / 0.5).contiguous(memory_format=torch.channels_last))
         a, c = emb.reshape(b, 2, -1).unbind(1)  # images were laid out pair by pair
         return PairOutput(logits=self.head(self.fuse(a, c))[:, 0])
 

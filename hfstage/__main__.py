@@ -1,0 +1,7 @@
+"""``python -m hfstage`` is the ``hfstage`` command."""
+
+import sys
+
+from hfstage.cli import main
+
+sys.exit(main())
