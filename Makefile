@@ -2,6 +2,8 @@
 # resumes (not retrains) a finished quickstart run.
 PYTHON ?= python3
 ACCELERATE_CONFIG ?= accelerate_configs/cpu.yaml
+# extra key=value overrides for the quickstart, e.g. make quickstart ARGS=quick_test=true
+ARGS ?=
 
 .PHONY: install quickstart test reference
 
@@ -18,7 +20,7 @@ data/mnist_pairs/test_public.npz:
 	$(PYTHON) -m hfstage prepare mnist-pairs --out data/mnist_pairs
 
 quickstart: install data/mnist_pairs/test_public.npz
-	$(PYTHON) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) hfstage/train.py --config configs/quickstart.yaml
+	$(PYTHON) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) hfstage/train.py --config configs/quickstart.yaml $(ARGS)
 
 test: install
 	$(PYTHON) -m pytest -q tests
