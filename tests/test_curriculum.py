@@ -256,3 +256,14 @@ def test_editing_an_unfinished_stage_is_allowed_on_resume(recipe, tmp_path):
     killed_run(path, "between", tmp_path)
     assert main(["train", "--config", str(path), "stages.2.lr=1e-4"]) == 0
     assert read(tmp_path / "run/stage_2_augmentation/stage.json")["stage_config"]["lr"] == pytest.approx(1e-4)
+
+
+def test_early_stopping_inside_a_stage(recipe, tmp_path):
+    # lr 1e-10 cannot flip a single prediction and the frozen encoder keeps its BatchNorm statistics,
+    # so eval_accuracy never improves after the first evaluation
+    path = recipe(metric_for_best_model="eval_accuracy",
+                  stages=[{"name": "stuck", "epochs": 3, "lr": 1e-10, "eval_steps": 2, "early_stopping_patience": 2,
+                           "freeze_patterns": ["encoder.*"]}])
+    assert main(["train", "--config", str(path)]) == 0
+    record = read(tmp_path / "run/stage_1_stuck/stage.json")
+    assert record["global_steps"] == 6  # best at step 2, no improvement at 4 and 6: stop (not 30 steps)
