@@ -15,32 +15,33 @@ import dataclasses
 import json
 import logging
 import math
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import accelerate
-import torch
-import transformers
 from transformers import AutoModel, EarlyStoppingCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-import hfstage
 from hfstage.callbacks import StageCallback, TrainingLogCallback
-from hfstage.checkpoint import atomic_write_json, publish_dir, read_json, remove_stale_tmp, staging_dir
+from hfstage.checkpoint import (
+    atomic_write_json,
+    publish_dir,
+    read_json,
+    remove_stale_tmp,
+    staging_dir,
+)
 from hfstage.config import RunConfig, StageConfig
+from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError, StageError
 from hfstage.losses import LOSSES
 from hfstage.models import build_model
+from hfstage.reporting import format_table, versions
 from hfstage.tasks import TASKS
 from hfstage.trainer import (
     StageTrainer,
     StageTrainingArguments,
-    cpu_only,
-    distributed_state,
     freeze,
     matching,
     set_dropout,
@@ -58,16 +59,6 @@ COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir")
 
 def stage_dirname(index: int, name: str) -> str:
     return f"stage_{index}_{name}"
-
-
-def versions() -> dict[str, str]:
-    return {
-        "hfstage": hfstage.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,6 +399,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         "stage_index": index,
         "stage_name": stage.name,
         "stage_description": stage.description,
+        "task": cfg.task,
+        "data": dataclasses.asdict(cfg.data),
         "stage_config": dataclasses.asdict(stage),
         "metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in test_metrics.items() if k.startswith("test_")},
@@ -489,14 +482,6 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
 
 def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
-def format_table(rows: list[tuple]) -> str:
-    """Left-aligned text columns; the first row is the header, underlined with dashes."""
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def format_stage_table(records: list[dict], best_stage: int | None) -> str:

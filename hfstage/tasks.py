@@ -38,25 +38,28 @@ class PairClassificationTask:
 
     name = "pair_classification"
 
+    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> npz_pairs.PairDataset:
+        """One split file, validated; ``field`` names the config field in error messages."""
+        x, y = npz_pairs.load_pair_arrays(path, field)
+        return npz_pairs.PairDataset(*_limit(x, y, limit))
+
     def load_splits(self, data: DataConfig) -> Splits:
         root = Path(data.path)
         files = {"train_file": data.train_file, "eval_file": data.eval_file, "test_file": data.test_file}
-        loaded: dict[str, Any] = {}
+        sets: dict[str, npz_pairs.PairDataset] = {}
         for field, name in files.items():
             if name is None:
                 continue
-            x, y = npz_pairs.load_pair_arrays(root / name, f"data.{field}")
             limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
-            loaded[field] = (root / name, _limit(x, y, limit))
-        train_path, (train_x, _) = loaded["train_file"]
-        for field, (path, (x, _)) in loaded.items():
-            if x.shape[1:] != train_x.shape[1:]:
+            sets[field] = self.load_split(root / name, f"data.{field}", limit)
+        train = sets["train_file"]
+        for field, ds in sets.items():
+            if ds.x.shape[1:] != train.x.shape[1:]:
                 raise DataError(
-                    f"{path}: key 'x' has images of shape {tuple(x.shape[2:])} but {train_path} has "
-                    f"{tuple(train_x.shape[2:])} (data.{field})"
+                    f"{root / files[field]}: key 'x' has images of shape {tuple(ds.x.shape[2:])} but "
+                    f"{root / data.train_file} has {tuple(train.x.shape[2:])} (data.{field})"
                 )
-        sets = {k: npz_pairs.PairDataset(*arrays) for k, (_, arrays) in loaded.items()}
-        return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
+        return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
         """Arguments the model's config takes from the data (not from the user)."""
@@ -68,10 +71,14 @@ class PairClassificationTask:
     def collator(self, stage: StageConfig | None, training: bool):
         return npz_pairs.PairCollator(stage.augmentation if (training and stage is not None) else None)
 
-    def compute_metrics(self, eval_pred) -> dict[str, float]:
-        predictions = eval_pred.predictions
+    def decide(self, predictions) -> tuple[np.ndarray, np.ndarray]:
+        """Model outputs -> (predicted class, probability of the positive class) per sample."""
         if isinstance(predictions, (tuple, list)):  # logits first, any extra model outputs after
             predictions = predictions[0]
-        logits = np.asarray(predictions).reshape(len(eval_pred.label_ids), -1)
-        preds = (logits[:, 0] > 0).astype(np.int64) if logits.shape[1] == 1 else logits.argmax(-1)
+        logits = np.asarray(predictions, dtype=np.float64).reshape(len(predictions), -1)[:, 0]
+        probs = 1 / (1 + np.exp(-logits))
+        return (logits > 0).astype(np.int64), probs
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        preds, _ = self.decide(eval_pred.predictions)
         return classification_metrics(preds, np.asarray(eval_pred.label_ids), average="binary")

@@ -13,29 +13,15 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from accelerate import PartialState
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from hfstage.devices import cpu_only, distributed_state  # noqa: F401  (re-exported)
 from hfstage.errors import ConfigError, StageError
 from hfstage.losses import LOSSES
 from hfstage.losses.cross_entropy import CrossEntropyLoss
 
 logger = logging.getLogger("hfstage")
-
-
-def cpu_only() -> bool:
-    """True when no accelerator is visible, so Trainer/accelerate must be told to use the CPU.
-
-    Without ``use_cpu=True`` a 2-process launch on a machine without GPUs runs two unsynchronised
-    single-process jobs instead of one gloo DDP job (see the accelerate_configs README notes).
-    """
-    return not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
-def distributed_state() -> PartialState:
-    """The process group, initialised the same way the Trainer will (CPU gloo when there is no GPU)."""
-    return PartialState(cpu=cpu_only())
 
 
 @dataclass

@@ -64,3 +64,16 @@ def recipe(tmp_path, pair_data):
         return write_recipe(tmp_path / "recipe.yaml", pair_data, tmp_path / "run", stages, **run_fields)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, pair_data) -> Path:
+    """A finished 2-stage tiny run, shared read-only by the tests that only look at runs."""
+    from hfstage.config import load_config
+    from hfstage.curriculum import run
+
+    root = tmp_path_factory.mktemp("finished")
+    path = write_recipe(root / "recipe.yaml", pair_data, root / "run",
+                        [{"name": "baseline", "epochs": 1}, {"name": "finetune", "epochs": 1, "lr": 1e-3}])
+    run(load_config(path))
+    return root / "run"

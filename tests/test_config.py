@@ -1,7 +1,13 @@
 import pytest
 import yaml
 
-from hfstage.config import StageConfig, apply_override, build_run_config, load_config, reference_markdown
+from hfstage.config import (
+    StageConfig,
+    apply_override,
+    build_run_config,
+    load_config,
+    reference_markdown,
+)
 from hfstage.errors import ConfigError
 
 BASE = {

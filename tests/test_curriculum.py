@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
 import hfstage  # noqa: F401  (registers the Auto classes)
-from hfstage.callbacks import StageCallback
 from hfstage.cli import main
 from hfstage.config import build_run_config, load_config
 from hfstage.curriculum import best_kept, decide_kept, latest_kept, run

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from hfstage.cli import main
-from hfstage.data.npz_pairs import PairCollator, PairDataset, augment_pairs, load_pair_arrays
+from hfstage.data.npz_pairs import (
+    PairCollator,
+    PairDataset,
+    augment_pairs,
+    load_pair_arrays,
+)
 from hfstage.data.prepare import load_mnist, prepare_mnist_pairs
 from hfstage.errors import DataError
 

@@ -4,6 +4,12 @@ Each metric is an ``evaluate.Metric`` subclass living in this package, so it wor
 ``evaluate.combine`` and the rest of the `evaluate` API without a download.
 """
 
-from hfstage.metrics.classification import Accuracy, F1, Precision, Recall, classification_metrics
+from hfstage.metrics.classification import (
+    F1,
+    Accuracy,
+    Precision,
+    Recall,
+    classification_metrics,
+)
 
 __all__ = ["Accuracy", "F1", "Precision", "Recall", "classification_metrics"]

@@ -1,0 +1,219 @@
+"""Evaluate saved checkpoints: ``hfstage evaluate CHECKPOINT [--data DIR] [--split NAME]``.
+
+The model type comes from the checkpoint's ``config.json`` and the task and data from its
+``stage.json`` / ``run.json``, never from the folder's name. Prediction is prepared by accelerate, so
+under ``accelerate launch`` every process predicts a shard and ``gather_for_metrics`` collects them
+without duplicated or dropped samples. Only the main process writes ``eval/<split>.json`` (and, on request,
+the predictions CSV, the confusion-matrix PNG and the per-class report) next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import AutoModel
+from transformers.trainer_utils import EvalPrediction
+
+from hfstage.checkpoint import atomic_write_json, atomic_write_text, read_json
+from hfstage.config import DataConfig, config_from_dict
+from hfstage.devices import cpu_only
+from hfstage.errors import CheckpointError, ConfigError
+from hfstage.losses.cross_entropy import CrossEntropyLoss
+from hfstage.reporting import format_table, versions
+from hfstage.tasks import TASKS
+
+logger = logging.getLogger("hfstage")
+
+SPLIT_FIELDS = {"train": "train_file", "val": "eval_file", "eval": "eval_file", "test": "test_file"}
+
+
+@dataclass
+class Checkpoint:
+    """A saved stage and what it was trained on."""
+
+    stage_dir: Path
+    task: str
+    data: DataConfig
+    stage_record: dict
+
+
+def resolve_checkpoint(path: str | Path) -> Checkpoint:
+    """A stage folder, or a run folder (meaning its best stage)."""
+    text = str(path)
+    if text.startswith("hf://"):
+        raise CheckpointError(f"{text}: Hub references are not supported by this version; `hfstage pull` it first")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    run_dir = None
+    if (path / "run.json").is_file():
+        run_dir = path
+        best = _read(path / "run.json").get("best_stage_dir")
+        if not best:
+            raise CheckpointError(f"{path / 'run.json'}: the run has no finished kept stage to evaluate (best_stage_dir)")
+        path = path / best
+    elif (path.parent / "run.json").is_file():
+        run_dir = path.parent
+    for name in ("config.json", "model.safetensors", "stage.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}; not a saved stage")
+    stage_record = _read(path / "stage.json")
+    if run_dir is not None:
+        cfg = config_from_dict(_read(run_dir / "run.json")["config"], str(run_dir / "run.json"))
+        task, data = cfg.task, cfg.data
+    elif "task" in stage_record and "data" in stage_record:
+        task, data = stage_record["task"], DataConfig(**stage_record["data"])
+    else:
+        raise CheckpointError(f"{path / 'stage.json'}: records no task/data and there is no run.json beside it")
+    return Checkpoint(stage_dir=path, task=task, data=data, stage_record=stage_record)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+
+
+def split_path(data: DataConfig, split: str) -> Path:
+    """``train``/``val``/``test`` name the run's split files; any other NAME means ``NAME.npz``."""
+    field = SPLIT_FIELDS.get(split)
+    name = getattr(data, field) if field else f"{split}.npz"
+    if name is None:
+        raise ConfigError(f"--split {split}: the run has no {field}")
+    return Path(data.path) / name
+
+
+def fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def predict(accelerator: Accelerator, checkpoint: Checkpoint, task, dataset, batch_size: int = 512):
+    """(logits, labels) over ``dataset`` in order, gathered from every process."""
+    model = AutoModel.from_pretrained(checkpoint.stage_dir).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collator(None, training=False))
+    model, loader = accelerator.prepare(model, loader)
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            target = batch.pop("labels")
+            out = model(**batch).logits
+            out, target = accelerator.gather_for_metrics((out, target))
+            logits.append(out.float().cpu())
+            labels.append(target.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: str = "test",
+                        save_predictions: bool = False, batch_size: int = 512) -> dict:
+    """Evaluate a checkpoint on one split; writes ``eval/<split>.json`` and returns its content."""
+    accelerator = Accelerator(cpu=cpu_only())
+    checkpoint = resolve_checkpoint(path)
+    if data_dir is not None:
+        checkpoint.data.path = data_dir
+    file = split_path(checkpoint.data, split)
+    task = TASKS.get(checkpoint.task, "task")()
+    dataset = task.load_split(file, f"--split {split}")
+    began = time.time()
+    logits, label_tensor = predict(accelerator, checkpoint, task, dataset, batch_size)
+    if len(label_tensor) != len(dataset):
+        raise RuntimeError(f"gathered {len(label_tensor)} predictions for {len(dataset)} samples")  # a bug, not input
+    # the same scale as the curriculum's eval_loss: plain cross-entropy
+    metrics = {"loss": float(CrossEntropyLoss()(logits, label_tensor))}
+    metrics.update(task.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=label_tensor.numpy())))
+    preds, probs = task.decide(logits.numpy())
+    labels = label_tensor.numpy()
+    result = {
+        "checkpoint": str(checkpoint.stage_dir),
+        "stage_name": checkpoint.stage_record.get("stage_name"),
+        "task": checkpoint.task,
+        "split": split,
+        "data_file": str(file),
+        "data_sha256": fingerprint(file),
+        "samples": int(len(labels)),
+        "metrics": metrics,
+        "seconds": round(time.time() - began, 3),
+        "world_size": accelerator.num_processes,
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    result["versions"] = versions()
+    if accelerator.is_main_process:
+        eval_dir = checkpoint.stage_dir / "eval"
+        atomic_write_json(eval_dir / f"{split}.json", result)
+        report = per_class_report(preds, labels)
+        atomic_write_json(eval_dir / f"{split}_per_class.json", report)
+        write_confusion_png(report["confusion_matrix"], report["classes"], eval_dir / f"{split}_confusion.png")
+        if save_predictions:
+            atomic_write_text(eval_dir / f"{split}_predictions.csv", predictions_csv(preds, labels, probs))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def predictions_csv(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "label", "prediction", "probability"])
+    for i, (y, p, q) in enumerate(zip(labels, preds, probs)):
+        writer.writerow([i, int(y), int(p), f"{float(q):.6f}"])
+    return buf.getvalue()
+
+
+def per_class_report(preds: np.ndarray, labels: np.ndarray) -> dict:
+    """Precision, recall, F1 and support per class, and the confusion matrix (rows = true class)."""
+    classes = [int(c) for c in np.union1d(preds, labels)]
+    index = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for y, p in zip(labels, preds):
+        cm[index[int(y)], index[int(p)]] += 1
+    rows = {}
+    for c, i in index.items():
+        tp = cm[i, i]
+        precision = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
+        recall = tp / cm[i].sum() if cm[i].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows[str(c)] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(cm[i].sum())}
+    return {"classes": classes, "per_class": rows, "confusion_matrix": cm.tolist()}
+
+
+def write_confusion_png(cm: list[list[int]], classes: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1.0 + 0.6 * len(classes)), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def format_result(result: dict) -> str:
+    rows = [("metric", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in result["metrics"].items()]
+    head = f"{result['checkpoint']} on {result['data_file']} ({result['samples']} samples, {result['seconds']:.1f} s)"
+    return head + "\n" + format_table(rows)

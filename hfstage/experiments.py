@@ -1,0 +1,116 @@
+"""Work over many finished runs: ``hfstage runs list | show | compare``.
+
+Everything is read from ``run.json`` and each stage's ``stage.json``: what a run is, and which of its
+stages is best, is recorded there, never guessed from folder names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from hfstage.checkpoint import read_json
+from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
+from hfstage.errors import CheckpointError
+from hfstage.reporting import format_table
+
+DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
+
+
+def load_run(path: str | Path) -> tuple[dict, list[dict]]:
+    """(run.json, the stage.json of every finished stage in order)."""
+    path = Path(path)
+    try:
+        run = read_json(path / RUN_JSON)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {RUN_JSON}; not an hfstage run") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path / RUN_JSON}: unreadable ({exc})") from None
+    records = []
+    for stage in run.get("stages", []):
+        stage_json = path / stage["dir"] / STAGE_JSON
+        if stage.get("status") == "finished" and stage_json.is_file():
+            records.append(read_json(stage_json))
+    return run, records
+
+
+def find_runs(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder")
+    if (folder / RUN_JSON).is_file():
+        return [folder]
+    return sorted(p.parent for p in folder.rglob(RUN_JSON) if not any(part.startswith(".") for part in p.parts))
+
+
+def metric_of(record: dict, name: str):
+    """A stage's metric by name (``eval_*`` from its metrics, ``test_*`` from its test metrics)."""
+    return record.get("metrics", {}).get(name, record.get("test_metrics", {}).get(name))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def list_runs_table(folder: str | Path) -> str:
+    rows = [("run", "status", "stages", "best_stage", "metric", "value", "test_accuracy", "updated_at")]
+    for path in find_runs(folder):
+        run, records = load_run(path)
+        best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
+        metric = run.get("metric_for_best_model", "eval_loss")
+        rows.append((
+            str(path), run.get("status", "?"), f"{len(records)}/{len(run.get('stages', []))}",
+            run.get("best_stage_dir") or "-", metric, _fmt(metric_of(best, metric)) if best else "-",
+            _fmt(metric_of(best, "test_accuracy")) if best else "-", run.get("updated_at", "-"),
+        ))
+    if len(rows) == 1:
+        return f"no runs under {folder}"
+    return format_table(rows)
+
+
+def show_run(path: str | Path) -> str:
+    run, records = load_run(path)
+    lines = [f"{path}: {run.get('status')}, task {run['config'].get('task')}, model {run['config']['model'].get('type')}, "
+             f"world size {run.get('world_size')}, tracked {run.get('metric_for_best_model')}"]
+    if not records:
+        return lines[0] + "\nno finished stage yet"
+    lines.append(format_stage_table(records, run.get("best_stage")))
+    params = [("stage", "description", "frozen/total", "steps", "samples/s")]
+    for r in records:
+        params.append((f"{r['stage_index']} {r['stage_name']}", r.get("stage_description") or "-",
+                       f"{r.get('frozen_parameters', 0)}/{r.get('total_parameters', '?')}", str(r.get("global_steps", "-")),
+                       str(r.get("train_samples_per_second", "-"))))
+    lines.append(format_table(params))
+    return "\n\n".join(lines)
+
+
+def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = "table") -> str:
+    """The best stage of each run side by side; the best value of each metric is marked with *."""
+    metrics = list(metrics or DEFAULT_METRICS)
+    entries = []
+    for path in paths:
+        run, records = load_run(path)
+        best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
+        entries.append((path, run, best))
+    header = ("run", "best_stage", *metrics)
+    values = [[metric_of(best, m) if best else None for m in metrics] for _, _, best in entries]
+    marks = []
+    for j, m in enumerate(metrics):
+        column = [v[j] for v in values if isinstance(v[j], (int, float))]
+        target = (min(column) if "loss" in m else max(column)) if column else None
+        marks.append(target)
+    rows = [header]
+    for (path, run, best), vals in zip(entries, values):
+        cells = [_fmt(v) + ("*" if v is not None and v == marks[j] and len(entries) > 1 else "") for j, v in enumerate(vals)]
+        rows.append((str(path), run.get("best_stage_dir") or "-", *cells))
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]]
+        return "\n".join(lines)
+    return format_table(rows) + "\n* best value of the column (lowest for losses)"

@@ -1,0 +1,29 @@
+"""Plain-text tables and the version stamp written into every run and evaluation."""
+
+from __future__ import annotations
+
+import platform
+
+
+def format_table(rows: list[tuple]) -> str:
+    """Left-aligned text columns; the first row is the header, underlined with dashes."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import torch
+    import transformers
+
+    import hfstage
+
+    return {
+        "hfstage": hfstage.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }
