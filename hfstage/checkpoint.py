@@ -6,6 +6,7 @@ killed at any moment never leaves a stage that looks finished but is not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -76,3 +77,12 @@ def remove_stale_tmp(folder: str | Path) -> None:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
+
+
+def fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file's bytes: which data a model saw, checkable later (stacking refuses leaks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -44,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
+    p = sub.add_parser("stack", help="fit a meta-learner over base models' predictions and compare ensembles")
+    p.add_argument("--models", nargs="+", required=True, help="base models: run folders (best stage) or stage folders")
+    p.add_argument("--out", required=True, help="folder for stack.json and the fitted meta-learner")
+    p.add_argument("--data", help="folder with the split files (default: what the first model trained on)")
+    p.add_argument("--meta", default="lightgbm", help="meta-learner saved for `predict`: lightgbm or logreg")
+    p.add_argument("--folds", type=int, default=5, help="stratified folds of the meta-learner's CV")
+    p.add_argument("--agreement", action="store_true", help="add std/max/min of the base probabilities as features")
+    p.add_argument("--passthrough", action="store_true", help="add the original inputs (flattened) as features")
+    p.add_argument("--train-split", default="val", help="split the meta-learner trains on (never a base model's training data)")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("predict", help="predict with a fitted stack")
+    p.add_argument("--stack", required=True, help="a folder written by `hfstage stack`")
+    p.add_argument("--data", required=True, help="folder with the split file")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="write the predictions CSV here")
+
     p = sub.add_parser("runs", help="look at finished runs")
     runs = p.add_subparsers(dest="runs_command", required=True)
     q = runs.add_parser("list", help="every run under a folder, with its best stage and metric")
@@ -107,6 +125,31 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _stack(args) -> int:
+    from hfstage.curriculum import setup_logging
+    from hfstage.stacking import format_stack, stack
+
+    setup_logging(None, True)
+    result = stack(args.models, args.out, args.data, args.meta, args.folds, args.agreement, args.passthrough,
+                   args.train_split, args.test_split, args.seed)
+    print(format_stack(result))
+    return 0
+
+
+def _predict(args) -> int:
+    from hfstage.checkpoint import atomic_write_text
+    from hfstage.curriculum import setup_logging
+    from hfstage.stacking import predict_with_stack
+
+    setup_logging(None, True)
+    summary, table = predict_with_stack(args.stack, args.data, args.split)
+    if args.out:
+        atomic_write_text(args.out, table)
+    print(f"{summary['data_file']}: {summary['samples']} samples, accuracy {summary['accuracy']:.4f}"
+          + (f"; predictions in {args.out}" if args.out else ""))
+    return 0
+
+
 def _runs(args) -> int:
     from hfstage import experiments
 
@@ -142,7 +185,8 @@ def _config(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "runs": _runs,
+COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "stack": _stack,
+            "predict": _predict, "runs": _runs,
             "config": _config}
 
 

@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import (
     atomic_write_json,
+    fingerprint,
     publish_dir,
     read_json,
     remove_stale_tmp,
@@ -401,6 +402,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         "stage_description": stage.description,
         "task": cfg.task,
         "data": dataclasses.asdict(cfg.data),
+        "train_data_sha256": fingerprint(Path(cfg.data.path) / cfg.data.train_file),
         "stage_config": dataclasses.asdict(stage),
         "metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in test_metrics.items() if k.startswith("test_")},

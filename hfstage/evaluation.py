@@ -10,7 +10,6 @@ the predictions CSV, the confusion-matrix PNG and the per-class report) next to 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -25,7 +24,12 @@ from torch.utils.data import DataLoader
 from transformers import AutoModel
 from transformers.trainer_utils import EvalPrediction
 
-from hfstage.checkpoint import atomic_write_json, atomic_write_text, read_json
+from hfstage.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    fingerprint,
+    read_json,
+)
 from hfstage.config import DataConfig, config_from_dict
 from hfstage.devices import cpu_only
 from hfstage.errors import CheckpointError, ConfigError
@@ -93,14 +97,6 @@ def split_path(data: DataConfig, split: str) -> Path:
     if name is None:
         raise ConfigError(f"--split {split}: the run has no {field}")
     return Path(data.path) / name
-
-
-def fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def predict(accelerator: Accelerator, checkpoint: Checkpoint, task, dataset, batch_size: int = 512):

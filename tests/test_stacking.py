@@ -1,0 +1,114 @@
+"""Stacking: the scores against hand computation, a known answer, the leak refusal, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from hfstage.cli import main
+from hfstage.stacking import majority_vote, meta_features, score_methods
+
+
+def crafted(n, rng):
+    """One informative model (right 90% of the time, confident) and two noise models."""
+    y = rng.integers(0, 2, n)
+    right = rng.random(n) < 0.9
+    informative = np.where(right == (y == 1), 0.8, 0.2) + rng.normal(0, 0.05, n)
+    noise = rng.random((n, 2))
+    return np.column_stack([noise[:, 0], informative, noise[:, 1]]).clip(0, 1), y
+
+
+def test_scores_match_hand_computation_and_the_stack_finds_the_informative_model():
+    rng = np.random.default_rng(0)
+    p, y = crafted(1000, rng)
+    p_test, y_test = crafted(500, rng)
+    X, names = meta_features(p, agreement=True, passthrough=None)
+    X_test, _ = meta_features(p_test, agreement=True, passthrough=None)
+    assert names == ["p0", "p1", "p2", "p_std", "p_max", "p_min"]
+    assert np.allclose(X[:, 3], p.std(axis=1))
+    rows, fitted = score_methods(["noise_a", "informative", "noise_b"], p, y, p_test, y_test, X, X_test, 5, 0)
+    by = {r["method"]: r for r in rows}
+    assert by["best single (informative)"]["test_accuracy"] == pytest.approx(((p_test[:, 1] > 0.5) == y_test).mean())
+    assert by["mean of probabilities"]["cv_accuracy"] == pytest.approx(((p.mean(1) > 0.5) == y).mean())
+    votes = (p > 0.5).sum(1) >= 2
+    assert by["majority vote"]["test_accuracy"] == pytest.approx(((majority_vote(p_test) > 0.5) == y_test).mean())
+    assert by["majority vote"]["cv_accuracy"] == pytest.approx((votes == y).mean())
+    for kind in ("logreg stack", "lightgbm stack"):
+        # the meta-learner learns to trust the informative model and ignore the noise
+        assert by[kind]["cv_accuracy"] > by["mean of probabilities"]["cv_accuracy"] + 0.05
+        assert by[kind]["test_accuracy"] >= by["best single (informative)"]["test_accuracy"] - 0.02
+    coef = fitted["logreg"].coef_[0]
+    assert abs(coef[1]) > 5 * max(abs(coef[0]), abs(coef[2]))
+
+
+def test_majority_vote_ties_are_negative():
+    assert majority_vote(np.array([[0.9, 0.1], [0.9, 0.8], [0.2, 0.1]])).tolist() == [0.0, 1.0, 0.0]
+
+
+@pytest.fixture
+def two_runs(finished_run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(finished_run, a)
+    shutil.copytree(finished_run, b)
+    return a, b
+
+
+def test_stack_end_to_end_and_predict(two_runs, tmp_path, pair_data, capsys):
+    a, b = two_runs
+    out = tmp_path / "stack"
+    assert main(["stack", "--models", str(a), str(b / "stage_1_baseline"), "--out", str(out), "--folds", "3",
+                 "--agreement", "--meta", "logreg"]) == 0
+    table = capsys.readouterr().out
+    for method in ("best single", "mean of probabilities", "majority vote", "logreg stack", "lightgbm stack"):
+        assert method in table
+    result = json.loads((out / "stack.json").read_text())
+    assert result["samples"] == {"meta_train": 160, "test": 160}
+    meta = json.loads((out / "stack_meta.json").read_text())
+    assert meta["features"] == ["p0", "p1", "p_std", "p_max", "p_min"] and len(meta["base_models"]) == 2
+    assert (out / "meta_logreg.json").is_file()
+
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--stack", str(out), "--data", str(pair_data), "--out", str(preds)]) == 0
+    printed = capsys.readouterr().out
+    with open(preds) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 160
+    acc = np.mean([r["label"] == r["prediction"] for r in rows])
+    logreg_test = next(r for r in result["methods"] if r["method"] == "logreg stack")["test_accuracy"]
+    assert acc == pytest.approx(logreg_test)  # the saved meta-learner reproduces the reported number
+    assert f"accuracy {acc:.4f}" in printed
+
+
+def test_lightgbm_meta_learner_is_saved_as_text(two_runs, tmp_path, pair_data):
+    a, b = two_runs
+    out = tmp_path / "stack"
+    assert main(["stack", "--models", str(a), str(b), "--out", str(out), "--folds", "2"]) == 0
+    assert (out / "meta_model.txt").read_text().startswith("tree")
+    assert main(["predict", "--stack", str(out), "--data", str(pair_data)]) == 0
+
+
+def test_stacking_on_training_data_is_refused(two_runs, tmp_path, capsys):
+    a, b = two_runs
+    assert main(["stack", "--models", str(a), str(b), "--out", str(tmp_path / "s"), "--train-split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert str(a) in err and "in-sample" in err and "leak" in err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--folds", "1"], "--folds: 1 must be >= 2"),
+    (["--meta", "xgboost"], "unknown meta-learner 'xgboost'"),
+])
+def test_bad_stack_options(two_runs, tmp_path, capsys, args, message):
+    a, b = two_runs
+    assert main(["stack", "--models", str(a), str(b), "--out", str(tmp_path / "s"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_model_is_not_a_stack(two_runs, tmp_path, capsys):
+    assert main(["stack", "--models", str(two_runs[0]), "--out", str(tmp_path / "s")]) == 2
+    assert "at least two base models" in capsys.readouterr().err
