@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("runs", nargs="+")
     q.add_argument("--metric", action="append", help="metric(s) to show (default: eval loss/accuracy/f1, test accuracy)")
     q.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    q = runs.add_parser("cleanup", help="delete old or poor runs, never the best K of a (task, model type) group")
+    q.add_argument("folder", nargs="?", default="runs")
+    q.add_argument("--days-old", type=float, help="only runs last updated at least this many days ago")
+    q.add_argument("--keep-best", type=int, default=1, help="runs kept in every group, by their tracked metric")
+    q.add_argument("--pattern", default="*", help="only run folders whose name matches this glob")
+    q.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    q = runs.add_parser("archive", help="pack runs into a .tar.gz (extract it to restore the run folders)")
+    q.add_argument("runs", nargs="+")
+    q.add_argument("--out", required=True, help="FILE.tar.gz")
 
     p = sub.add_parser("config", help="config tools")
     p.add_argument("--reference", action="store_true", required=True, help="print the config reference (Markdown)")
@@ -157,8 +166,17 @@ def _runs(args) -> int:
         print(experiments.list_runs_table(args.folder))
     elif args.runs_command == "show":
         print(experiments.show_run(args.run))
-    else:
+    elif args.runs_command == "compare":
         print(experiments.compare_runs(args.runs, args.metric, args.format))
+    elif args.runs_command == "cleanup":
+        doomed = experiments.cleanup(args.folder, args.days_old, args.keep_best, args.pattern, args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for path, reason in doomed:
+            print(f"{verb} {path} ({reason})")
+        print(f"{len(doomed)} run(s) {verb}")
+    else:
+        out = experiments.archive(args.runs, args.out)
+        print(f"archived {len(args.runs)} run(s) into {out}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Work over many finished runs: ``hfstage runs list | show | compare``.
+"""Work over many finished runs: ``hfstage runs list | show | compare | cleanup | archive``.
 
 Everything is read from ``run.json`` and each stage's ``stage.json``: what a run is, and which of its
 stages is best, is recorded there, never guessed from folder names.
@@ -7,13 +7,17 @@ stages is best, is recorded there, never guessed from folder names.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
+import shutil
+import tarfile
+import time
 from pathlib import Path
 
 from hfstage.checkpoint import read_json
 from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
-from hfstage.errors import CheckpointError
+from hfstage.errors import CheckpointError, ConfigError
 from hfstage.reporting import format_table
 
 DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
@@ -114,3 +118,69 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]]
         return "\n".join(lines)
     return format_table(rows) + "\n* best value of the column (lowest for losses)"
+
+
+def _run_score(run: dict, records: list[dict]) -> float | None:
+    """The tracked metric of the run's best stage, oriented so that larger is better."""
+    metric = run.get("metric_for_best_model", "eval_loss")
+    best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
+    value = metric_of(best, metric) if best else None
+    if not isinstance(value, (int, float)):
+        return None
+    return -value if "loss" in metric else value
+
+
+def _age_days(run: dict, path: Path) -> float:
+    stamp = run.get("updated_at")
+    try:
+        when = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else (path / RUN_JSON).stat().st_mtime
+    except ValueError:
+        when = (path / RUN_JSON).stat().st_mtime
+    return (time.time() - when) / 86400
+
+
+def cleanup_plan(folder: str | Path, days_old: float | None = None, keep_best: int = 1,
+                 pattern: str = "*") -> list[tuple[Path, str]]:
+    """Runs to delete, with the reason; the best ``keep_best`` runs of every (task, model type) group stay."""
+    if keep_best < 0:
+        raise ConfigError(f"--keep-best: {keep_best} must be >= 0")
+    groups: dict[tuple[str, str], list[tuple[Path, dict, float | None]]] = {}
+    for path in find_runs(folder):
+        run, records = load_run(path)
+        key = (run["config"].get("task", "?"), run["config"].get("model", {}).get("type", "?"))
+        groups.setdefault(key, []).append((path, run, _run_score(run, records)))
+    doomed = []
+    for (task, model_type), members in sorted(groups.items()):
+        ranked = sorted(members, key=lambda m: (m[2] is None, -(m[2] or 0)))
+        protected = {m[0] for m in ranked[:keep_best]}
+        for path, run, _ in ranked:
+            if path in protected or not fnmatch.fnmatch(path.name, pattern):
+                continue
+            age = _age_days(run, path)
+            if days_old is not None and age < days_old:
+                continue
+            doomed.append((path, f"{task}/{model_type}, {age:.1f} days old, not among the best {keep_best}"))
+    return doomed
+
+
+def cleanup(folder: str | Path, days_old: float | None = None, keep_best: int = 1, pattern: str = "*",
+            dry_run: bool = False) -> list[tuple[Path, str]]:
+    doomed = cleanup_plan(folder, days_old, keep_best, pattern)
+    for path, _ in doomed:
+        if not dry_run:
+            shutil.rmtree(path)
+    return doomed
+
+
+def archive(runs: list[str], out: str | Path) -> Path:
+    """Pack run folders into a .tar.gz that extracts back into normal run folders."""
+    out = Path(out)
+    for path in runs:
+        load_run(path)  # refuse anything that is not a run before writing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in runs:
+            tar.add(Path(path), arcname=Path(path).resolve().name)
+    tmp.replace(out)
+    return out
