@@ -86,3 +86,62 @@ def fingerprint(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class RunLock:
+    """``<output_dir>/.lock``: one run per folder at a time; a lock left by a dead process is taken over.
+
+    The file holds the owner's pid, host and start time. A lock from another host cannot be checked
+    for liveness, so it is refused with the path to delete once that run is known to be gone.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        import logging
+        import socket
+        import time
+
+        from hfstage.errors import CheckpointError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                    logging.getLogger("hfstage").warning("%s: taking over a stale lock of pid %s", self.path, owner["pid"])
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('started_at', '?')}"
+                raise CheckpointError(
+                    f"{self.path.parent}: another hfstage run ({who}) is using this output_dir; wait for it, or delete "
+                    f"{self.path} if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return
+        raise CheckpointError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -26,6 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import (
+    RunLock,
     atomic_write_json,
     fingerprint,
     publish_dir,
@@ -454,7 +455,40 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     records = finished_stage_records(out, cfg)
     created_at = saved.get("created_at") if saved else None
     state.wait_for_everyone()  # every process checked the same folder before anyone writes to it
+    lock = RunLock(out)
+    setup_logging(None, main)  # so a stale-lock takeover is reported
+    _on_every_process(state, lock.acquire if main else None)
     setup_logging(out, main)
+    try:
+        return _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at)
+    finally:
+        lock.release()
+
+
+def _on_every_process(state, action) -> None:
+    """Run ``action`` on the main process; if it raises an hfstage error, raise it on every process.
+
+    Without this a refusal on the main process would leave the other processes waiting forever.
+    """
+    error = None
+    if action is not None:
+        try:
+            action()
+        except CheckpointError as exc:
+            error = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [error]
+        broadcast_object_list(box, from_process=0)
+        error = box[0]
+    if error:
+        raise CheckpointError(error)
+
+
+def _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at) -> dict:
+    main = state.is_main_process
+    out = Path(cfg.output_dir)
     if main:
         remove_stale_tmp(out)
         atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))

@@ -266,3 +266,32 @@ def test_early_stopping_inside_a_stage(recipe, tmp_path):
     assert main(["train", "--config", str(path)]) == 0
     record = read(tmp_path / "run/stage_1_stuck/stage.json")
     assert record["global_steps"] == 6  # best at step 2, no improvement at 4 and 6: stop (not 30 steps)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(recipe, tmp_path, capsys):
+    import os
+    import socket
+
+    path = recipe()
+    out = tmp_path / "run"
+    out.mkdir()
+    # a live owner on this host: this very test process
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": "now"}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "another hfstage run" in err and f"pid {os.getpid()}" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing else written
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(recipe, tmp_path, capsys):
+    import socket
+
+    path = recipe(stages=[{"name": "only", "epochs": 1}])
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert main(["train", "--config", str(path)]) == 0
+    assert not (out / ".lock").exists()  # released at the end
+    assert f"taking over a stale lock of pid {int(dead.stdout)}" in capsys.readouterr().err
+    assert read(out / "run.json")["status"] == "finished"
