@@ -1,0 +1,153 @@
+"""Training overhead: hfstage's StageTrainer vs plain transformers.Trainer vs a plain PyTorch loop.
+
+The same pair model (the quickstart's), the same real MNIST pairs, the same number of optimizer
+steps and batch size; runs alternate inside one process and the median of the repeats is reported,
+because identical runs vary by up to +-15% on shared machines. The last line is the headline:
+``overhead_ratio_vs_plain_loop: <hfstage / plain loop>``.
+
+    python bench/overhead.py            # 60 steps x 5 repeats, fp32 and bf16; updates BENCHMARKS.md
+    python bench/overhead.py --quick    # smoke mode (a test runs it so the script does not rot)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_line, update_benchmarks  # noqa: E402
+
+MODEL = {"type": "pair_cnn", "channels": [32, 64], "embed_dim": 128, "fusion": ["diff", "product"], "hidden_dim": 128}
+BATCH = 128
+
+
+def make_model(seed: int):
+    from hfstage.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(MODEL)
+
+
+def plain_loop(x: np.ndarray, y: np.ndarray, steps: int, bf16: bool) -> float:
+    model = make_model(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=BATCH, shuffle=True,
+                        drop_last=True)
+    model.train()
+    done = 0
+    began = time.perf_counter()
+    while done < steps:
+        for xb, yb in loader:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(pixel_values=xb.float().div_(255)).logits
+            loss = F.binary_cross_entropy_with_logits(logits.float(), yb.float())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += 1
+            if done == steps:
+                break
+    return steps * BATCH / (time.perf_counter() - began)
+
+
+class ItemDataset(Dataset):
+    """What a plain Trainer user writes: one dict of tensors per item."""
+
+    def __init__(self, x, y):
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i].float() / 255, "labels": self.y[i].float()}
+
+
+def _args(cls, out: str, steps: int, bf16: bool, **extra):
+    return cls(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
+               lr_scheduler_type="constant", use_cpu=True, bf16=bf16, report_to="none", save_strategy="no",
+               eval_strategy="no", logging_steps=10_000, disable_tqdm=True, remove_unused_columns=False,
+               label_names=["labels"], dataloader_drop_last=True, **extra)
+
+
+def plain_trainer(x, y, steps: int, bf16: bool) -> float:
+    from transformers import Trainer, TrainingArguments
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        return F.binary_cross_entropy_with_logits(outputs["logits"].float(), labels.float())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model=make_model(0), args=_args(TrainingArguments, tmp, steps, bf16),
+                          train_dataset=ItemDataset(x, y), compute_loss_func=loss_fn)
+        began = time.perf_counter()
+        trainer.train()
+        return steps * BATCH / (time.perf_counter() - began)
+
+
+def hfstage_trainer(x, y, steps: int, bf16: bool) -> float:
+    """StageTrainer with hfstage's batched dataset and collator, as a curriculum stage builds it."""
+    from hfstage.data.npz_pairs import PairCollator, PairDataset
+    from hfstage.trainer import StageTrainer, StageTrainingArguments
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = StageTrainer(model=make_model(0), args=_args(StageTrainingArguments, tmp, steps, bf16),
+                               train_dataset=PairDataset(x, y), data_collator=PairCollator())
+        began = time.perf_counter()
+        trainer.train()
+        return steps * BATCH / (time.perf_counter() - began)
+
+
+def main(argv=None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke mode: few steps, one repeat, no BENCHMARKS.md")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    steps, repeats = (4, 1) if args.quick else (args.steps, args.repeats)
+
+    from hfstage.data.prepare import prepare_mnist_pairs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_mnist_pairs(tmp, seed=0, train_pairs=max(steps * BATCH, 2 * BATCH), val_pairs=2, test_pairs=2)
+        data = np.load(Path(tmp) / "train.npz")
+        x, y = data["x"], data["y"]
+
+    methods = {"plain loop": plain_loop, "plain Trainer": plain_trainer, "hfstage StageTrainer": hfstage_trainer}
+    results = {}
+    for precision in ("fp32", "bf16"):
+        bf16 = precision == "bf16"
+        samples = {name: [] for name in methods}
+        for fn in methods.values():  # warm-up: first-call costs (oneDNN kernels, imports) are not overhead
+            fn(x, y, 2, bf16)
+        for _ in range(repeats):
+            for name, fn in methods.items():
+                samples[name].append(fn(x, y, steps, bf16))
+        results[precision] = {name: statistics.median(v) for name, v in samples.items()}
+
+    lines = [f"{machine_line()}; {steps} steps of batch {BATCH}, median of {repeats} alternated repeats", "",
+             "| precision | plain loop (pairs/s) | plain Trainer | hfstage | hfstage / plain loop | hfstage / plain Trainer |",
+             "|---|---|---|---|---|---|"]
+    for precision, r in results.items():
+        ours, loop, hf = r["hfstage StageTrainer"], r["plain loop"], r["plain Trainer"]
+        lines.append(f"| {precision} | {loop:.0f} | {hf:.0f} | {ours:.0f} | {ours / loop:.3f} | {ours / hf:.3f} |")
+        print(f"{precision}: plain loop {loop:.0f}/s, plain Trainer {hf:.0f}/s, hfstage {ours:.0f}/s; "
+              f"hfstage/loop {ours / loop:.3f}, hfstage/Trainer {ours / hf:.3f}")
+    lines += ["", "Targets (issue): hfstage >= 0.97x the plain loop and >= 1.1x plain Trainer."]
+    if not args.quick:
+        update_benchmarks("overhead", "Training overhead (`bench/overhead.py`)", "\n".join(lines))
+    ratio = results["fp32"]["hfstage StageTrainer"] / results["fp32"]["plain loop"]
+    print(f"overhead_ratio_vs_plain_loop: {ratio:.3f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
