@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="write the predictions CSV here")
 
+    p = sub.add_parser("continue", help="append a stage to a finished run, starting from one of its stages")
+    p.add_argument("run", nargs="?", help="the run folder")
+    p.add_argument("--list", nargs="?", const="runs", metavar="DIR", help="list the stages that can be continued")
+    p.add_argument("--from", dest="from_stage", help="stage number or name (default: the run's best stage)")
+    p.add_argument("--preset", help="fine_tune (low lr), regularization (stronger LS/dropout/wd), exploration (higher lr, warm restart)")
+    p.add_argument("--data", help="folder with the split files, if the run's data path has moved")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="stage fields of the new stage: lr=1e-5 epochs=2")
+
     p = sub.add_parser("runs", help="look at finished runs")
     runs = p.add_subparsers(dest="runs_command", required=True)
     q = runs.add_parser("list", help="every run under a folder, with its best stage and metric")
@@ -159,6 +167,21 @@ def _predict(args) -> int:
     return 0
 
 
+def _continue(args) -> int:
+    from hfstage import experiments
+    from hfstage.curriculum import run
+    from hfstage.errors import ConfigError
+
+    if args.list:
+        print(experiments.continuable_table(args.list))
+        return 0
+    if not args.run or not args.preset:
+        raise ConfigError("continue: give a RUN folder and --preset (or --list to see what can be continued)")
+    cfg = experiments.continuation_config(args.run, args.preset, args.from_stage, args.overrides, args.data)
+    run(cfg, config_file=experiments.load_run(args.run)[0].get("config_file"))
+    return 0
+
+
 def _runs(args) -> int:
     from hfstage import experiments
 
@@ -204,12 +227,19 @@ def _config(args) -> int:
 
 
 COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "stack": _stack,
-            "predict": _predict, "runs": _runs,
+            "predict": _predict, "continue": _continue, "runs": _runs,
             "config": _config}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may stand anywhere after the command (argparse only takes one run of positionals)
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return COMMANDS[args.command](args)
     except HfstageError as exc:

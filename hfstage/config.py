@@ -93,6 +93,9 @@ class StageConfig:
         factory=dict,
     )
     dropout: Optional[float] = _f(None, "If set, the p of every dropout layer of the model for this stage.")
+    init_from: Optional[str] = _f(
+        None, "Start from this earlier stage's weights (its number or name) instead of the latest kept stage."
+    )
     early_stopping_patience: Optional[int] = _f(
         None, "Stop the stage after this many evaluations without improvement of the tracked metric."
     )
@@ -260,6 +263,14 @@ def _check_stage_names(stages: list[StageConfig], where: str) -> None:
             )
         if stage.name in seen:
             raise ConfigError(f"{where}.stages.{i}.name: stage name {stage.name!r} is used twice")
+        if stage.init_from is not None:
+            earlier = [s.name for s in stages[: i - 1]]
+            ref = stage.init_from
+            if not (ref in earlier or (ref.isdigit() and 1 <= int(ref) < i)):
+                raise ConfigError(
+                    f"{where}.stages.{i}.init_from: {ref!r} is not an earlier stage (give its number or name: "
+                    f"{', '.join(earlier) or 'there is none'})"
+                )
         seen.add(stage.name)
 
 
@@ -430,3 +441,12 @@ def reference_markdown() -> str:
             parts.append(f"| `{f.name}` | {tp} | {_default_text(f)} | {f.metadata.get('help', '')} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def init_stage_index(stages: list[StageConfig], stage: StageConfig) -> int | None:
+    """The number (from 1) of the stage ``stage.init_from`` names, or None when it is unset."""
+    if stage.init_from is None:
+        return None
+    if stage.init_from.isdigit():
+        return int(stage.init_from)
+    return [s.name for s in stages].index(stage.init_from) + 1

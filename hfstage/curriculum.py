@@ -34,7 +34,7 @@ from hfstage.checkpoint import (
     remove_stale_tmp,
     staging_dir,
 )
-from hfstage.config import RunConfig, StageConfig
+from hfstage.config import RunConfig, StageConfig, init_stage_index
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError, StageError
 from hfstage.losses import LOSSES
@@ -55,8 +55,9 @@ RUN_JSON = "run.json"
 STAGE_JSON = "stage.json"
 TRAINING_LOG = "training.log"
 CHECKPOINTS = "checkpoints"
-# Fields that change how a run is logged, not what it computes: they may differ on resume.
-COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir")
+# Fields that may differ on resume: how a run is logged, where it lives, and quick_test, whose
+# effects are already written into the stages and the data fields that are compared.
+COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir", "quick_test", "quick_test_samples")
 
 
 def stage_dirname(index: int, name: str) -> str:
@@ -351,7 +352,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         if hasattr(cb, "on_stage_begin"):  # plain TrainerCallbacks are welcome too
             cb.on_stage_begin(stage_index=index, stage=stage, run_config=cfg)
 
-    start = latest_kept(records)
+    chosen = init_stage_index(cfg.stages, stage)
+    start = records[chosen - 1] if chosen else latest_kept(records)
     if start is None:
         set_seed(cfg.seed)
         model = build_model(cfg.model, **task.model_args(splits))

@@ -184,3 +184,73 @@ def archive(runs: list[str], out: str | Path) -> Path:
             tar.add(Path(path), arcname=Path(path).resolve().name)
     tmp.replace(out)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Continue training from a saved stage (S1's continue_training.py, as one more curriculum stage)
+
+PRESETS_FILE = Path(__file__).resolve().parent / "presets" / "continue.yaml"
+
+
+def load_presets() -> dict[str, dict]:
+    import yaml
+
+    return yaml.safe_load(PRESETS_FILE.read_text())
+
+
+def continuable_table(folder: str | Path) -> str:
+    """Every finished stage of every run under ``folder``: what ``hfstage continue`` can start from."""
+    rows = [("run", "stage", "kept", "metric", "value")]
+    for path in find_runs(folder):
+        run, records = load_run(path)
+        metric = run.get("metric_for_best_model", "eval_loss")
+        for r in records:
+            best = " (best)" if r["stage_index"] == run.get("best_stage") else ""
+            rows.append((str(path), f"{r['stage_index']} {r['stage_name']}{best}", "yes" if r["kept"] else "no",
+                         metric, _fmt(metric_of(r, metric))))
+    if len(rows) == 1:
+        return f"no finished stages under {folder}"
+    presets = ", ".join(load_presets())
+    return format_table(rows) + f"\n\nhfstage continue RUN [--from STAGE] --preset {{{presets}}} [key=value ...]"
+
+
+def continuation_config(run_path: str | Path, preset: str, from_stage: str | None = None,
+                        overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None):
+    """The run's config with one more stage: the source stage's settings, then the preset, then overrides."""
+    from hfstage.config import apply_override, build_run_config
+    from hfstage.registry import closest
+
+    run_path = Path(run_path)
+    run, records = load_run(run_path)
+    if not records:
+        raise CheckpointError(f"{run_path}: no finished stage to continue from")
+    if from_stage is None:
+        source = next((r for r in records if r["stage_index"] == run.get("best_stage")), records[-1])
+    else:
+        source = next((r for r in records if str(r["stage_index"]) == from_stage or r["stage_name"] == from_stage), None)
+        if source is None:
+            names = ", ".join(f"{r['stage_index']} {r['stage_name']}" for r in records)
+            raise CheckpointError(f"{run_path}: --from {from_stage!r} is not a finished stage (finished: {names})")
+    presets = load_presets()
+    if preset not in presets:
+        raise ConfigError(f"--preset: unknown preset {preset!r}{closest(preset, presets)}; choose one of {', '.join(presets)}")
+    chosen = dict(presets[preset])
+    stage = {k: v for k, v in source["stage_config"].items() if k not in ("name", "description", "init_from")}
+    lr_scale = chosen.pop("lr_scale", 1.0)
+    stage["lr"] = source["stage_config"]["lr"] * lr_scale
+    description = chosen.pop("description", preset)
+    stage.update(chosen)
+    taken = {s["stage_name"] for s in run["stages"]}
+    name = preset if preset not in taken else next(f"{preset}_{i}" for i in range(2, 1000) if f"{preset}_{i}" not in taken)
+    stage.update(name=name, description=f"{description} (from stage {source['stage_index']} {source['stage_name']})",
+                 init_from=str(source["stage_index"]))
+    holder = {"stages": [stage]}
+    for text in overrides:
+        apply_override(holder, f"stages.1.{text}")
+    raw = dict(run["config"])
+    raw["stages"] = [*raw["stages"], holder["stages"][0]]
+    raw["output_dir"] = str(run_path)  # the folder given, wherever the run was made
+    raw["quick_test"] = False  # already applied to the saved stages
+    if data_dir is not None:
+        raw["data"] = {**raw["data"], "path": data_dir}
+    return build_run_config(raw, str(run_path / RUN_JSON))

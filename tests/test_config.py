@@ -137,3 +137,13 @@ def test_readme_reference_is_current():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     current = readme.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
     assert current == reference_markdown().strip(), "run `make reference` to regenerate the README's config reference"
+
+
+def test_init_from_must_name_an_earlier_stage(tmp_path):
+    path = write(tmp_path, BASE)
+    cfg = load_config(path, ["stages.2.init_from=baseline"])
+    assert cfg.stages[1].init_from == "baseline"
+    assert load_config(path, ["stages.2.init_from=1"]).stages[1].init_from == "1"
+    for bad in ("stages.1.init_from=finetune", "stages.2.init_from=2", "stages.2.init_from=nope"):
+        with pytest.raises(ConfigError, match="is not an earlier stage"):
+            load_config(path, [bad])

@@ -1,6 +1,8 @@
 import json
 import shutil
 
+import pytest
+
 from hfstage.cli import main
 
 
@@ -84,3 +86,43 @@ def test_archive_round_trip(finished_run, tmp_path, capsys):
     assert "2 finetune" in capsys.readouterr().out
     assert main(["runs", "archive", str(tmp_path), "--out", str(tmp_path / "x.tar.gz")]) == 2
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_continue_appends_a_stage_from_the_chosen_stage(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert main(["continue", "--list", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "1 baseline" in listed and "--preset {fine_tune, regularization, exploration}" in listed
+
+    source = json.loads((run / "stage_1_baseline/stage.json").read_text())
+    assert main(["continue", str(run), "--from", "baseline", "--preset", "fine_tune", "epochs=2"]) == 0
+    new = json.loads((run / "stage_3_fine_tune/stage.json").read_text())
+    assert new["started_from"] == "stage_1_baseline"
+    assert new["stage_config"]["lr"] == pytest.approx(source["stage_config"]["lr"] * 0.1)
+    assert new["stage_config"]["epochs"] == 2 and new["stage_config"]["augmentation"] == {}
+    assert new["global_steps"] == 20  # 320 pairs / 32 * 2 epochs
+    run_json = json.loads((run / "run.json").read_text())
+    assert [s["stage_name"] for s in run_json["stages"]] == ["baseline", "finetune", "fine_tune"]
+    assert run_json["status"] == "finished"
+    # the same preset again gets a fresh name and starts from the best stage by default
+    assert main(["continue", str(run), "--preset", "exploration"]) == 0
+    again = json.loads((run / "stage_4_exploration/stage.json").read_text())
+    assert again["started_from"] == run_json["best_stage_dir"]
+    assert again["stage_config"]["scheduler"] == "cosine_with_restarts"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "fine_tuning"], "unknown preset 'fine_tuning' (did you mean 'fine_tune'?)"),
+    (["--preset", "fine_tune", "--from", "7"], "--from '7' is not a finished stage"),
+    (["--preset", "fine_tune", "lr=-1"], "lr: -1.0 must be > 0"),
+    (["--preset", "fine_tune", "lrr=1"], "lrr: unknown key (did you mean 'lr'?)"),
+    ([], "give a RUN folder and --preset"),
+])
+def test_continue_refuses_bad_requests(finished_run, tmp_path, capsys, args, message):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["continue", str(run), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
