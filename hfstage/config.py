@@ -205,8 +205,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         else:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if math.isnan(out):
-            raise ConfigError(f"{where}: NaN is not allowed")
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: {out} is not allowed (a finite number is needed)")
         return out
     if tp is str:
         if isinstance(value, str):

@@ -60,6 +60,8 @@ def test_quick_test_sets_one_epoch_and_subsets(tmp_path):
         ("data.pth=x", "data.pth: unknown key (did you mean 'path'?)"),
         ("stages.1.lr=-1", "stages.1.lr: -1.0 must be > 0"),
         ("stages.1.lr=fast", "stages.1.lr: expected a number, got 'fast'"),
+        ("stages.1.lr=inf", "stages.1.lr: inf is not allowed"),
+        ("improvement_threshold=nan", "improvement_threshold: nan is not allowed"),
         ("stages.1.label_smoothing=1.0", "stages.1.label_smoothing: 1.0 must be in [0, 1)"),
         ("stages.1.focal_gamma=-2", "must be >= 0"),
         ("stages.1.batch_size=2.5", "stages.1.batch_size: expected an integer"),
