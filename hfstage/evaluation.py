@@ -161,11 +161,17 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
 
 
 def predictions_csv(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> str:
+    """id, label, prediction, probability (of the positive class, or of the predicted class), and for
+    multi-class tasks one ``p_<class>`` column per class."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["id", "label", "prediction", "probability"])
+    multi = probs.ndim == 2
+    writer.writerow(["id", "label", "prediction", "probability"] + ([f"p_{c}" for c in range(probs.shape[1])] if multi else []))
     for i, (y, p, q) in enumerate(zip(labels, preds, probs)):
-        writer.writerow([i, int(y), int(p), f"{float(q):.6f}"])
+        if multi:
+            writer.writerow([i, int(y), int(p), f"{float(q[p]):.6f}", *(f"{float(v):.6f}" for v in q)])
+        else:
+            writer.writerow([i, int(y), int(p), f"{float(q):.6f}"])
     return buf.getvalue()
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hfstage.config import DataConfig, StageConfig
-from hfstage.data import npz_pairs
+from hfstage.data import npz_pairs, npz_sequences
 from hfstage.errors import DataError
 from hfstage.metrics import classification_metrics
 from hfstage.registry import Registry
@@ -82,3 +82,62 @@ class PairClassificationTask:
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         preds, _ = self.decide(eval_pred.predictions)
         return classification_metrics(preds, np.asarray(eval_pred.label_ids), average="binary")
+
+
+@TASKS.register("sequence_classification")
+class SequenceClassificationTask:
+    """Padded feature clips from ``.npz`` files; C-class logits; macro-averaged metrics."""
+
+    name = "sequence_classification"
+
+    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> npz_sequences.SequenceDataset:
+        a = npz_sequences.load_sequence_arrays(path, field)
+        n = len(a["y"]) if limit is None else limit
+        return npz_sequences.SequenceDataset(a["x"][:n], a["y"][:n], a["lengths"][:n], a.get("classes"))
+
+    def load_splits(self, data: DataConfig) -> Splits:
+        root = Path(data.path)
+        files = {"train_file": data.train_file, "eval_file": data.eval_file, "test_file": data.test_file}
+        sets = {}
+        for field, name in files.items():
+            if name is None:
+                continue
+            limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
+            sets[field] = self.load_split(root / name, f"data.{field}", limit)
+        train = sets["train_file"]
+        n_classes = self.num_labels(train)
+        for field, ds in sets.items():
+            where = root / files[field]
+            if ds.x.shape[2] != train.x.shape[2]:
+                raise DataError(f"{where}: key 'x' has {ds.x.shape[2]} features per frame but "
+                                f"{root / data.train_file} has {train.x.shape[2]} (data.{field})")
+            if int(ds.y.max()) >= n_classes:
+                raise DataError(f"{where}: key 'y' has class {int(ds.y.max())}, outside the {n_classes} classes "
+                                f"of the training split (data.{field})")
+        return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
+
+    @staticmethod
+    def num_labels(train) -> int:
+        return len(train.classes) if train.classes else int(train.y.max()) + 1
+
+    def model_args(self, splits: Splits) -> dict[str, Any]:
+        return {"input_dim": int(splits.train.x.shape[2]), "num_labels": self.num_labels(splits.train)}
+
+    def check_stage(self, stage: StageConfig, where: str) -> None:
+        npz_sequences.check_sequence_augmentation(stage.augmentation, where)
+
+    def collator(self, stage: StageConfig | None, training: bool):
+        return npz_sequences.SequenceCollator(stage.augmentation if (training and stage is not None) else None)
+
+    def decide(self, predictions) -> tuple[np.ndarray, np.ndarray]:
+        """Model outputs -> (predicted class, class probabilities (N, C)) per sample."""
+        if isinstance(predictions, (tuple, list)):
+            predictions = predictions[0]
+        logits = np.asarray(predictions, dtype=np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        return logits.argmax(axis=1), probs
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        preds, _ = self.decide(eval_pred.predictions)
+        return classification_metrics(preds, np.asarray(eval_pred.label_ids), average="macro")

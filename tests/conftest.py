@@ -77,3 +77,13 @@ def finished_run(tmp_path_factory, pair_data) -> Path:
                         [{"name": "baseline", "epochs": 1}, {"name": "finetune", "epochs": 1, "lr": 1e-3}])
     run(load_config(path))
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def sequence_data(tmp_path_factory) -> Path:
+    """Real UEA JapaneseVowels clips (aeon ships them): 216 train / 54 val / 370 test, 9 classes."""
+    from hfstage.data.prepare import prepare_japanese_vowels
+
+    out = tmp_path_factory.mktemp("japanese_vowels")
+    prepare_japanese_vowels(out, seed=0)
+    return out

@@ -119,3 +119,60 @@ def prepare_mnist_pairs(out: str | Path, seed: int = 0, train_pairs: int = 60000
         logger.info("wrote %s: %d pairs from %d images", out / f"{name}.npz", len(y), len(images))
     atomic_write_json(out / "prepare.json", summary)
     return summary
+
+
+@PREPARERS.register("japanese-vowels")
+def prepare_japanese_vowels(out: str | Path, seed: int = 0, val_fraction: float = 0.2) -> dict:
+    """UEA JapaneseVowels (9 speakers, 12 LPC cepstrum channels, 7-29 frames) from aeon's bundled copy.
+
+    Variable-length multivariate clips, like keypoint sequences of sign language: padded to the
+    longest clip with ``lengths``, standardised per channel with the training split's statistics.
+    The official train split is divided (stratified, by ``seed``) into train and val; test is the
+    official test split.
+    """
+    try:
+        from aeon.datasets import load_classification
+    except ImportError:
+        raise DataError("japanese-vowels: the 'aeon' package is not installed (pip install aeon)") from None
+    out = Path(out)
+    train_x, train_y = load_classification("JapaneseVowels", split="train")
+    test_x, test_y = load_classification("JapaneseVowels", split="test")
+    classes = sorted(set(train_y) | set(test_y), key=lambda c: int(c) if str(c).isdigit() else str(c))
+    index = {c: i for i, c in enumerate(classes)}
+    longest = max(x.shape[1] for x in list(train_x) + list(test_x))
+
+    def pad(clips):
+        x = np.zeros((len(clips), longest, clips[0].shape[0]), np.float32)
+        lengths = np.array([c.shape[1] for c in clips], np.int64)
+        for i, c in enumerate(clips):
+            x[i, : c.shape[1]] = c.T
+        return x, lengths
+
+    rng = np.random.default_rng(seed)
+    y_all = np.array([index[c] for c in train_y])
+    val_idx = np.concatenate([rng.permutation(np.flatnonzero(y_all == k))[: max(1, round(val_fraction * (y_all == k).sum()))]
+                              for k in range(len(classes))])
+    is_val = np.zeros(len(y_all), bool)
+    is_val[val_idx] = True
+    x_tr, len_tr = pad(list(train_x))
+    valid = np.arange(longest)[None, :] < len_tr[:, None]
+    frames = x_tr[valid & ~is_val[:, None]]
+    mean, std = frames.mean(0), frames.std(0) + 1e-6
+    x_te, len_te = pad(list(test_x))
+    splits = {
+        "train": (x_tr[~is_val], y_all[~is_val], len_tr[~is_val]),
+        "val": (x_tr[is_val], y_all[is_val], len_tr[is_val]),
+        "test_public": (x_te, np.array([index[c] for c in test_y]), len_te),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"source": "aeon JapaneseVowels (UEA)", "seed": seed, "classes": len(classes), "splits": {}}
+    for name, (x, y, lengths) in splits.items():
+        x = ((x - mean) / std) * (np.arange(longest)[None, :, None] < lengths[:, None, None])
+        staged = staging_dir(out / f"{name}.npz")
+        np.savez_compressed(staged / "data.npz", x=x.astype(np.float32), y=y, lengths=lengths,
+                            classes=np.array([f"speaker_{c}" for c in classes]))
+        (staged / "data.npz").replace(out / f"{name}.npz")
+        staged.rmdir()
+        summary["splits"][name] = {"clips": int(len(y)), "classes": int(len(np.unique(y)))}
+    atomic_write_json(out / "prepare.json", summary)
+    return summary
