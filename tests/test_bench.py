@@ -22,3 +22,11 @@ def test_stacking_benchmark_quick():
     assert proc.returncode == 0, proc.stderr[-3000:]
     name, value = proc.stdout.strip().splitlines()[-1].split(": ")
     assert name == "stack_gain_vs_best_single" and -1 <= float(value) <= 1
+
+
+def test_curriculum_benchmark_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/curriculum_vs_single.py"), "--quick"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, value = proc.stdout.strip().splitlines()[-1].split(": ")
+    assert name == "curriculum_minus_single_test_accuracy" and -1 <= float(value) <= 1
