@@ -28,6 +28,19 @@ class Splits:
     test: Dataset | None
 
 
+def load_split_files(task, data: DataConfig) -> tuple[Path, dict[str, str | None], dict[str, Dataset]]:
+    """(root, {field: file name}, {field: dataset}) for the run's train, eval and (optional) test files."""
+    root = Path(data.path)
+    files = {"train_file": data.train_file, "eval_file": data.eval_file, "test_file": data.test_file}
+    sets = {}
+    for field, name in files.items():
+        if name is None:
+            continue
+        limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
+        sets[field] = task.load_split(root / name, f"data.{field}", limit)
+    return root, files, sets
+
+
 def _limit(x: np.ndarray, y: np.ndarray, n: int | None):
     return (x, y) if n is None else (x[:n], y[:n])
 
@@ -44,14 +57,7 @@ class PairClassificationTask:
         return npz_pairs.PairDataset(*_limit(x, y, limit))
 
     def load_splits(self, data: DataConfig) -> Splits:
-        root = Path(data.path)
-        files = {"train_file": data.train_file, "eval_file": data.eval_file, "test_file": data.test_file}
-        sets: dict[str, npz_pairs.PairDataset] = {}
-        for field, name in files.items():
-            if name is None:
-                continue
-            limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
-            sets[field] = self.load_split(root / name, f"data.{field}", limit)
+        root, files, sets = load_split_files(self, data)
         train = sets["train_file"]
         for field, ds in sets.items():
             if ds.x.shape[1:] != train.x.shape[1:]:
@@ -96,14 +102,7 @@ class SequenceClassificationTask:
         return npz_sequences.SequenceDataset(a["x"][:n], a["y"][:n], a["lengths"][:n], a.get("classes"))
 
     def load_splits(self, data: DataConfig) -> Splits:
-        root = Path(data.path)
-        files = {"train_file": data.train_file, "eval_file": data.eval_file, "test_file": data.test_file}
-        sets = {}
-        for field, name in files.items():
-            if name is None:
-                continue
-            limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
-            sets[field] = self.load_split(root / name, f"data.{field}", limit)
+        root, files, sets = load_split_files(self, data)
         train = sets["train_file"]
         n_classes = self.num_labels(train)
         for field, ds in sets.items():

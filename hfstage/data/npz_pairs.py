@@ -8,7 +8,6 @@ whole batch at once (one ``grid_sample`` call), so loading is never the bottlene
 from __future__ import annotations
 
 import math
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from hfstage.errors import ConfigError, DataError
+from hfstage.data import check_augmentation, first_non_finite, read_npz
+from hfstage.errors import DataError
 from hfstage.registry import Registry
 
 REQUIRED_KEYS = ("x", "y")
@@ -25,22 +25,8 @@ REQUIRED_KEYS = ("x", "y")
 def load_pair_arrays(path: str | Path, field: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """Read and validate one pair split; every problem names the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found ({field})")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            missing = [k for k in REQUIRED_KEYS if k not in keys]
-            if missing:
-                raise DataError(f"{path}: missing key '{missing[0]}' (the file has: {', '.join(sorted(keys)) or 'nothing'})")
-            extra = sorted(keys - set(REQUIRED_KEYS))
-            if extra:
-                raise DataError(f"{path}: unexpected key '{extra[0]}'; a pair file holds only 'x' and 'y'")
-            x, y = npz["x"], npz["y"]
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = read_npz(path, field, REQUIRED_KEYS)
+    x, y = arrays["x"], arrays["y"]
     n = len(x)
     if x.ndim != 4 or x.shape[1] != 2:
         raise DataError(f"{path}: key 'x' must have shape (N, 2, H, W), got {tuple(x.shape)}")
@@ -50,8 +36,8 @@ def load_pair_arrays(path: str | Path, field: str = "data") -> tuple[np.ndarray,
         if not np.issubdtype(x.dtype, np.floating):
             raise DataError(f"{path}: key 'x' must be uint8 or float, got {x.dtype}")
         x = x.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            bad = int(np.argwhere(~np.isfinite(x).reshape(n, -1).all(axis=1))[0][0])
+        bad = first_non_finite(x)
+        if bad is not None:
             raise DataError(f"{path}: key 'x' holds NaN or Inf (first at sample {bad})")
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"{path}: key 'y' must have shape ({n},) to match 'x', got {tuple(y.shape)}")
@@ -102,11 +88,7 @@ _LIMITS = {"shift": (0, 0.5), "rotate": (0, 180), "scale": (0, 0.5), "noise": (0
 
 
 def check_pair_augmentation(augmentation: dict[str, float], where: str) -> None:
-    for name, value in augmentation.items():
-        PAIR_AUGMENTATIONS.get(name, f"{where}.augmentation")
-        lo, hi = _LIMITS[name]
-        if not lo <= value <= hi:
-            raise ConfigError(f"{where}.augmentation.{name}: {value} must be in [{lo}, {hi}]")
+    check_augmentation(PAIR_AUGMENTATIONS, _LIMITS, augmentation, where)
 
 
 def augment_pairs(x: torch.Tensor, aug: dict[str, float]) -> torch.Tensor:
