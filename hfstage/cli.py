@@ -99,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from hfstage.config import load_config
-    from hfstage.curriculum import run
+    from hfstage.curriculum import run_seeds
 
     cfg = load_config(args.config, args.overrides)
-    run(cfg, config_file=args.config)
+    run_seeds(cfg, config_file=args.config)
     return 0
 
 

@@ -93,6 +93,14 @@ class StageConfig:
         factory=dict,
     )
     dropout: Optional[float] = _f(None, "If set, the p of every dropout layer of the model for this stage.")
+    teacher: Optional[str] = _f(
+        None, "Distil from this saved stage or run (its best stage): the training loss becomes hard + soft teacher term."
+    )
+    distill_temperature: float = _f(4.0, "Softmax temperature T of the distillation term.", _POSITIVE)
+    distill_alpha: float = _f(
+        0.5, "Weight of the distillation term: (1 - a) * hard loss + a * T^2 * KL.",
+        (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    )
     init_from: Optional[str] = _f(
         None, "Start from this earlier stage's weights (its number or name) instead of the latest kept stage."
     )
@@ -132,6 +140,10 @@ class RunConfig:
     )
     output_dir: str = _f("runs/quickstart", "Run folder; rerunning the same command resumes it.")
     seed: int = _f(42, "Random seed for model initialisation, data order and augmentation.")
+    seeds: list[int] = _f(
+        help="Train one run per seed, each in `<output_dir>/seed_<s>` (replaces `seed`), and report mean +- std.",
+        factory=list,
+    )
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(
         help="Model: `type` (a registered model) plus that model's config arguments.",

@@ -37,6 +37,7 @@ from hfstage.checkpoint import (
 from hfstage.config import RunConfig, StageConfig, init_stage_index
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError, StageError
+from hfstage.evaluation import resolve_checkpoint
 from hfstage.losses import LOSSES
 from hfstage.models import build_model
 from hfstage.reporting import format_table, versions
@@ -84,6 +85,13 @@ def check_stages(cfg: RunConfig, task, model) -> None:
                     )
         if stage.freeze_patterns and all(any(matching([n], p) for p in stage.freeze_patterns) for n in names):
             raise ConfigError(f"{where}.freeze_patterns: every parameter would be frozen; nothing would train")
+        if stage.teacher:
+            try:
+                teacher = resolve_checkpoint(stage.teacher)
+            except CheckpointError as exc:
+                raise ConfigError(f"{where}.teacher: {exc}") from None
+            if teacher.task != cfg.task:
+                raise ConfigError(f"{where}.teacher: {teacher.stage_dir} solves {teacher.task}, this run {cfg.task}")
         if stage.mixed_precision == "fp16" and cpu_only():
             raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
 
@@ -294,6 +302,8 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         focal_gamma=stage.focal_gamma,
         freeze_patterns=list(stage.freeze_patterns),
         lr_multipliers=dict(stage.lr_multipliers),
+        distill_temperature=stage.distill_temperature,
+        distill_alpha=stage.distill_alpha,
     )
     if precision == "no":
         args.mixed_precision = "no"  # overrides what the accelerate config asked for
@@ -374,8 +384,10 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     tb = _tensorboard_callback(cfg, out, label, state.is_main_process)
     if tb is not None:
         stage_callbacks.append(tb)
+    teacher = load_stage_model(resolve_checkpoint(stage.teacher).stage_dir) if stage.teacher else None
     trainer = StageTrainer(
         model=model,
+        teacher_model=teacher,
         args=args,
         train_dataset=splits.train,
         eval_dataset=splits.eval,
@@ -488,6 +500,44 @@ def _on_every_process(state, action) -> None:
         raise CheckpointError(error)
 
 
+def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> list[dict]:
+    """One run per seed of ``cfg.seeds`` in ``<output_dir>/seed_<s>`` (or the single run when there are none)."""
+    if not cfg.seeds:
+        return [run(cfg, config_file, callbacks)]
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
+    finals = []
+    for seed in cfg.seeds:
+        one = dataclasses.replace(cfg, seed=seed, seeds=[], output_dir=str(Path(cfg.output_dir) / f"seed_{seed}"),
+                                  stages=[dataclasses.replace(s) for s in cfg.stages])
+        finals.append(run(one, config_file, callbacks))
+    if distributed_state().is_main_process:
+        print(format_seed_table(cfg, finals), flush=True)
+    return finals
+
+
+def format_seed_table(cfg: RunConfig, finals: list[dict]) -> str:
+    """Each seed's best stage and its metrics, then mean +- std."""
+    import statistics
+
+    key = cfg.metric_for_best_model
+    rows = [("seed", "best_stage", key, "test_accuracy")]
+    values: dict[str, list[float]] = {key: [], "test_accuracy": []}
+    for final in finals:
+        best = next((s for s in final["stages"] if s["stage_index"] == final["best_stage"]), None)
+        record = read_json(Path(final["config"]["output_dir"]) / best["dir"] / STAGE_JSON) if best else {}
+        metric = record.get("metrics", {}).get(key)
+        test = record.get("test_metrics", {}).get("test_accuracy")
+        for name, v in ((key, metric), ("test_accuracy", test)):
+            if isinstance(v, (int, float)):
+                values[name].append(v)
+        rows.append((str(final["config"]["seed"]), final["best_stage_dir"] or "-", _fmt(metric), _fmt(test)))
+    spread = [f"{statistics.mean(v):.4f} +- {statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" if v else "-"
+              for v in values.values()]
+    rows.append(("mean +- std", "", *spread))
+    return format_table(rows)
+
+
 def _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at) -> dict:
     main = state.is_main_process
     out = Path(cfg.output_dir)
@@ -590,4 +640,6 @@ def plan(cfg: RunConfig) -> str:
     lines += ["", f"task {cfg.task}, model {cfg.model['type']}, output_dir {cfg.output_dir}, seed {cfg.seed}; {keep}"]
     if cfg.quick_test:
         lines.append(f"quick_test: 1 epoch per stage, {cfg.data.max_train_samples} training samples")
+    if cfg.seeds:
+        lines.append(f"one run per seed {cfg.seeds}, in {cfg.output_dir}/seed_<s>")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from hfstage.devices import cpu_only, distributed_state  # noqa: F401  (re-expor
 from hfstage.errors import ConfigError, StageError
 from hfstage.losses import LOSSES
 from hfstage.losses.cross_entropy import CrossEntropyLoss
+from hfstage.losses.distillation import DistillationLoss
 
 logger = logging.getLogger("hfstage")
 
@@ -38,6 +39,8 @@ class StageTrainingArguments(TrainingArguments):
     lr_multipliers: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Parameter-name glob -> learning-rate multiplier."}
     )
+    distill_temperature: float = field(default=4.0, metadata={"help": "Distillation temperature."})
+    distill_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term."})
 
 
 def matching(names: list[str], pattern: str) -> list[str]:
@@ -109,8 +112,11 @@ class StageTrainer(Trainer):
     # our losses are per-batch means: let the Trainer divide by the accumulation steps
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, teacher_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.teacher_model = teacher_model
+        if teacher_model is not None:
+            teacher_model.eval().requires_grad_(False)
         # evaluation (also the evaluations inside training) must never see training augmentation
         self.eval_data_collator = eval_data_collator or self.data_collator
         a = self.args
@@ -118,6 +124,8 @@ class StageTrainer(Trainer):
             _LossParams(a.label_smoothing, a.focal_alpha, a.focal_gamma)
         )
         self.eval_loss_fn = CrossEntropyLoss()
+        if teacher_model is not None:
+            self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
 
     def get_eval_dataloader(self, eval_dataset=None):
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
@@ -137,7 +145,10 @@ class StageTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"]
-        loss = (self.train_loss_fn if model.training else self.eval_loss_fn)(logits, labels)
+        if model.training and self.teacher_model is not None:
+            loss = self.train_loss_fn(logits, labels, self._teacher_logits(inputs, logits))
+        else:
+            loss = (self.train_loss_fn if model.training else self.eval_loss_fn)(logits, labels)
         if model.training and not torch.isfinite(loss.detach()):
             raise StageError(
                 f"stage {self.args.stage_index} '{self.args.stage_name}': the training loss became "
@@ -145,6 +156,19 @@ class StageTrainer(Trainer):
                 f"stages are intact (lower the lr, enable max_grad_norm, or check the data)"
             )
         return (loss, outputs) if return_outputs else loss
+
+    def _teacher_logits(self, inputs, student_logits):
+        teacher = self.teacher_model
+        if next(teacher.parameters()).device != student_logits.device:
+            teacher.to(student_logits.device)
+        with torch.no_grad():
+            out = teacher(**inputs)["logits"]
+        if out.shape != student_logits.shape:
+            raise StageError(
+                f"stage {self.args.stage_index} '{self.args.stage_name}': the teacher's logits have shape "
+                f"{tuple(out.shape)} but the model's have {tuple(student_logits.shape)}; distil between models of one task"
+            )
+        return out
 
     def create_optimizer(self, model=None):
         if not self.args.lr_multipliers:

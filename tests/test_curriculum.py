@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
@@ -295,3 +296,43 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(recipe, tmp_path, capsys):
     assert not (out / ".lock").exists()  # released at the end
     assert f"taking over a stale lock of pid {int(dead.stdout)}" in capsys.readouterr().err
     assert read(out / "run.json")["status"] == "finished"
+
+
+def test_seeds_train_one_run_per_seed(recipe, tmp_path, capsys):
+    path = recipe(stages=[{"name": "only", "epochs": 1}], seeds=[3, 4])
+    assert main(["plan", "--config", str(path)]) == 0
+    assert "one run per seed [3, 4]" in capsys.readouterr().out
+    assert main(["train", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    runs = [read(tmp_path / "run" / f"seed_{s}" / "run.json") for s in (3, 4)]
+    assert [r["config"]["seed"] for r in runs] == [3, 4] and all(r["status"] == "finished" for r in runs)
+    w3 = load_file(tmp_path / "run/seed_3/stage_1_only/model.safetensors")
+    w4 = load_file(tmp_path / "run/seed_4/stage_1_only/model.safetensors")
+    assert not torch.equal(w3["head.0.weight"], w4["head.0.weight"])  # really different seeds
+    assert "mean +- std" in out and out.count("stage_1_only") >= 2
+    assert main(["train", "--config", str(path), "seeds=[5, 5]"]) == 2
+    assert "repeats a seed" in capsys.readouterr().err
+
+
+def test_distillation_stage_learns_from_a_teacher_run(recipe, finished_run, pair_data, tmp_path, capsys):
+    path = recipe(stages=[{"name": "baseline", "epochs": 1},
+                          {"name": "distil", "epochs": 1, "teacher": str(finished_run), "distill_alpha": 0.7}])
+    assert main(["train", "--config", str(path)]) == 0
+    record = read(tmp_path / "run/stage_2_distil/stage.json")
+    assert record["stage_config"]["teacher"] == str(finished_run) and record["kept"] is True
+    bad = write_recipe(tmp_path / "bad.yaml", pair_data, tmp_path / "other",
+                       [{"name": "distil", "epochs": 1, "teacher": str(tmp_path / "nowhere")}])
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "stages.1 (distil).teacher:" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_teacher_of_another_task_is_refused_clearly(recipe, tmp_path, sequence_data, capsys):
+    seq_out = tmp_path / "seq"
+    assert main(["train", "--config", str(Path(__file__).resolve().parents[1] / "configs/sign_5stage.yaml"),
+                 "quick_test=true", f"data.path={sequence_data}", f"output_dir={seq_out}", "report_to=[none]",
+                 "stages.2.epochs=1"]) == 0
+    capsys.readouterr()
+    path = recipe(stages=[{"name": "distil", "epochs": 1, "teacher": str(seq_out)}])
+    assert main(["train", "--config", str(path)]) == 2
+    assert "solves sequence_classification, this run pair_classification" in capsys.readouterr().err

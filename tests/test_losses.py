@@ -59,3 +59,21 @@ def test_focal_gamma_zero_is_cross_entropy():
     assert FocalLoss(1.0, 0.0)(logits, labels).item() == pytest.approx(CrossEntropyLoss()(logits, labels).item(), rel=1e-6)
     logits, labels = torch.randn(16, 5), torch.randint(0, 5, (16,))
     assert FocalLoss(1.0, 0.0)(logits, labels).item() == pytest.approx(CrossEntropyLoss()(logits, labels).item(), rel=1e-6)
+
+
+def test_distillation_by_hand():
+    from hfstage.losses.distillation import DistillationLoss
+
+    t, alpha = 2.0, 0.25
+    student, teacher, labels = torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([1])
+    p_s = torch.softmax(torch.tensor([0.0, 1.0]) / t, 0)
+    p_t = torch.softmax(torch.tensor([0.0, 3.0]) / t, 0)
+    kl = (p_t * (p_t.log() - p_s.log())).sum().item()
+    hard = -math.log(sigmoid(1.0))
+    expected = (1 - alpha) * hard + alpha * t * t * kl
+    loss = DistillationLoss(CrossEntropyLoss(), t, alpha)(student, labels, teacher)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # a student that already matches its teacher pays only the hard term
+    same = DistillationLoss(CrossEntropyLoss(), t, 1.0)(torch.tensor([[0.2, 1.0, -1.0]]), torch.tensor([0]),
+                                                        torch.tensor([[0.2, 1.0, -1.0]]))
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
