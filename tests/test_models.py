@@ -8,11 +8,17 @@ from hfstage.models import MODELS, build_model
 from hfstage.models.pair_cnn import PairCNNConfig
 
 
+ALL_SIX = ["diff", "concat", "product", "cosine", "l2", "residual"]
+
+
 @pytest.mark.parametrize("fusion, symmetric", [(["diff"], True), (["product"], True), (["sum"], True),
-                                               (["diff", "product"], True), (["concat"], False)])
-def test_fusion_symmetry(fusion, symmetric):
+                                               (["cosine"], True), (["l2"], True), (["residual"], True),
+                                               (["diff", "product"], True), (["concat"], False), (ALL_SIX, False)])
+@pytest.mark.parametrize("use_fusion", [False, True])
+def test_fusion_symmetry(fusion, symmetric, use_fusion):
     torch.manual_seed(0)
-    model = build_model({"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "fusion": fusion}).eval()
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "fusion": fusion,
+                         "use_fusion": use_fusion}).eval()
     x = torch.rand(6, 2, 28, 28)
     with torch.no_grad():
         a, b = model(pixel_values=x).logits, model(pixel_values=x.flip(1)).logits
@@ -48,6 +54,26 @@ def test_bad_model_config(model_cfg, message):
     with pytest.raises(ConfigError) as err:
         build_model(model_cfg)
     assert message in str(err.value)
+
+
+def test_adaptive_fusion_mixes_one_head_per_operation():
+    torch.manual_seed(0)
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "fusion": ALL_SIX,
+                         "use_fusion": True}).eval()
+    assert list(model.heads) == ALL_SIX and model.fusion_weights.shape == (6,)
+    x = torch.rand(5, 2, 28, 28)
+    with torch.no_grad():
+        emb = model.encoder(((x.reshape(10, 1, 28, 28) - 0.5) / 0.5).contiguous(memory_format=torch.channels_last))
+        a, b = emb.reshape(5, 2, -1).unbind(1)
+        feats = model.features(a, b)
+        assert feats["cosine"].shape == (5, 1) and feats["l2"].shape == (5, 1) and feats["concat"].shape == (5, 32)
+        per_head = torch.stack([model.heads[f](feats[f])[:, 0] for f in ALL_SIX], 1)
+        model.fusion_weights.copy_(torch.tensor([0.0, 0, 0, 9, 0, 0]))
+        w = torch.softmax(model.fusion_weights, 0)
+        assert torch.allclose(model(pixel_values=x).logits, (per_head * w).sum(1), atol=1e-5)
+    model.train()
+    model(pixel_values=x).logits.sum().backward()
+    assert model.fusion_weights.grad is not None and model.heads["residual"][0].weight.grad is not None
 
 
 def test_registry_lists_pair_cnn():

@@ -1,10 +1,15 @@
 """A siamese CNN for same/different pairs: one encoder shared by both images, then a fusion head.
 
 The encoder embeds each image; the head fuses the two embeddings with symmetric and/or ordered
-operations and outputs one logit (1 = the pair matches):
+operations and outputs one logit (1 = the pair matches). The fusion operations (S2's six, plus sum):
 
-- ``diff``: ``|a - b|`` (symmetric)    - ``product``: ``a * b`` (symmetric)
-- ``sum``: ``a + b`` (symmetric)       - ``concat``: ``[a, b]`` (ordered)
+- ``diff``: ``|a - b|``            - ``product``: ``a * b``          - ``sum``: ``a + b``
+- ``cosine``: cosine similarity    - ``l2``: Euclidean distance      - ``concat``: ``[a, b]`` (ordered)
+- ``residual``: ``|a - b| + MLP(|a - b|)``, a residual block over the difference
+
+All but ``concat`` are symmetric in the two images. With ``use_fusion: false`` the chosen features
+are concatenated into one MLP head; with ``use_fusion: true`` every operation gets its own head and
+their logits are mixed by learned, softmax-normalised weights (S2's adaptive fusion).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from transformers.utils import ModelOutput
 
 from hfstage.models import MODELS
 
-FUSIONS = ("diff", "product", "sum", "concat")
+FUSIONS = ("diff", "product", "sum", "concat", "cosine", "l2", "residual")
 
 
 class PairCNNConfig(PretrainedConfig):
@@ -32,6 +37,7 @@ class PairCNNConfig(PretrainedConfig):
         convs_per_block: int = 1,
         embed_dim: int = 128,
         fusion: list[str] | None = None,
+        use_fusion: bool = False,
         hidden_dim: int = 128,
         dropout: float = 0.1,
         **kwargs,
@@ -42,6 +48,7 @@ class PairCNNConfig(PretrainedConfig):
         self.convs_per_block = convs_per_block
         self.embed_dim = embed_dim
         self.fusion = list(fusion) if fusion is not None else ["diff", "product"]
+        self.use_fusion = use_fusion
         self.hidden_dim = hidden_dim
         self.dropout = dropout
         unknown = [f for f in self.fusion if f not in FUSIONS]
@@ -88,13 +95,20 @@ class PairCNNModel(PreTrainedModel):
             nn.BatchNorm1d(config.embed_dim),
             nn.ReLU(inplace=True),
         )
-        fused = sum(2 * config.embed_dim if f == "concat" else config.embed_dim for f in config.fusion)
-        self.head = nn.Sequential(
-            nn.Linear(fused, config.hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.hidden_dim, 1),
-        )
+        e = config.embed_dim
+        width = {"concat": 2 * e, "cosine": 1, "l2": 1}
+        if "residual" in config.fusion:
+            self.residual = nn.Sequential(nn.Linear(e, e), nn.ReLU(inplace=True), nn.Linear(e, e))
+
+        def mlp(n_in: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(n_in, config.hidden_dim), nn.ReLU(inplace=True), nn.Dropout(config.dropout),
+                                 nn.Linear(config.hidden_dim, 1))
+
+        if config.use_fusion:
+            self.heads = nn.ModuleDict({f: mlp(width.get(f, e)) for f in config.fusion})
+            self.fusion_weights = nn.Parameter(torch.zeros(len(config.fusion)))
+        else:
+            self.head = mlp(sum(width.get(f, e) for f in config.fusion))
         self.post_init()
         # NHWC is ~3x faster for these small convs and poolings on CPU (oneDNN) and no slower on GPU
         self.encoder.to(memory_format=torch.channels_last)
@@ -108,10 +122,26 @@ class PairCNNModel(PreTrainedModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ops = {"diff": lambda: (a - b).abs(), "product": lambda: a * b, "sum": lambda: a + b,
-               "concat": lambda: torch.cat([a, b], dim=1)}
-        return torch.cat([ops[f]() for f in self.config.fusion], dim=1)
+    def features(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each fusion operation's features of the two embeddings, (B, width)."""
+        diff = (a - b).abs()
+        ops = {
+            "diff": lambda: diff,
+            "product": lambda: a * b,
+            "sum": lambda: a + b,
+            "concat": lambda: torch.cat([a, b], dim=1),
+            "cosine": lambda: nn.functional.cosine_similarity(a, b, dim=1, eps=1e-6)[:, None],
+            "l2": lambda: (a - b).pow(2).sum(1, keepdim=True).add(1e-8).sqrt(),
+            "residual": lambda: diff + self.residual(diff),
+        }
+        return {f: ops[f]() for f in self.config.fusion}
+
+    def fusion_logit(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        feats = self.features(a, b)
+        if not self.config.use_fusion:
+            return self.head(torch.cat(list(feats.values()), dim=1))[:, 0]
+        logits = torch.stack([self.heads[f](x)[:, 0] for f, x in feats.items()], dim=1)
+        return (logits * torch.softmax(self.fusion_weights, dim=0)).sum(1)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> PairOutput:
         """``pixel_values``: (B, 2, H, W) or (B, 2, C, H, W) floats in [0, 1]. Returns one logit per pair."""
@@ -119,7 +149,7 @@ class PairCNNModel(PreTrainedModel):
         images = pixel_values.reshape(b * 2, self.config.in_channels, *pixel_values.shape[-2:])
         emb = self.encoder(((images - 0.5) / 0.5).contiguous(memory_format=torch.channels_last))
         a, c = emb.reshape(b, 2, -1).unbind(1)  # images were laid out pair by pair
-        return PairOutput(logits=self.head(self.fuse(a, c))[:, 0])
+        return PairOutput(logits=self.fusion_logit(a, c))
 
 
 AutoConfig.register(PairCNNConfig.model_type, PairCNNConfig)
