@@ -7,7 +7,6 @@ from hfstage.errors import ConfigError
 from hfstage.models import MODELS, build_model
 from hfstage.models.pair_cnn import PairCNNConfig
 
-
 ALL_SIX = ["diff", "concat", "product", "cosine", "l2", "residual"]
 
 
