@@ -78,3 +78,40 @@ def test_adaptive_fusion_mixes_one_head_per_operation():
 def test_registry_lists_pair_cnn():
     assert "pair_cnn" in MODELS.names()
     assert PairCNNConfig().fusion == ["diff", "product"]
+
+
+@pytest.mark.parametrize("encoder_cfg", [
+    {"encoder": "resnet", "channels": [4, 8, 8], "blocks": [3, 3, 3]},
+    {"encoder": "resnet", "channels": [8, 8], "blocks": [1, 2], "use_bottleneck": True, "use_se": True},
+    {"encoder": "resnet", "channels": [4, 8], "blocks": [1, 1], "use_cbam": True, "width_mult": 2.0},
+    {"encoder": "cnn", "channels": [4, 8], "use_se": True},
+    {"encoder": "cnn", "channels": [4, 8], "use_cbam": True},
+])
+def test_encoders_train_reload_and_stay_symmetric(encoder_cfg, tmp_path):
+    torch.manual_seed(0)
+    model = build_model({"type": "pair_cnn", "embed_dim": 16, "hidden_dim": 16, **encoder_cfg})
+    x = torch.rand(4, 2, 28, 28)
+    model(pixel_values=x).logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    names = " ".join(n for n, _ in model.named_parameters())
+    assert ("gate" in names) == bool(encoder_cfg.get("use_se")) and ("spatial" in names) == bool(encoder_cfg.get("use_cbam"))
+    model.save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        out = model(pixel_values=x).logits
+        assert torch.allclose(out, again(pixel_values=x).logits, atol=1e-5)
+        assert torch.allclose(out, model(pixel_values=x.flip(1)).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_cfg, message", [
+    ({"encoder": "vit"}, "encoder must be one of cnn, resnet"),
+    ({"encoder": "resnet", "channels": [4, 8], "blocks": [3, 3, 3]}, "needs one count per stage"),
+    ({"use_bottleneck": True}, "use_bottleneck applies to encoder: resnet"),
+    ({"use_se": True, "use_cbam": True}, "alternatives"),
+    ({"width_mult": 0}, "width_mult must be > 0"),
+])
+def test_bad_encoder_settings(model_cfg, message):
+    with pytest.raises(ConfigError) as err:
+        build_model({"type": "pair_cnn", **model_cfg})
+    assert message in str(err.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -79,3 +81,9 @@ def test_plan_prints_what_each_stage_changes(recipe, capsys):
     frozen, total = row3.split()[6].split("/")
     assert 0 < int(frozen) < int(total)
     assert "shift=0.1,swap=0.5" in next(line for line in lines if line.startswith("2 "))
+
+
+@pytest.mark.parametrize("recipe_file", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_plans(recipe_file, capsys):
+    assert main(["plan", "--config", str(recipe_file)]) == 0
+    assert "task " in capsys.readouterr().out

@@ -1,4 +1,7 @@
-"""A siamese CNN for same/different pairs: one encoder shared by both images, then a fusion head.
+"""A siamese network for same/different pairs: one encoder shared by both images, then a fusion head.
+
+The encoder (``encoder: cnn`` or ``resnet``, with ``width_mult``, optional SE or CBAM attention and,
+for the ResNet, ``blocks`` per stage and ``use_bottleneck``) is built in ``encoders.py``.
 
 The encoder embeds each image; the head fuses the two embeddings with symmetric and/or ordered
 operations and outputs one logit (1 = the pair matches). The fusion operations (S2's six, plus sum):
@@ -22,8 +25,10 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from hfstage.models import MODELS
+from hfstage.models.encoders import conv_block, resnet
 
 FUSIONS = ("diff", "product", "sum", "concat", "cosine", "l2", "residual")
+ENCODERS = ("cnn", "resnet")
 
 
 class PairCNNConfig(PretrainedConfig):
@@ -35,6 +40,12 @@ class PairCNNConfig(PretrainedConfig):
         in_channels: int = 1,
         channels: list[int] | None = None,
         convs_per_block: int = 1,
+        encoder: str = "cnn",
+        blocks: list[int] | None = None,
+        width_mult: float = 1.0,
+        use_bottleneck: bool = False,
+        use_se: bool = False,
+        use_cbam: bool = False,
         embed_dim: int = 128,
         fusion: list[str] | None = None,
         use_fusion: bool = False,
@@ -46,6 +57,12 @@ class PairCNNConfig(PretrainedConfig):
         self.in_channels = in_channels
         self.channels = list(channels) if channels is not None else [32, 64]
         self.convs_per_block = convs_per_block
+        self.encoder = encoder
+        self.blocks = list(blocks) if blocks is not None else [3, 3, 3]
+        self.width_mult = width_mult
+        self.use_bottleneck = use_bottleneck
+        self.use_se = use_se
+        self.use_cbam = use_cbam
         self.embed_dim = embed_dim
         self.fusion = list(fusion) if fusion is not None else ["diff", "product"]
         self.use_fusion = use_fusion
@@ -56,6 +73,16 @@ class PairCNNConfig(PretrainedConfig):
             raise ValueError(f"fusion must be a non-empty list of {', '.join(FUSIONS)}, got {self.fusion}")
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be a non-empty list of positive widths, got {self.channels}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        if encoder == "resnet" and len(self.blocks) != len(self.channels):
+            raise ValueError(f"blocks {self.blocks} needs one count per stage of channels {self.channels}")
+        if encoder == "cnn" and use_bottleneck:
+            raise ValueError("use_bottleneck applies to encoder: resnet")
+        if use_se and use_cbam:
+            raise ValueError("use_se and use_cbam are alternatives; choose one")
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
         if convs_per_block < 1:
             raise ValueError(f"convs_per_block must be >= 1, got {convs_per_block}")
         if not 0 <= dropout < 1:
@@ -68,15 +95,6 @@ class PairOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
-def conv_block(cin: int, cout: int, convs: int) -> nn.Sequential:
-    """``convs`` x (3x3 conv, BatchNorm, ReLU), then 2x2 max-pooling."""
-    layers = []
-    for i in range(convs):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                   nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers, nn.MaxPool2d(2))
-
-
 @MODELS.register("pair_cnn")
 class PairCNNModel(PreTrainedModel):
     config_class = PairCNNConfig
@@ -84,17 +102,24 @@ class PairCNNModel(PreTrainedModel):
 
     def __init__(self, config: PairCNNConfig):
         super().__init__(config)
-        widths = [config.in_channels] + config.channels
-        h, w = config.image_size
-        for _ in config.channels:
-            h, w = h // 2, w // 2
-        self.encoder = nn.Sequential(
-            *[conv_block(a, b, config.convs_per_block) for a, b in zip(widths[:-1], widths[1:])],
-            nn.Flatten(),
-            nn.Linear(widths[-1] * h * w, config.embed_dim),
-            nn.BatchNorm1d(config.embed_dim),
-            nn.ReLU(inplace=True),
-        )
+        widths = [max(1, round(c * config.width_mult)) for c in config.channels]
+        if config.encoder == "resnet":
+            trunk, out = resnet(config.in_channels, widths, config.blocks, config.use_bottleneck, config.use_se,
+                                config.use_cbam)
+            self.encoder = nn.Sequential(*trunk, nn.Linear(out, config.embed_dim), nn.BatchNorm1d(config.embed_dim),
+                                         nn.ReLU(inplace=True))
+        else:
+            h, w = config.image_size
+            for _ in widths:
+                h, w = h // 2, w // 2
+            ins = [config.in_channels] + widths
+            self.encoder = nn.Sequential(
+                *[conv_block(a, b, config.convs_per_block, config.use_se, config.use_cbam) for a, b in zip(ins[:-1], widths)],
+                nn.Flatten(),
+                nn.Linear(widths[-1] * h * w, config.embed_dim),
+                nn.BatchNorm1d(config.embed_dim),
+                nn.ReLU(inplace=True),
+            )
         e = config.embed_dim
         width = {"concat": 2 * e, "cosine": 1, "l2": 1}
         if "residual" in config.fusion:

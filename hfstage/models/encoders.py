@@ -1,0 +1,87 @@
+"""Image encoders shared by the pair models: a plain CNN or a ResNet, with optional SE or CBAM attention.
+
+- SE (Hu et al., 2018): channel attention from globally average-pooled features.
+- CBAM (Woo et al., 2018): channel attention from average- and max-pooled features, then spatial
+  attention from a 7x7 convolution over the channel-pooled maps.
+- ResNet (He et al., 2016): ``blocks`` residual blocks per stage (S2 uses [3, 3, 3]), basic blocks or
+  bottlenecks (1x1 -> 3x3 -> 1x1 at a quarter of the width); each stage after the first halves the size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        mid = max(channels // reduction, 4)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, mid, 1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(mid, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class CBAM(nn.Module):
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        mid = max(channels // reduction, 4)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, mid, 1), nn.ReLU(inplace=True), nn.Conv2d(mid, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel = torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
+        x = x * channel
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+def attention(channels: int, use_se: bool, use_cbam: bool) -> list[nn.Module]:
+    if use_se and use_cbam:
+        raise ValueError("use_se and use_cbam are alternatives; choose one")
+    return [SqueezeExcite(channels)] if use_se else [CBAM(channels)] if use_cbam else []
+
+
+def conv_block(cin: int, cout: int, convs: int, use_se: bool = False, use_cbam: bool = False) -> nn.Sequential:
+    """``convs`` x (3x3 conv, BatchNorm, ReLU), optional attention, then 2x2 max-pooling."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(2), *attention(cout, use_se, use_cbam))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, bottleneck: bool, use_se: bool, use_cbam: bool):
+        super().__init__()
+        if bottleneck:
+            mid = max(cout // 4, 4)
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout), *attention(cout, use_se, use_cbam))
+        else:
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), *attention(cout, use_se, use_cbam))
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(in_channels: int, channels: list[int], blocks: list[int], bottleneck: bool, use_se: bool,
+           use_cbam: bool) -> tuple[nn.Sequential, int]:
+    """(the residual trunk ending in global average pooling, its output width)."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+                               nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+    cin = channels[0]
+    for stage, (cout, n) in enumerate(zip(channels, blocks)):
+        for i in range(n):
+            layers.append(ResidualBlock(cin, cout, 2 if (i == 0 and stage > 0) else 1, bottleneck, use_se, use_cbam))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), cin
