@@ -637,9 +637,10 @@ def plan(cfg: RunConfig) -> str:
     lines = format_table(rows).splitlines()
     keep = ("every stage is kept (improvement_threshold < 0)" if cfg.improvement_threshold < 0 else
             f"a stage is kept when {cfg.metric_for_best_model} improves by >= {cfg.improvement_threshold:g}")
-    lines += ["", f"task {cfg.task}, model {cfg.model['type']}, output_dir {cfg.output_dir}, seed {cfg.seed}; {keep}"]
+    seed = f"seeds {cfg.seeds}" if cfg.seeds else f"seed {cfg.seed}"
+    lines += ["", f"task {cfg.task}, model {cfg.model['type']}, output_dir {cfg.output_dir}, {seed}; {keep}"]
     if cfg.quick_test:
         lines.append(f"quick_test: 1 epoch per stage, {cfg.data.max_train_samples} training samples")
     if cfg.seeds:
-        lines.append(f"one run per seed {cfg.seeds}, in {cfg.output_dir}/seed_<s>")
+        lines.append(f"one run per seed, in {cfg.output_dir}/seed_<s>")
     return "\n".join(lines)
