@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, update_benchmarks  # noqa: E402
 
-MODEL = {"type": "pair_cnn", "channels": [32, 64], "embed_dim": 128, "fusion": ["diff", "product"], "hidden_dim": 128}
+MODEL = {"type": "pair_cnn", "channels": [32, 64], "feat_dim": 128, "fusion": ["diff", "product"], "hidden_dim": 128}
 BATCH = 128
 
 

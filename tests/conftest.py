@@ -31,7 +31,7 @@ def pair_data(tmp_path_factory) -> Path:
     return out
 
 
-TINY_MODEL = {"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "hidden_dim": 16, "dropout": 0.1}
+TINY_MODEL = {"type": "pair_cnn", "channels": [4, 8], "feat_dim": 16, "hidden_dim": 16, "dropout": 0.1}
 
 
 def write_recipe(path: Path, data: Path, output_dir: Path, stages=None, **run_fields) -> Path:

@@ -16,7 +16,7 @@ ALL_SIX = ["diff", "concat", "product", "cosine", "l2", "residual"]
 @pytest.mark.parametrize("use_fusion", [False, True])
 def test_fusion_symmetry(fusion, symmetric, use_fusion):
     torch.manual_seed(0)
-    model = build_model({"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "fusion": fusion,
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "feat_dim": 16, "fusion": fusion,
                          "use_fusion": use_fusion}).eval()
     x = torch.rand(6, 2, 28, 28)
     with torch.no_grad():
@@ -26,7 +26,7 @@ def test_fusion_symmetry(fusion, symmetric, use_fusion):
 
 
 def test_forward_backward_and_auto_reload(tmp_path):
-    model = build_model({"type": "pair_cnn", "channels": [4, 8], "convs_per_block": 2, "embed_dim": 16},
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "convs_per_block": 2, "feat_dim": 16},
                         image_size=[20, 24])
     x = torch.rand(3, 2, 20, 24)
     model(pixel_values=x).logits.sum().backward()
@@ -57,7 +57,7 @@ def test_bad_model_config(model_cfg, message):
 
 def test_adaptive_fusion_mixes_one_head_per_operation():
     torch.manual_seed(0)
-    model = build_model({"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "fusion": ALL_SIX,
+    model = build_model({"type": "pair_cnn", "channels": [4, 8], "feat_dim": 16, "fusion": ALL_SIX,
                          "use_fusion": True}).eval()
     assert list(model.heads) == ALL_SIX and model.fusion_weights.shape == (6,)
     x = torch.rand(5, 2, 28, 28)
@@ -81,15 +81,15 @@ def test_registry_lists_pair_cnn():
 
 
 @pytest.mark.parametrize("encoder_cfg", [
-    {"encoder": "resnet", "channels": [4, 8, 8], "blocks": [3, 3, 3]},
-    {"encoder": "resnet", "channels": [8, 8], "blocks": [1, 2], "use_bottleneck": True, "use_se": True},
-    {"encoder": "resnet", "channels": [4, 8], "blocks": [1, 1], "use_cbam": True, "width_mult": 2.0},
+    {"encoder": "resnet", "channels": [4, 8, 8], "layers": [3, 3, 3]},
+    {"encoder": "resnet", "channels": [8, 8], "layers": [1, 2], "use_bottleneck": True, "use_se": True},
+    {"encoder": "resnet", "channels": [4, 8], "layers": [1, 1], "use_cbam": True, "width_mult": 2.0},
     {"encoder": "cnn", "channels": [4, 8], "use_se": True},
     {"encoder": "cnn", "channels": [4, 8], "use_cbam": True},
 ])
 def test_encoders_train_reload_and_stay_symmetric(encoder_cfg, tmp_path):
     torch.manual_seed(0)
-    model = build_model({"type": "pair_cnn", "embed_dim": 16, "hidden_dim": 16, **encoder_cfg})
+    model = build_model({"type": "pair_cnn", "feat_dim": 16, "hidden_dim": 16, **encoder_cfg})
     x = torch.rand(4, 2, 28, 28)
     model(pixel_values=x).logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -106,7 +106,7 @@ def test_encoders_train_reload_and_stay_symmetric(encoder_cfg, tmp_path):
 
 @pytest.mark.parametrize("model_cfg, message", [
     ({"encoder": "vit"}, "encoder must be one of cnn, resnet"),
-    ({"encoder": "resnet", "channels": [4, 8], "blocks": [3, 3, 3]}, "needs one count per stage"),
+    ({"encoder": "resnet", "channels": [4, 8], "layers": [3, 3, 3]}, "needs one block count per stage"),
     ({"use_bottleneck": True}, "use_bottleneck applies to encoder: resnet"),
     ({"use_se": True, "use_cbam": True}, "alternatives"),
     ({"width_mult": 0}, "width_mult must be > 0"),

@@ -12,7 +12,7 @@ from hfstage.errors import ConfigError
 from hfstage.models import build_model
 from hfstage.trainer import StageTrainer, StageTrainingArguments, freeze, set_dropout
 
-TINY = {"type": "pair_cnn", "channels": [4, 8], "embed_dim": 16, "hidden_dim": 16}
+TINY = {"type": "pair_cnn", "channels": [4, 8], "feat_dim": 16, "hidden_dim": 16}
 
 
 def test_lr_multipliers_make_parameter_groups(tmp_path):

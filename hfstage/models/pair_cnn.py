@@ -1,7 +1,7 @@
 """A siamese network for same/different pairs: one encoder shared by both images, then a fusion head.
 
 The encoder (``encoder: cnn`` or ``resnet``, with ``width_mult``, optional SE or CBAM attention and,
-for the ResNet, ``blocks`` per stage and ``use_bottleneck``) is built in ``encoders.py``.
+for the ResNet, ``layers`` (residual blocks per stage) and ``use_bottleneck``) is built in ``encoders.py``.
 
 The encoder embeds each image; the head fuses the two embeddings with symmetric and/or ordered
 operations and outputs one logit (1 = the pair matches). The fusion operations (S2's six, plus sum):
@@ -41,12 +41,12 @@ class PairCNNConfig(PretrainedConfig):
         channels: list[int] | None = None,
         convs_per_block: int = 1,
         encoder: str = "cnn",
-        blocks: list[int] | None = None,
+        layers: list[int] | None = None,
         width_mult: float = 1.0,
         use_bottleneck: bool = False,
         use_se: bool = False,
         use_cbam: bool = False,
-        embed_dim: int = 128,
+        feat_dim: int = 128,
         fusion: list[str] | None = None,
         use_fusion: bool = False,
         hidden_dim: int = 128,
@@ -58,12 +58,12 @@ class PairCNNConfig(PretrainedConfig):
         self.channels = list(channels) if channels is not None else [32, 64]
         self.convs_per_block = convs_per_block
         self.encoder = encoder
-        self.blocks = list(blocks) if blocks is not None else [3, 3, 3]
+        self.layers = list(layers) if layers is not None else [3, 3, 3]
         self.width_mult = width_mult
         self.use_bottleneck = use_bottleneck
         self.use_se = use_se
         self.use_cbam = use_cbam
-        self.embed_dim = embed_dim
+        self.feat_dim = feat_dim
         self.fusion = list(fusion) if fusion is not None else ["diff", "product"]
         self.use_fusion = use_fusion
         self.hidden_dim = hidden_dim
@@ -75,8 +75,8 @@ class PairCNNConfig(PretrainedConfig):
             raise ValueError(f"channels must be a non-empty list of positive widths, got {self.channels}")
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-        if encoder == "resnet" and len(self.blocks) != len(self.channels):
-            raise ValueError(f"blocks {self.blocks} needs one count per stage of channels {self.channels}")
+        if encoder == "resnet" and len(self.layers) != len(self.channels):
+            raise ValueError(f"layers {self.layers} needs one block count per stage of channels {self.channels}")
         if encoder == "cnn" and use_bottleneck:
             raise ValueError("use_bottleneck applies to encoder: resnet")
         if use_se and use_cbam:
@@ -104,9 +104,9 @@ class PairCNNModel(PreTrainedModel):
         super().__init__(config)
         widths = [max(1, round(c * config.width_mult)) for c in config.channels]
         if config.encoder == "resnet":
-            trunk, out = resnet(config.in_channels, widths, config.blocks, config.use_bottleneck, config.use_se,
+            trunk, out = resnet(config.in_channels, widths, config.layers, config.use_bottleneck, config.use_se,
                                 config.use_cbam)
-            self.encoder = nn.Sequential(*trunk, nn.Linear(out, config.embed_dim), nn.BatchNorm1d(config.embed_dim),
+            self.encoder = nn.Sequential(*trunk, nn.Linear(out, config.feat_dim), nn.BatchNorm1d(config.feat_dim),
                                          nn.ReLU(inplace=True))
         else:
             h, w = config.image_size
@@ -116,11 +116,11 @@ class PairCNNModel(PreTrainedModel):
             self.encoder = nn.Sequential(
                 *[conv_block(a, b, config.convs_per_block, config.use_se, config.use_cbam) for a, b in zip(ins[:-1], widths)],
                 nn.Flatten(),
-                nn.Linear(widths[-1] * h * w, config.embed_dim),
-                nn.BatchNorm1d(config.embed_dim),
+                nn.Linear(widths[-1] * h * w, config.feat_dim),
+                nn.BatchNorm1d(config.feat_dim),
                 nn.ReLU(inplace=True),
             )
-        e = config.embed_dim
+        e = config.feat_dim
         width = {"concat": 2 * e, "cosine": 1, "l2": 1}
         if "residual" in config.fusion:
             self.residual = nn.Sequential(nn.Linear(e, e), nn.ReLU(inplace=True), nn.Linear(e, e))
