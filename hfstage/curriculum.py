@@ -40,7 +40,7 @@ from hfstage.errors import CheckpointError, ConfigError, StageError
 from hfstage.evaluation import resolve_checkpoint
 from hfstage.losses import LOSSES
 from hfstage.models import build_model
-from hfstage.reporting import format_table, versions
+from hfstage.reporting import format_number, format_table, versions
 from hfstage.tasks import TASKS
 from hfstage.trainer import (
     StageTrainer,
@@ -354,7 +354,7 @@ def _best_checkpoint_metrics(trainer) -> dict | None:
 
 
 def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[dict], out: Path,
-                callbacks: Sequence[StageCallback], state) -> dict:
+                callbacks: Sequence[StageCallback], state, train_sha256: str) -> dict:
     """Train one stage and publish its folder; returns its stage.json record."""
     label = stage_dirname(index, stage.name)
     where = f"stages.{index} ({stage.name})"
@@ -417,7 +417,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         "stage_description": stage.description,
         "task": cfg.task,
         "data": dataclasses.asdict(cfg.data),
-        "train_data_sha256": fingerprint(Path(cfg.data.path) / cfg.data.train_file),
+        "train_data_sha256": train_sha256,
         "stage_config": dataclasses.asdict(stage),
         "metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in test_metrics.items() if k.startswith("test_")},
@@ -531,7 +531,7 @@ def format_seed_table(cfg: RunConfig, finals: list[dict]) -> str:
         for name, v in ((key, metric), ("test_accuracy", test)):
             if isinstance(v, (int, float)):
                 values[name].append(v)
-        rows.append((str(final["config"]["seed"]), final["best_stage_dir"] or "-", _fmt(metric), _fmt(test)))
+        rows.append((str(final["config"]["seed"]), final["best_stage_dir"] or "-", format_number(metric), format_number(test)))
     spread = [f"{statistics.mean(v):.4f} +- {statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" if v else "-"
               for v in values.values()]
     rows.append(("mean +- std", "", *spread))
@@ -546,12 +546,13 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records, creat
         atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))
         logger.info("run %s: %d stages, %d finished, world size %d", out, len(cfg.stages), len(records), state.num_processes)
     state.wait_for_everyone()
+    train_sha256 = fingerprint(Path(cfg.data.path) / cfg.data.train_file)  # once per run, not per stage
     try:
         for index, stage in enumerate(cfg.stages, 1):
             if index <= len(records):
                 logger.info("stage %d '%s' already finished; skipping", index, stage.name)
                 continue
-            records.append(train_stage(cfg, task, splits, index, stage, records, out, callbacks, state))
+            records.append(train_stage(cfg, task, splits, index, stage, records, out, callbacks, state, train_sha256))
             if main:
                 atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))
     except StageError as exc:
@@ -568,10 +569,6 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records, creat
     return final
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
 def format_stage_table(records: list[dict], best_stage: int | None) -> str:
     """The stages table: stage, kept, eval loss, eval accuracy, test accuracy, time."""
     header = ("stage", "kept", "eval_loss", "eval_accuracy", "test_accuracy", "time_s", "started_from")
@@ -581,10 +578,10 @@ def format_stage_table(records: list[dict], best_stage: int | None) -> str:
         rows.append((
             name,
             "yes" if r["kept"] else "no",
-            _fmt(r["metrics"].get("eval_loss")),
-            _fmt(r["metrics"].get("eval_accuracy")),
-            _fmt(r.get("test_metrics", {}).get("test_accuracy")),
-            _fmt(r["training_time_s"], 1),
+            format_number(r["metrics"].get("eval_loss")),
+            format_number(r["metrics"].get("eval_accuracy")),
+            format_number(r.get("test_metrics", {}).get("test_accuracy")),
+            format_number(r["training_time_s"], 1),
             r["started_from"] or "init",
         ))
     lines = format_table(rows).splitlines()

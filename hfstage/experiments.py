@@ -18,7 +18,7 @@ from pathlib import Path
 from hfstage.checkpoint import read_json
 from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
 from hfstage.errors import CheckpointError, ConfigError
-from hfstage.reporting import format_table
+from hfstage.reporting import format_number, format_table
 
 DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
 
@@ -54,10 +54,6 @@ def metric_of(record: dict, name: str):
     return record.get("metrics", {}).get(name, record.get("test_metrics", {}).get(name))
 
 
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
 def list_runs_table(folder: str | Path) -> str:
     rows = [("run", "status", "stages", "best_stage", "metric", "value", "test_accuracy", "updated_at")]
     for path in find_runs(folder):
@@ -66,8 +62,8 @@ def list_runs_table(folder: str | Path) -> str:
         metric = run.get("metric_for_best_model", "eval_loss")
         rows.append((
             str(path), run.get("status", "?"), f"{len(records)}/{len(run.get('stages', []))}",
-            run.get("best_stage_dir") or "-", metric, _fmt(metric_of(best, metric)) if best else "-",
-            _fmt(metric_of(best, "test_accuracy")) if best else "-", run.get("updated_at", "-"),
+            run.get("best_stage_dir") or "-", metric, format_number(metric_of(best, metric)) if best else "-",
+            format_number(metric_of(best, "test_accuracy")) if best else "-", run.get("updated_at", "-"),
         ))
     if len(rows) == 1:
         return f"no runs under {folder}"
@@ -107,7 +103,7 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
         marks.append(target)
     rows = [header]
     for (path, run, best), vals in zip(entries, values):
-        cells = [_fmt(v) + ("*" if v is not None and v == marks[j] and len(entries) > 1 else "") for j, v in enumerate(vals)]
+        cells = [format_number(v) + ("*" if v is not None and v == marks[j] and len(entries) > 1 else "") for j, v in enumerate(vals)]
         rows.append((str(path), run.get("best_stage_dir") or "-", *cells))
     if fmt == "csv":
         buf = io.StringIO()
@@ -207,7 +203,7 @@ def continuable_table(folder: str | Path) -> str:
         for r in records:
             best = " (best)" if r["stage_index"] == run.get("best_stage") else ""
             rows.append((str(path), f"{r['stage_index']} {r['stage_name']}{best}", "yes" if r["kept"] else "no",
-                         metric, _fmt(metric_of(r, metric))))
+                         metric, format_number(metric_of(r, metric))))
     if len(rows) == 1:
         return f"no finished stages under {folder}"
     presets = ", ".join(load_presets())

@@ -13,6 +13,11 @@ def format_table(rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def format_number(value, digits: int = 4) -> str:
+    """A metric for a table: fixed decimals, or '-' when there is none."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
 def versions() -> dict[str, str]:
     import accelerate
     import torch

@@ -69,16 +69,19 @@ def train_fingerprint(base: BaseModel) -> str:
     return fingerprint(path)
 
 
-def check_no_leak(bases: list[BaseModel], files: dict[str, Path]) -> None:
+def check_no_leak(bases: list[BaseModel], files: dict[str, Path]) -> dict[str, str]:
+    """Refuse in-sample predictions; returns each base model's training-data fingerprint by reference."""
     prints = {split: fingerprint(path) for split, path in files.items()}
+    seen_by = {}
     for base in bases:
-        seen = train_fingerprint(base)
+        seen = seen_by[base.reference] = train_fingerprint(base)
         for split, sha in prints.items():
             if sha == seen:
                 raise ConfigError(
                     f"{base.reference}: trained on {files[split]} (same SHA-256), so its predictions on the "
                     f"{split} split are in-sample; stacking on them would leak. Use a split it never trained on."
                 )
+    return seen_by
 
 
 def base_probabilities(bases: list[BaseModel], task, dataset, batch_size: int = 512) -> np.ndarray:
@@ -206,7 +209,7 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     if data_dir is not None:
         data.path = data_dir
     files = {"meta-train": split_path(data, train_split), "test": split_path(data, test_split)}
-    check_no_leak(bases, files)
+    trained_on = check_no_leak(bases, files)
     train_set = task.load_split(files["meta-train"], f"--train-split {train_split}")
     test_set = task.load_split(files["test"], f"--test-split {test_split}")
     y, y_test = train_set.y.numpy(), test_set.y.numpy()
@@ -229,7 +232,7 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
         "agreement": agreement,
         "passthrough": passthrough,
         "base_models": [{"reference": b.reference, "stage_dir": str(b.checkpoint.stage_dir.resolve()),
-                         "train_data_sha256": train_fingerprint(b)} for b in bases],
+                         "train_data_sha256": trained_on[b.reference]} for b in bases],
         "folds": folds,
         "seed": seed,
     }

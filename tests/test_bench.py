@@ -4,29 +4,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_overhead_benchmark_quick():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/overhead.py"), "--quick"], capture_output=True, text=True,
+@pytest.mark.parametrize("script, headline, low, high", [
+    ("overhead.py", "overhead_ratio_vs_plain_loop", 0.0, float("inf")),
+    ("stack_mnist_pairs.py", "stack_gain_vs_best_single", -1.0, 1.0),
+    ("curriculum_vs_single.py", "curriculum_minus_single_test_accuracy", -1.0, 1.0),
+])
+def test_benchmark_quick_mode_prints_its_headline(script, headline, low, high):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    name, value = last.split(": ")
-    assert name == "overhead_ratio_vs_plain_loop" and float(value) > 0
-
-
-def test_stacking_benchmark_quick():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/stack_mnist_pairs.py"), "--quick"], capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     name, value = proc.stdout.strip().splitlines()[-1].split(": ")
-    assert name == "stack_gain_vs_best_single" and -1 <= float(value) <= 1
-
-
-def test_curriculum_benchmark_quick():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/curriculum_vs_single.py"), "--quick"], capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    name, value = proc.stdout.strip().splitlines()[-1].split(": ")
-    assert name == "curriculum_minus_single_test_accuracy" and -1 <= float(value) <= 1
+    assert name == headline
+    assert low < float(value) if high == float("inf") else low <= float(value) <= high
