@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-pairs", type=int, help="mnist-pairs only (default 10000)")
 
     p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage) on a data split")
-    p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>) or a run folder (its best stage)")
+    p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>), a run folder (its best stage), "
+                   "or hf://OWNER/NAME[@REVISION][/stage_<N>_<name>]")
+    p.add_argument("--out", help="folder for the eval files (default: eval/ beside a local stage, "
+                   "./eval/<owner>--<name>/<stage> for a Hub one)")
     p.add_argument("--data", help="folder with the split files (default: what the run trained on)")
     p.add_argument("--split", default="test", help="train, val, test, or NAME for NAME.npz (default: test)")
     p.add_argument("--save-predictions", action="store_true", help="also write eval/<split>_predictions.csv")
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
     p = sub.add_parser("stack", help="fit a meta-learner over base models' predictions and compare ensembles")
-    p.add_argument("--models", nargs="+", required=True, help="base models: run folders (best stage) or stage folders")
+    p.add_argument("--models", nargs="+", required=True, help="base models: run folders (best stage), stage folders or hf:// references")
     p.add_argument("--out", required=True, help="folder for stack.json and the fitted meta-learner")
     p.add_argument("--data", help="folder with the split files (default: what the first model trained on)")
     p.add_argument("--meta", default="lightgbm", help="meta-learner saved for `predict`: lightgbm or logreg")
@@ -63,12 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the predictions CSV here")
 
     p = sub.add_parser("continue", help="append a stage to a finished run, starting from one of its stages")
-    p.add_argument("run", nargs="?", help="the run folder")
+    p.add_argument("run", nargs="?", help="the run folder, or hf://OWNER/NAME[@REVISION] (pulled into --out first)")
+    p.add_argument("--out", help="with an hf:// run: the empty folder to pull it into and continue in")
     p.add_argument("--list", nargs="?", const="runs", metavar="DIR", help="list the stages that can be continued")
     p.add_argument("--from", dest="from_stage", help="stage number or name (default: the run's best stage)")
     p.add_argument("--preset", help="fine_tune (low lr), regularization (stronger LS/dropout/wd), exploration (higher lr, warm restart)")
     p.add_argument("--data", help="folder with the split files, if the run's data path has moved")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="stage fields of the new stage: lr=1e-5 epochs=2")
+
+    p = sub.add_parser("push", help="push a run (or some of its stages) to the Hugging Face Hub")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--repo-id", required=True, help="OWNER/NAME of the Hub repository (created when missing)")
+    p.add_argument("--stage", default="all", help="N, NAME, best or all (default: all finished stages)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to push to (created from main when missing)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
+    p.add_argument("--commit-message", help="default: the pushed stage folders")
+
+    p = sub.add_parser("pull", help="download a pushed run (or one stage) into the local run layout")
+    p.add_argument("name", help="OWNER/NAME or hf://OWNER/NAME[@REVISION][/stage_<N>_<name>]")
+    p.add_argument("--out", required=True, help="an empty (or new) folder")
+    p.add_argument("--stage", help="N, NAME, best or all (default: all pushed stages)")
+    p.add_argument("--revision", help="branch, tag (stage-<N>-<name>) or commit")
 
     p = sub.add_parser("runs", help="look at finished runs")
     runs = p.add_subparsers(dest="runs_command", required=True)
@@ -139,7 +158,8 @@ def _evaluate(args) -> int:
     from hfstage.evaluation import evaluate_checkpoint, format_result
 
     setup_logging(None, True)
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.save_predictions, args.batch_size)
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.save_predictions, args.batch_size,
+                                 args.out)
     from hfstage.devices import distributed_state
 
     if distributed_state().is_main_process:
@@ -182,8 +202,41 @@ def _continue(args) -> int:
         return 0
     if not args.run or not args.preset:
         raise ConfigError("continue: give a RUN folder and --preset (or --list to see what can be continued)")
+    if args.run.startswith("hf://"):
+        from hfstage.curriculum import setup_logging
+        from hfstage.hub import pull
+
+        if not args.out:
+            raise ConfigError(f"continue {args.run}: give --out DIR, the empty folder to pull the run into and continue in")
+        setup_logging(None, True)
+        args.run = str(pull(args.run, args.out))
+    elif args.out:
+        raise ConfigError("continue: --out is for hf:// runs; a local run is continued in its own folder")
     cfg = experiments.continuation_config(args.run, args.preset, args.from_stage, args.overrides, args.data)
     run(cfg, config_file=experiments.load_run(args.run)[0].get("config_file"))
+    return 0
+
+
+def _push(args) -> int:
+    from hfstage.curriculum import setup_logging
+    from hfstage.hub import push
+
+    setup_logging(None, True)
+    result = push(args.run, args.repo_id, args.stage, args.private, args.revision, args.create_pr, args.commit_message)
+    print(f"{args.run} -> {result['repo_id']} @ {result['commit'][:12]}: {len(result['uploaded'])} file(s) uploaded, "
+          f"{result['unchanged']} unchanged; stages {', '.join(result['stages'])}"
+          + (f"; tags {', '.join(result['tags'])}" if result["tags"] else "")
+          + (f"; pull request {result['pr_url']}" if result["pr_url"] else ""))
+    return 0
+
+
+def _pull(args) -> int:
+    from hfstage.curriculum import setup_logging
+    from hfstage.hub import pull
+
+    setup_logging(None, True)
+    out = pull(args.name, args.out, args.stage, args.revision)
+    print(f"{args.name} -> {out}")
     return 0
 
 
@@ -232,7 +285,7 @@ def _config(args) -> int:
 
 
 COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "stack": _stack,
-            "predict": _predict, "continue": _continue, "runs": _runs,
+            "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "runs": _runs,
             "config": _config}
 
 

@@ -161,6 +161,15 @@ class RunConfig:
     quick_test_samples: int = _f(2000, "Training samples used when `quick_test` is on (evaluation uses half).", _AT_LEAST_ONE)
     report_to: list[str] = _f(help="Trainer reporters (`tensorboard`, `none`, ...).", factory=lambda: ["tensorboard"])
     logging_steps: int = _f(50, "Log the training loss every N steps.", _AT_LEAST_ONE)
+    push_to_hub: bool = _f(
+        False,
+        "Push each stage to the Hub (`hub_repo_id`) in the background as it finishes, then the whole run "
+        "(best model at the root, model card); the token comes from `HF_TOKEN` or `hf auth login`.",
+    )
+    hub_repo_id: Optional[str] = _f(
+        None, "Hub repository (OWNER/NAME) for `push_to_hub`; with `seeds`, each seed pushes to `NAME-seed-<s>`."
+    )
+    hub_private: bool = _f(False, "Create the `hub_repo_id` repository as private.")
     defaults: dict[str, Any] = _f(help="Stage fields shared by every stage unless a stage sets them.", factory=dict)
     stages: list[StageConfig] = _f(help="The curriculum, in order (at least one stage).", factory=list)
 
@@ -317,6 +326,10 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
     cfg.stages = stages
     cfg.defaults = {k: getattr(built_defaults, k) for k in defaults}  # coerced, as the stages saw them
     _check_stage_names(stages, source + ":")
+    if cfg.push_to_hub and not cfg.hub_repo_id:
+        raise ConfigError(f"{source}: hub_repo_id: push_to_hub is on but no repository is named (OWNER/NAME)")
+    if cfg.hub_repo_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$", cfg.hub_repo_id):
+        raise ConfigError(f"{source}: hub_repo_id: {cfg.hub_repo_id!r} is not OWNER/NAME")
     if "type" not in cfg.model:
         raise ConfigError(f"{source}: model.type: missing; name a registered model (e.g. pair_cnn)")
     if cfg.quick_test:

@@ -58,7 +58,8 @@ TRAINING_LOG = "training.log"
 CHECKPOINTS = "checkpoints"
 # Fields that may differ on resume: how a run is logged, where it lives, and quick_test, whose
 # effects are already written into the stages and the data fields that are compared.
-COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir", "quick_test", "quick_test_samples")
+COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir", "quick_test", "quick_test_samples",
+                   "push_to_hub", "hub_repo_id", "hub_private")
 
 
 def stage_dirname(index: int, name: str) -> str:
@@ -468,13 +469,30 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     saved = check_output_dir(out, cfg)
     records = finished_stage_records(out, cfg)
     created_at = saved.get("created_at") if saved else None
+    if cfg.push_to_hub:  # every process checks, so a refusal stops all of them before training
+        from hfstage.hub import HubPushCallback, require_token
+
+        require_token(cfg.hub_repo_id, "push_to_hub", cfg.hub_private)
     state.wait_for_everyone()  # every process checked the same folder before anyone writes to it
     lock = RunLock(out)
     setup_logging(None, main)  # so a stale-lock takeover is reported
     _on_every_process(state, lock.acquire if main else None)
     setup_logging(out, main)
+    pusher = HubPushCallback(out, cfg.hub_repo_id, cfg.hub_private) if cfg.push_to_hub and main else None
+    callbacks = [*callbacks, pusher] if pusher else callbacks
     try:
-        return _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at)
+        final = _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at)
+        if pusher is not None:
+            pusher.finish()
+            logger.info("run %s is on the Hub: %s", out, cfg.hub_repo_id)
+        return final
+    except BaseException:
+        if pusher is not None:  # let the stages already pushing land; the run's own error is what is raised
+            try:
+                pusher.finish(final_push=False)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("push of a finished stage also failed: %s", exc)
+        raise
     finally:
         lock.release()
 
@@ -509,6 +527,7 @@ def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequenc
     finals = []
     for seed in cfg.seeds:
         one = dataclasses.replace(cfg, seed=seed, seeds=[], output_dir=str(Path(cfg.output_dir) / f"seed_{seed}"),
+                                  hub_repo_id=f"{cfg.hub_repo_id}-seed-{seed}" if cfg.hub_repo_id else None,
                                   stages=[dataclasses.replace(s) for s in cfg.stages])
         finals.append(run(one, config_file, callbacks))
     if distributed_state().is_main_process:

@@ -27,3 +27,9 @@ class StageError(HfstageError):
     """A stage could not finish (for example its loss became NaN); earlier stages are intact."""
 
     exit_code = 1
+
+
+class HubError(HfstageError):
+    """The Hub refused or failed a request (after retries), or no token was available to write."""
+
+    exit_code = 1

@@ -50,13 +50,40 @@ class Checkpoint:
     task: str
     data: DataConfig
     stage_record: dict
+    reference: str | None = None  # hf://OWNER/NAME@<commit>/stage_<N>_<name> when it came from the Hub
+
+    def load_model(self):
+        """The stage's model; a Hub stage through ``from_pretrained(repo, subfolder=, revision=)`` and its cache."""
+        if self.reference is None:
+            return AutoModel.from_pretrained(self.stage_dir)
+        from hfstage.hub import parse_reference
+
+        ref = parse_reference(self.reference)
+        return AutoModel.from_pretrained(ref.repo_id, subfolder=ref.stage, revision=ref.revision)
+
+    @property
+    def eval_dir(self) -> Path:
+        """``eval/`` beside a local stage; ``./eval/<owner>--<name>/<stage>`` for a Hub stage (never the cache)."""
+        if self.reference is None:
+            return self.stage_dir / "eval"
+        from hfstage.hub import parse_reference
+
+        ref = parse_reference(self.reference)
+        return Path("eval") / ref.repo_id.replace("/", "--") / ref.stage
 
 
 def resolve_checkpoint(path: str | Path) -> Checkpoint:
-    """A stage folder, or a run folder (meaning its best stage)."""
+    """A stage folder, a run folder (meaning its best stage), or an ``hf://`` reference to either."""
     text = str(path)
     if text.startswith("hf://"):
-        raise CheckpointError(f"{text}: Hub references are not supported by this version; `hfstage pull` it first")
+        from hfstage.hub import resolve
+
+        local, pinned = resolve(text)
+        checkpoint = resolve_checkpoint(local)
+        if "/stage_" not in pinned.rsplit("@", 1)[-1]:
+            pinned = f"{pinned}/{checkpoint.stage_dir.name}"
+        checkpoint.reference = pinned
+        return checkpoint
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -101,7 +128,7 @@ def split_path(data: DataConfig, split: str) -> Path:
 
 def predict(accelerator: Accelerator, checkpoint: Checkpoint, task, dataset, batch_size: int = 512):
     """(logits, labels) over ``dataset`` in order, gathered from every process."""
-    model = AutoModel.from_pretrained(checkpoint.stage_dir).eval()
+    model = checkpoint.load_model().eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collator(None, training=False))
     model, loader = accelerator.prepare(model, loader)
     logits, labels = [], []
@@ -116,8 +143,11 @@ def predict(accelerator: Accelerator, checkpoint: Checkpoint, task, dataset, bat
 
 
 def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: str = "test",
-                        save_predictions: bool = False, batch_size: int = 512) -> dict:
-    """Evaluate a checkpoint on one split; writes ``eval/<split>.json`` and returns its content."""
+                        save_predictions: bool = False, batch_size: int = 512, out: str | None = None) -> dict:
+    """Evaluate a checkpoint on one split; writes ``<eval dir>/<split>.json`` and returns its content.
+
+    The eval dir is ``out`` when given, else ``eval/`` beside a local stage (see ``Checkpoint.eval_dir``).
+    """
     accelerator = Accelerator(cpu=cpu_only())
     checkpoint = resolve_checkpoint(path)
     if data_dir is not None:
@@ -135,7 +165,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     preds, probs = task.decide(logits.numpy())
     labels = label_tensor.numpy()
     result = {
-        "checkpoint": str(checkpoint.stage_dir),
+        "checkpoint": checkpoint.reference or str(checkpoint.stage_dir),
         "stage_name": checkpoint.stage_record.get("stage_name"),
         "task": checkpoint.task,
         "split": split,
@@ -149,7 +179,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     }
     result["versions"] = versions()
     if accelerator.is_main_process:
-        eval_dir = checkpoint.stage_dir / "eval"
+        eval_dir = Path(out) if out else checkpoint.eval_dir
         atomic_write_json(eval_dir / f"{split}.json", result)
         report = per_class_report(preds, labels)
         atomic_write_json(eval_dir / f"{split}_per_class.json", report)

@@ -232,6 +232,7 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
         "agreement": agreement,
         "passthrough": passthrough,
         "base_models": [{"reference": b.reference, "stage_dir": str(b.checkpoint.stage_dir.resolve()),
+                         "hub": b.checkpoint.reference,  # hf://...@<commit>/stage: found again on any machine
                          "train_data_sha256": trained_on[b.reference]} for b in bases],
         "folds": folds,
         "seed": seed,
@@ -269,7 +270,7 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
     if not (stack_dir / META_JSON).is_file():
         raise CheckpointError(f"{stack_dir}: no {META_JSON}; not a folder written by `hfstage stack`")
     meta = read_json(stack_dir / META_JSON)
-    bases = [BaseModel(b["reference"], resolve_checkpoint(b["stage_dir"])) for b in meta["base_models"]]
+    bases = [BaseModel(b["reference"], resolve_checkpoint(b.get("hub") or b["stage_dir"])) for b in meta["base_models"]]
     task = TASKS.get(meta["task"], "task")()
     data = bases[0].checkpoint.data
     data.path = data_dir

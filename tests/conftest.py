@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,15 +13,44 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# huggingface_hub reads HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE once, when it is imported (test modules
+# import it through hfstage), so they are set here, before any import: a private cache, and the Hub
+# endpoint on a reserved local port where the `hub` fixture's server listens. Nothing can reach the
+# internet, and requests made while no server runs are refused at once.
+_HF_HOME = tempfile.mkdtemp(prefix="hfstage-tests-hf-")
+with socket.socket() as _s:
+    _s.bind(("127.0.0.1", 0))
+    HUB_PORT = _s.getsockname()[1]
+os.environ.update(HF_HOME=_HF_HOME, HF_HUB_CACHE=str(Path(_HF_HOME) / "hub"), HF_ENDPOINT=f"http://127.0.0.1:{HUB_PORT}",
+                  TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_TELEMETRY="1")
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("HF_TOKEN", None)
+HUB_TOKEN = "hf_hfstageTestToken0123456789abcdef"
+
 
 @pytest.fixture(autouse=True, scope="session")
-def _offline_hf_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_home")
-    os.environ["HF_HOME"] = str(home)
-    os.environ["HF_HUB_CACHE"] = str(home / "hub")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+def _offline_hf_home():
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for subprocesses; the hub tests give theirs an environment without it
     yield
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    from hub_server import HubServer
+
+    with HubServer(HUB_TOKEN, port=HUB_PORT) as server:
+        yield server
+
+
+@pytest.fixture
+def hub(hub_server, monkeypatch):
+    """The local Hub server, with HF_TOKEN set and fast retries; faults cleared after each test."""
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setenv("HFSTAGE_HUB_RETRIES", "2")
+    monkeypatch.setenv("HFSTAGE_HUB_BACKOFF", "0.01")
+    yield hub_server
+    hub_server.faults.clear()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hfstage.cli import main
-from hfstage.errors import CheckpointError
+from hfstage.errors import CheckpointError, HubError
 from hfstage.evaluation import evaluate_checkpoint, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +76,14 @@ def test_broken_checkpoints_are_refused(run_copy, capsys, break_it, message):
     assert message in capsys.readouterr().err
 
 
-def test_missing_things(run_copy, capsys):
+def test_missing_things(run_copy, capsys, monkeypatch):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         resolve_checkpoint(run_copy / "stage_9_nope")
-    with pytest.raises(CheckpointError, match="pull"):
+    monkeypatch.setenv("HFSTAGE_HUB_RETRIES", "1")
+    monkeypatch.setenv("HFSTAGE_HUB_BACKOFF", "0.01")
+    # HF_ENDPOINT is the tests' local port: no server there yet (or one without that repository)
+    with pytest.raises(HubError, match="someone/model: (could not reach the Hub at http://127.0.0.1:.* after 2 tries"
+                                       "|repository not found)"):
         resolve_checkpoint("hf://someone/model")
     assert main(["evaluate", str(run_copy), "--split", "holdout"]) == 2
     assert "holdout.npz: file not found" in capsys.readouterr().err
