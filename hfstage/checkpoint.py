@@ -80,11 +80,17 @@ def remove_stale_tmp(folder: str | Path) -> None:
 
 
 def fingerprint(path: str | Path) -> str:
-    """SHA-256 of a file's bytes: which data a model saw, checkable later (stacking refuses leaks)."""
+    """SHA-256 of a file's bytes -- or of a folder's files (relative names and bytes, in sorted order):
+    which data a model saw, checkable later (stacking refuses leaks)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

@@ -85,7 +85,8 @@ class StageConfig:
         factory=dict,
     )
     freeze_patterns: list[str] = _f(
-        help="Glob patterns of parameter names to freeze (e.g. `encoder.*`); frozen modules also stay in eval mode.",
+        help="Glob patterns of parameter names to freeze (e.g. `encoder.*`); a pattern starting with `!` keeps "
+        "what it matches trainable (`[backbone.*, '!backbone.fc.*']`: head only). Frozen modules stay in eval mode.",
         factory=list,
     )
     lr_multipliers: dict[str, float] = _f(
@@ -128,6 +129,9 @@ class DataConfig:
     max_train_samples: Optional[int] = _f(None, "Use only the first N training samples.")
     max_eval_samples: Optional[int] = _f(None, "Use only the first N validation and test samples.")
     num_workers: int = _f(0, "DataLoader worker processes.", _NON_NEGATIVE)
+    skip_bad_images: bool = _f(
+        False, "Images: leave unreadable image files out (counted in the log) instead of stopping with an error."
+    )
 
 
 @dataclass
@@ -136,7 +140,8 @@ class RunConfig:
 
     task: str = _f(
         "pair_classification",
-        "Task kind (data format + metrics): `pair_classification` or `sequence_classification`.",
+        "Task kind (data format + metrics): `pair_classification`, `sequence_classification` or "
+        "`image_classification`.",
     )
     output_dir: str = _f("runs/quickstart", "Run folder; rerunning the same command resumes it.")
     seed: int = _f(42, "Random seed for model initialisation, data order and augmentation.")
@@ -144,6 +149,14 @@ class RunConfig:
         help="Train one run per seed, each in `<output_dir>/seed_<s>` (replaces `seed`), and report mean +- std.",
         factory=list,
     )
+    folds: int = _f(
+        0,
+        "k-fold training: one curriculum per stratified fold of the training split in `<output_dir>/fold_<k>` "
+        "(k from 0; the held-out fold is its eval split), then out-of-fold probabilities (`oof.npy`, `oof_ids.npy`) "
+        "and CV mean +- std (`cv.json`). 0 = no folds.",
+        (lambda v: v == 0 or v >= 2, "must be 0 (no folds) or >= 2"),
+    )
+    fold: Optional[int] = _f(None, "With `folds`: train only this fold (from 0), e.g. to spread folds over machines.")
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(
         help="Model: `type` (a registered model) plus that model's config arguments.",
@@ -326,6 +339,9 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
     cfg.stages = stages
     cfg.defaults = {k: getattr(built_defaults, k) for k in defaults}  # coerced, as the stages saw them
     _check_stage_names(stages, source + ":")
+    if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
+        raise ConfigError(f"{source}: fold: {cfg.fold} must name one of the {cfg.folds} folds (0 to {cfg.folds - 1})"
+                          if cfg.folds else f"{source}: fold: set only together with folds")
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ConfigError(f"{source}: hub_repo_id: push_to_hub is on but no repository is named (OWNER/NAME)")
     if cfg.hub_repo_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$", cfg.hub_repo_id):

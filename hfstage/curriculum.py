@@ -46,6 +46,7 @@ from hfstage.trainer import (
     StageTrainer,
     StageTrainingArguments,
     freeze,
+    frozen_names,
     matching,
     set_dropout,
 )
@@ -84,7 +85,7 @@ def check_stages(cfg: RunConfig, task, model) -> None:
                         f"{where}.{field}: {pattern!r} matches no parameter of model "
                         f"'{cfg.model['type']}' (names look like {', '.join(names[:3])})"
                     )
-        if stage.freeze_patterns and all(any(matching([n], p) for p in stage.freeze_patterns) for n in names):
+        if stage.freeze_patterns and len(frozen_names(names, stage.freeze_patterns)) == len(names):
             raise ConfigError(f"{where}.freeze_patterns: every parameter would be frozen; nothing would train")
         if stage.teacher:
             try:
@@ -367,7 +368,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     start = records[chosen - 1] if chosen else latest_kept(records)
     if start is None:
         set_seed(cfg.seed)
-        model = build_model(cfg.model, **task.model_args(splits))
+        model = build_model(cfg.model, load_weights=True, **task.model_args(splits))
         started_from = None
     else:
         started_from = stage_dirname(start["stage_index"], start["stage_name"])
@@ -392,8 +393,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         args=args,
         train_dataset=splits.train,
         eval_dataset=splits.eval,
-        data_collator=task.collator(stage, training=True),
-        eval_data_collator=task.collator(stage, training=False),
+        data_collator=task.collator(stage, training=True, model_config=model.config),
+        eval_data_collator=task.collator(stage, training=False, model_config=model.config),
         compute_metrics=task.compute_metrics,
         callbacks=stage_callbacks,
     )
@@ -464,6 +465,10 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     out = Path(cfg.output_dir)
     task = TASKS.get(cfg.task, "task")()
     splits = task.load_splits(cfg.data)
+    if cfg.fold is not None:
+        from hfstage.folds import fold_splits
+
+        splits = fold_splits(splits, cfg)
     set_seed(cfg.seed)
     check_stages(cfg, task, build_model(cfg.model, **task.model_args(splits)))
     saved = check_output_dir(out, cfg)
@@ -520,8 +525,11 @@ def _on_every_process(state, action) -> None:
 
 def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> list[dict]:
     """One run per seed of ``cfg.seeds`` in ``<output_dir>/seed_<s>`` (or the single run when there are none)."""
+    from hfstage.folds import run_folds
+
+    one_run = run_folds if cfg.folds else run
     if not cfg.seeds:
-        return [run(cfg, config_file, callbacks)]
+        return [one_run(cfg, config_file, callbacks)]
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
     finals = []
@@ -529,7 +537,7 @@ def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequenc
         one = dataclasses.replace(cfg, seed=seed, seeds=[], output_dir=str(Path(cfg.output_dir) / f"seed_{seed}"),
                                   hub_repo_id=f"{cfg.hub_repo_id}-seed-{seed}" if cfg.hub_repo_id else None,
                                   stages=[dataclasses.replace(s) for s in cfg.stages])
-        finals.append(run(one, config_file, callbacks))
+        finals.append(one_run(one, config_file, callbacks))
     if distributed_state().is_main_process:
         print(format_seed_table(cfg, finals), flush=True)
     return finals
@@ -540,6 +548,12 @@ def format_seed_table(cfg: RunConfig, finals: list[dict]) -> str:
     import statistics
 
     key = cfg.metric_for_best_model
+    if cfg.folds:  # each seed is a k-fold run: its out-of-fold accuracy and CV means
+        rows = [("seed", "oof_accuracy", f"{key} (CV mean)", "test_accuracy (CV mean)")]
+        for seed, final in zip(cfg.seeds, finals):
+            rows.append((str(seed), format_number(final["oof_accuracy"]), format_number(final.get(f"{key}_mean")),
+                         format_number(final.get("test_accuracy_mean"))))
+        return format_table(rows)
     rows = [("seed", "best_stage", key, "test_accuracy")]
     values: dict[str, list[float]] = {key: [], "test_accuracy": []}
     for final in finals:
@@ -622,10 +636,8 @@ def plan(cfg: RunConfig) -> str:
     header = ("#", "name", "epochs", "lr", "scheduler", "loss", "frozen", "lr_multipliers", "augmentation", "other")
     rows = [header]
     for index, stage in enumerate(cfg.stages, 1):
-        names = [n for n, _ in model.named_parameters()]
-        frozen = sum(
-            p.numel() for n, p in model.named_parameters() if any(matching([n], pat) for pat in stage.freeze_patterns)
-        ) if names else 0
+        chosen = set(frozen_names([n for n, _ in model.named_parameters()], stage.freeze_patterns))
+        frozen = sum(p.numel() for n, p in model.named_parameters() if n in chosen)
         loss = stage.loss
         params = []
         if stage.loss == "focal":

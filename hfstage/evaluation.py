@@ -117,6 +117,16 @@ def _read(path: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable ({exc})") from None
 
 
+def checkpoint_task(checkpoint: Checkpoint):
+    """The checkpoint's task, told the model's class names (so every split maps them to the same ids)."""
+    task = TASKS.get(checkpoint.task, "task")()
+    if hasattr(task, "bind"):
+        from transformers import AutoConfig
+
+        task.bind(AutoConfig.from_pretrained(checkpoint.stage_dir))
+    return task
+
+
 def split_path(data: DataConfig, split: str) -> Path:
     """``train``/``val``/``test`` name the run's split files; any other NAME means ``NAME.npz``."""
     field = SPLIT_FIELDS.get(split)
@@ -129,7 +139,8 @@ def split_path(data: DataConfig, split: str) -> Path:
 def predict(accelerator: Accelerator, checkpoint: Checkpoint, task, dataset, batch_size: int = 512):
     """(logits, labels) over ``dataset`` in order, gathered from every process."""
     model = checkpoint.load_model().eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collator(None, training=False))
+    collate = task.collator(None, training=False, model_config=model.config)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     model, loader = accelerator.prepare(model, loader)
     logits, labels = [], []
     with torch.no_grad():
@@ -153,7 +164,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     if data_dir is not None:
         checkpoint.data.path = data_dir
     file = split_path(checkpoint.data, split)
-    task = TASKS.get(checkpoint.task, "task")()
+    task = checkpoint_task(checkpoint)
     dataset = task.load_split(file, f"--split {split}")
     began = time.time()
     logits, label_tensor = predict(accelerator, checkpoint, task, dataset, batch_size)

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hfstage.config import DataConfig, StageConfig
-from hfstage.data import npz_pairs, npz_sequences
+from hfstage.data import images, npz_pairs, npz_sequences
 from hfstage.errors import DataError
 from hfstage.metrics import classification_metrics
 from hfstage.registry import Registry
@@ -74,7 +74,7 @@ class PairClassificationTask:
     def check_stage(self, stage: StageConfig, where: str) -> None:
         npz_pairs.check_pair_augmentation(stage.augmentation, where)
 
-    def collator(self, stage: StageConfig | None, training: bool):
+    def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         return npz_pairs.PairCollator(stage.augmentation if (training and stage is not None) else None)
 
     def decide(self, predictions) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +90,25 @@ class PairClassificationTask:
         return classification_metrics(preds, np.asarray(eval_pred.label_ids), average="binary")
 
 
+class MultiClassDecisions:
+    """Softmax over C logits; macro-averaged metrics."""
+
+    def decide(self, predictions) -> tuple[np.ndarray, np.ndarray]:
+        """Model outputs -> (predicted class, class probabilities (N, C)) per sample."""
+        if isinstance(predictions, (tuple, list)):
+            predictions = predictions[0]
+        logits = np.asarray(predictions, dtype=np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        return logits.argmax(axis=1), probs
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        preds, _ = self.decide(eval_pred.predictions)
+        return classification_metrics(preds, np.asarray(eval_pred.label_ids), average="macro")
+
+
 @TASKS.register("sequence_classification")
-class SequenceClassificationTask:
+class SequenceClassificationTask(MultiClassDecisions):
     """Padded feature clips from ``.npz`` files; C-class logits; macro-averaged metrics."""
 
     name = "sequence_classification"
@@ -125,18 +142,54 @@ class SequenceClassificationTask:
     def check_stage(self, stage: StageConfig, where: str) -> None:
         npz_sequences.check_sequence_augmentation(stage.augmentation, where)
 
-    def collator(self, stage: StageConfig | None, training: bool):
+    def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         return npz_sequences.SequenceCollator(stage.augmentation if (training and stage is not None) else None)
 
-    def decide(self, predictions) -> tuple[np.ndarray, np.ndarray]:
-        """Model outputs -> (predicted class, class probabilities (N, C)) per sample."""
-        if isinstance(predictions, (tuple, list)):
-            predictions = predictions[0]
-        logits = np.asarray(predictions, dtype=np.float64)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        return logits.argmax(axis=1), probs
 
-    def compute_metrics(self, eval_pred) -> dict[str, float]:
-        preds, _ = self.decide(eval_pred.predictions)
-        return classification_metrics(preds, np.asarray(eval_pred.label_ids), average="macro")
+@TASKS.register("image_classification")
+class ImageClassificationTask(MultiClassDecisions):
+    """Images from class folders or a ``path,label`` CSV; any timm backbone; macro-averaged metrics.
+
+    ``data.train_file``/``eval_file``/``test_file`` name folders (or CSV files) under ``data.path``.
+    """
+
+    name = "image_classification"
+
+    def __init__(self):
+        self.classes: list[str] | None = None
+        self.skip_bad = False
+
+    def bind(self, model_config) -> None:
+        """Use a trained model's classes (``id2label``) for the splits loaded next."""
+        self.classes = [model_config.id2label[i] for i in range(model_config.num_labels)]
+
+    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> images.ImageDataset:
+        listed = images.load_image_list(path, field, self.classes, self.skip_bad)
+        return images.ImageDataset(listed, limit)
+
+    def load_splits(self, data: DataConfig) -> Splits:
+        self.skip_bad = data.skip_bad_images
+        root = Path(data.path)
+        train = self.load_split(root / data.train_file, "data.train_file", data.max_train_samples)
+        self.classes = train.classes
+        if len(self.classes) < 2:
+            raise DataError(f"{root / data.train_file}: {len(self.classes)} class(es); classification needs at least 2 "
+                            "(data.train_file)")
+        eval_set = self.load_split(root / data.eval_file, "data.eval_file", data.max_eval_samples)
+        test = None if data.test_file is None else self.load_split(root / data.test_file, "data.test_file",
+                                                                   data.max_eval_samples)
+        return Splits(train=train, eval=eval_set, test=test)
+
+    def model_args(self, splits: Splits) -> dict[str, Any]:
+        classes = splits.train.classes
+        return {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
+                "label2id": {c: i for i, c in enumerate(classes)}}
+
+    def check_stage(self, stage: StageConfig, where: str) -> None:
+        images.check_image_augmentation(stage.augmentation, where)
+
+    def collator(self, stage: StageConfig | None, training: bool, model_config=None):
+        if model_config is None or not hasattr(model_config, "image_size"):
+            raise DataError("image_classification needs an image model (model.type: timm) for its transforms")
+        aug = stage.augmentation if (training and stage is not None) else None
+        return images.ImageCollator(images.image_transform(model_config, training, aug))

@@ -44,7 +44,16 @@ class StageTrainingArguments(TrainingArguments):
 
 
 def matching(names: list[str], pattern: str) -> list[str]:
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    """Names matching a glob (a leading ``!`` of a freeze exclusion is ignored here)."""
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern.removeprefix("!"))]
+
+
+def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
+    """Names matched by a freeze pattern and by no ``!`` exclusion (``[backbone.*, '!backbone.fc.*']``)."""
+    keep = [p[1:] for p in patterns if p.startswith("!")]
+    freeze_ = [p for p in patterns if not p.startswith("!")]
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in freeze_)
+            and not any(fnmatch.fnmatchcase(n, k) for k in keep)]
 
 
 def freeze(model: nn.Module, patterns: list[str], where: str) -> int:
@@ -61,9 +70,10 @@ def freeze(model: nn.Module, patterns: list[str], where: str) -> int:
             raise ConfigError(
                 f"{where}.freeze_patterns: {pattern!r} matches no parameter (names look like {', '.join(names[:3])})"
             )
+    chosen = set(frozen_names(names, patterns))
     frozen = 0
     for name, param in model.named_parameters():
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        if name in chosen:
             param.requires_grad_(False)
             frozen += param.numel()
     for module in _topmost_frozen_modules(model):

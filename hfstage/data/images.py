@@ -1,0 +1,227 @@
+"""Image classification data: a folder tree ``root/<class>/*.png`` (read through ``datasets``'
+``imagefolder``) or a CSV of ``path,label``, plus unlabelled folders of images to predict.
+
+Every file is opened and checked when a split is loaded, so a corrupt or unreadable image stops the
+run before training with an error naming the file (or, with ``data.skip_bad_images: true``, is left
+out and counted). Images are decoded in ``__getitem__`` and turned into tensors by
+:class:`ImageCollator` with timm's transforms, built from the model's config (size, mean, std,
+interpolation) and the stage's augmentations.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hfstage.data import check_augmentation
+from hfstage.errors import DataError
+from hfstage.registry import Registry
+
+logger = logging.getLogger("hfstage")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# name -> what the strength means; limits below
+IMAGE_AUGMENTATIONS: Registry = Registry("image augmentation")
+for _name, _help in {
+    "hflip": "probability of a horizontal flip",
+    "vflip": "probability of a vertical flip",
+    "crop": "random resized crop keeping at least this fraction of the area",
+    "rand_augment": "RandAugment magnitude 0-9 (timm `rand-m<M>-mstd0.5-inc1-mmax9`)",
+    "color_jitter": "brightness/contrast/saturation jitter strength",
+    "random_erasing": "probability of erasing a random rectangle",
+}.items():
+    IMAGE_AUGMENTATIONS.register(_name)(_help)
+_LIMITS = {"hflip": (0, 1), "vflip": (0, 1), "crop": (0.05, 1), "rand_augment": (0, 9), "color_jitter": (0, 1),
+           "random_erasing": (0, 1)}
+
+
+def check_image_augmentation(augmentation: dict[str, float], where: str) -> None:
+    check_augmentation(IMAGE_AUGMENTATIONS, _LIMITS, augmentation, where)
+
+
+@dataclass
+class ImageList:
+    """Files and labels of one split (labels are -1 for unlabelled images)."""
+
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    skipped: int = 0
+
+
+def _quiet_datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _check_images(paths: list[str], skip_bad: bool, where: str) -> tuple[list[int], int]:
+    """Indices of readable images; a bad one raises (or is counted when ``skip_bad``)."""
+    from PIL import Image
+
+    good, bad = [], 0
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            good.append(i)
+        except Exception as exc:  # PIL raises many kinds for broken files
+            if not skip_bad:
+                raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc}) ({where}); "
+                                "set data.skip_bad_images=true to leave such files out") from None
+            bad += 1
+    if bad:
+        logger.warning("%s: left out %d unreadable image(s) (data.skip_bad_images)", where, bad)
+    return good, bad
+
+
+def list_image_folder(root: Path, where: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """``root/<class>/*`` through ``datasets``' imagefolder: (paths, labels, class names)."""
+    datasets = _quiet_datasets()
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*")):
+        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) ({where})")
+    try:
+        # data_files, not data_dir: a folder called val/ or test/ must not be taken for a split name
+        ds = datasets.load_dataset("imagefolder", data_files={"train": f"{root}/**"}, split="train")
+    except Exception as exc:  # datasets wraps its errors variously
+        raise DataError(f"{root}: could not be read as an image folder ({type(exc).__name__}: {exc}) ({where})") from None
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    paths = [item["path"] for item in ds["image"]]
+    if "label" in ds.column_names:
+        return paths, np.asarray(ds["label"], dtype=np.int64), list(ds.features["label"].names)
+    return paths, np.full(len(paths), -1, dtype=np.int64), []
+
+
+def list_image_csv(path: Path, where: str) -> tuple[list[str], list[str]]:
+    """A CSV with a header ``path,label``; relative paths are relative to the CSV's folder."""
+    paths, labels = [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise DataError(f"{path}: the header must name the columns 'path' and 'label' "
+                                f"(it has: {', '.join(reader.fieldnames or []) or 'nothing'}) ({where})")
+            for line, row in enumerate(reader, start=2):
+                file, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if not file or not label:
+                    raise DataError(f"{path}: line {line}: empty {'path' if not file else 'label'} ({where})")
+                full = (path.parent / file) if not Path(file).is_absolute() else Path(file)
+                if not full.is_file():
+                    raise DataError(f"{path}: line {line}: image {file} not found ({where})")
+                paths.append(str(full))
+                labels.append(label)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 CSV file ({exc}) ({where})") from None
+    if not paths:
+        raise DataError(f"{path}: no rows ({where})")
+    return paths, labels
+
+
+def load_image_list(path: Path, where: str, classes: list[str] | None = None, skip_bad: bool = False,
+                    labelled: bool = True) -> ImageList:
+    """One split. ``classes`` (from the training split) maps class names of later splits to the same ids."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found ({where})")
+    if path.is_dir():
+        paths, ids, names = list_image_folder(path, where)
+        if labelled and not names:
+            raise DataError(f"{path}: images but no class folders; a labelled split is root/<class>/*.png ({where})")
+        raw = [names[i] for i in ids] if names else None
+    elif path.suffix.lower() == ".csv":
+        paths, raw = list_image_csv(path, where)
+    else:
+        raise DataError(f"{path}: expected a folder of class folders or a .csv of path,label ({where})")
+    if raw is None:
+        labels, found = np.full(len(paths), -1, dtype=np.int64), []
+    else:
+        found = sorted(set(raw), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+        names = classes if classes is not None else found
+        index = {c: i for i, c in enumerate(names)}
+        unknown = [c for c in found if c not in index]
+        if unknown:
+            raise DataError(f"{path}: class {unknown[0]!r} is not one of the training split's classes "
+                            f"({', '.join(names)}) ({where})")
+        labels = np.array([index[c] for c in raw], dtype=np.int64)
+        found = names
+    good, bad = _check_images(paths, skip_bad, where)
+    if not good:
+        raise DataError(f"{path}: no readable images ({where})")
+    return ImageList([paths[i] for i in good], labels[good], found, bad)
+
+
+class ImageDataset(Dataset):
+    """Decoded RGB images (PIL) and labels; ``ids`` are the file names without extension."""
+
+    def __init__(self, images: ImageList, limit: int | None = None, seed: int = 0):
+        order = np.arange(len(images.paths))
+        if limit is not None and limit < len(order):  # a random subset keeps every class (folders are sorted)
+            order = np.sort(np.random.default_rng(seed).permutation(len(order))[:limit])
+        self.paths = [images.paths[i] for i in order]
+        self.y = images.labels[order]
+        self.classes = images.classes
+        self.skipped = images.skipped
+
+    @property
+    def ids(self) -> list[str]:
+        return [Path(p).stem for p in self.paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                image = im.convert("RGB")
+        except Exception as exc:  # checked at load time; a file changed since
+            raise DataError(f"{self.paths[i]}: not a readable image ({type(exc).__name__}: {exc})") from None
+        return {"image": image, "labels": int(self.y[i])}
+
+
+def image_transform(model_config, training: bool, augmentation: dict[str, float] | None = None):
+    """timm's transforms for the model's input (size, mean, std, interpolation) and the stage's augmentations."""
+    from timm.data import create_transform
+
+    size = (3, model_config.image_size, model_config.image_size)
+    common = dict(input_size=size, mean=tuple(model_config.mean), std=tuple(model_config.std),
+                  interpolation=model_config.interpolation)
+    aug = augmentation or {}
+    if not training or not aug:
+        return create_transform(is_training=False, crop_pct=1.0, **common)
+    crop = aug.get("crop")
+    return create_transform(
+        is_training=True,
+        scale=(crop, 1.0) if crop else (1.0, 1.0),
+        ratio=(3 / 4, 4 / 3) if crop else (1.0, 1.0),
+        hflip=aug.get("hflip", 0.0),
+        vflip=aug.get("vflip", 0.0),
+        color_jitter=aug.get("color_jitter") or None,
+        # the increasing-strength op set, magnitude capped at 9: timm's posterize asks Pillow for 0 bits at
+        # the top level (and, in the default set, at levels below 2.5), which Pillow >= 12 refuses
+        auto_augment=f"rand-m{aug['rand_augment']:g}-mstd0.5-inc1-mmax9" if aug.get("rand_augment") else None,
+        re_prob=aug.get("random_erasing", 0.0),
+        **common,
+    )
+
+
+class ImageCollator:
+    """[{"image": PIL, "labels": int}] -> {"pixel_values": (B, 3, S, S), "labels": (B,)}."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": torch.stack([self.transform(s["image"]) for s in samples]),
+            "labels": torch.tensor([s["labels"] for s in samples], dtype=torch.long),
+        }

@@ -1,0 +1,140 @@
+"""Image classification with timm on real MNIST digits written as PNG files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModel
+
+from hfstage.config import load_config
+from hfstage.curriculum import run
+from hfstage.data.images import load_image_list
+from hfstage.errors import ConfigError, DataError
+from hfstage.evaluation import evaluate_checkpoint
+from hfstage.models import build_model
+
+TINY_TIMM = {"type": "timm", "backbone": "test_efficientnet", "image_size": 32}
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory) -> Path:
+    from hfstage.data.prepare import prepare_mnist_images
+
+    out = tmp_path_factory.mktemp("mnist_images")
+    prepare_mnist_images(out, seed=0, train_images=160, val_images=60, test_images=50)
+    return out
+
+
+def image_recipe(path: Path, data: Path, output_dir: Path, stages=None, **fields) -> Path:
+    recipe = {
+        "task": "image_classification",
+        "output_dir": str(output_dir),
+        "seed": 0,
+        "data": {"path": str(data), "train_file": "train", "eval_file": "val", "test_file": "test"},
+        "model": dict(TINY_TIMM),
+        "report_to": ["none"],
+        "metric_for_best_model": "eval_accuracy",
+        "improvement_threshold": -1,
+        "defaults": {"batch_size": 32, "eval_batch_size": 64, "lr": 3e-3},
+        "stages": stages or [
+            {"name": "warmup", "epochs": 1, "freeze_patterns": ["backbone.*"]},
+            {"name": "finetune", "epochs": 1, "augmentation": {"crop": 0.8, "hflip": 0.0, "rand_augment": 3}},
+        ],
+    }
+    recipe.update(fields)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_prepare_writes_class_folders_and_an_unlabelled_test_set(image_data):
+    train = load_image_list(image_data / "train", "data.train_file")
+    assert len(train.paths) == 160 and train.classes == [str(d) for d in range(10)]
+    assert sorted(set(train.labels.tolist())) == list(range(10))
+    assert all(Path(p).parent.name == train.classes[y] for p, y in zip(train.paths, train.labels))
+    test_images = sorted((image_data / "test_images").glob("*.png"))
+    rows = (image_data / "test_labels.csv").read_text().splitlines()
+    assert len(test_images) == 50 and rows[0] == "id,label" and len(rows) == 51
+    assert {p.stem for p in test_images} == {r.split(",")[0] for r in rows[1:]}
+
+
+def test_two_stage_run_head_only_then_full_and_reload(image_data, tmp_path):
+    final = run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run")))
+    out = tmp_path / "run"
+    warm = json.loads((out / "stage_1_warmup" / "stage.json").read_text())
+    model = AutoModel.from_pretrained(out / "stage_1_warmup")
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("head."))
+    assert warm["frozen_parameters"] == warm["total_parameters"] - head  # only the head trained
+    cfg = json.loads((out / "stage_1_warmup" / "config.json").read_text())
+    assert cfg["model_type"] == "hfstage_timm" and cfg["id2label"]["3"] == "3" and cfg["image_size"] == 32
+    assert type(model) is type(build_model(TINY_TIMM, num_labels=10))
+    assert final["stages"][1]["status"] == "finished"
+    result = evaluate_checkpoint(out, split="test", save_predictions=True)
+    assert result["samples"] == 50 and 0 <= result["metrics"]["accuracy"] <= 1
+    rows = (out / final["best_stage_dir"] / "eval" / "test_predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("id,label,prediction,probability,p_0") and len(rows) == 51
+
+
+def test_frozen_backbone_does_not_change(image_data, tmp_path):
+    stages = [{"name": "a", "epochs": 1}, {"name": "head", "epochs": 1, "freeze_patterns": ["backbone.*"]},
+              {"name": "keep", "epochs": 1, "freeze_patterns": ["backbone.*", "!backbone.conv_head.*"]}]
+    run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages)))
+    a, head, keep = (AutoModel.from_pretrained(tmp_path / "run" / d).state_dict()
+                     for d in ("stage_1_a", "stage_2_head", "stage_3_keep"))
+    for k in a:
+        if k.startswith("backbone."):  # weights and BatchNorm statistics alike
+            assert torch.equal(a[k], head[k]), k
+    assert not torch.equal(a["head.weight"], head["head.weight"])
+    assert not torch.equal(head["backbone.conv_head.weight"], keep["backbone.conv_head.weight"])
+    assert torch.equal(head["backbone.conv_stem.weight"], keep["backbone.conv_stem.weight"])
+
+
+def test_bad_images_and_csv_rows(image_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(image_data / "train", data / "train")
+    broken = sorted((data / "train" / "4").glob("*.png"))[0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=f"{broken}: not a readable image .*data.train_file.*skip_bad_images"):
+        load_image_list(data / "train", "data.train_file")
+    kept = load_image_list(data / "train", "data.train_file", skip_bad=True)
+    assert len(kept.paths) == 159 and kept.skipped == 1 and str(broken) not in kept.paths
+
+    good = sorted((image_data / "val" / "7").glob("*.png"))[0]
+    cases = {
+        "file,label\nx.png,1\n": "the header must name the columns 'path' and 'label'",
+        f"path,label\n{good},\n": "line 2: empty label",
+        "path,label\nmissing.png,3\n": "line 2: image missing.png not found",
+        f"path,label\n{good},7\n{good},cat\n": "class 'cat' is not one of the training split's classes",
+        "path,label\n": "no rows",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        csv = tmp_path / f"split{i}.csv"
+        csv.write_text(text)
+        with pytest.raises(DataError, match=f"{csv}: .*{message}"):
+            load_image_list(csv, "data.eval_file", classes=[str(d) for d in range(10)])
+    ok = tmp_path / "ok.csv"
+    ok.write_text(f"path,label\n{good},7\n")
+    assert load_image_list(ok, "data.eval_file", classes=[str(d) for d in range(10)]).labels.tolist() == [7]
+    (tmp_path / "empty" / "0").mkdir(parents=True)
+    with pytest.raises(DataError, match="empty: no image files"):
+        load_image_list(tmp_path / "empty", "data.train_file")
+
+
+def test_config_errors(image_data, tmp_path):
+    bad_aug = [{"name": "a", "epochs": 1, "augmentation": {"rand_augmnet": 3}}]
+    with pytest.raises(ConfigError, match="augmentation.*rand_augmnet.*rand_augment"):
+        run(load_config(image_recipe(tmp_path / "a.yaml", image_data, tmp_path / "a", bad_aug)))
+    with pytest.raises(ConfigError, match="model.*backbone 'resnet_18' is not a timm model.*resnet18"):
+        run(load_config(image_recipe(tmp_path / "b.yaml", image_data, tmp_path / "b",
+                                     model={"type": "timm", "backbone": "resnet_18"})))
+    began = time.time()
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        run(load_config(image_recipe(tmp_path / "c.yaml", image_data, tmp_path / "c",
+                                     model={**TINY_TIMM, "pretrained": True})))
+    assert time.time() - began < 30  # a clear error, not a minute of download retries
+    assert not (tmp_path / "c" / "stage_1_warmup").exists()
