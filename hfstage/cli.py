@@ -59,11 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("predict", help="predict with a fitted stack")
-    p.add_argument("--stack", required=True, help="a folder written by `hfstage stack`")
-    p.add_argument("--data", required=True, help="folder with the split file")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", help="write the predictions CSV here")
+    p = sub.add_parser("predict", help="predict images with runs (folds, TTA) into a submission CSV, or with a fitted stack")
+    p.add_argument("runs", nargs="*", help="with --images: runs (k-fold runs average their folds), stages or hf:// references")
+    p.add_argument("--images", help="folder of images to predict (flat, or with class folders to also score them)")
+    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-8 (1-6 never flip; see README)")
+    p.add_argument("--proba", action="store_true", help="add one p_<class> probability column per class")
+    p.add_argument("--stack", help="a folder written by `hfstage stack` (instead of runs and --images)")
+    p.add_argument("--data", help="--stack: folder with the split file")
+    p.add_argument("--split", default="test", help="--stack: split to predict")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", help="CSV to write (required with --images; final_results.json goes beside it)")
 
     p = sub.add_parser("continue", help="append a stage to a finished run, starting from one of its stages")
     p.add_argument("run", nargs="?", help="the run folder, or hf://OWNER/NAME[@REVISION] (pulled into --out first)")
@@ -181,9 +186,22 @@ def _stack(args) -> int:
 def _predict(args) -> int:
     from hfstage.checkpoint import atomic_write_text
     from hfstage.curriculum import setup_logging
+    from hfstage.errors import ConfigError
     from hfstage.stacking import predict_with_stack
 
     setup_logging(None, True)
+    if args.images or args.runs:
+        if args.stack or not args.images or not args.runs or not args.out:
+            raise ConfigError("predict: give RUN [RUN ...] --images DIR --out FILE.csv (or --stack DIR --data DIR)")
+        from hfstage.predict import predict_images
+
+        result = predict_images(args.runs, args.images, args.out, args.tta, args.proba, args.batch_size)
+        scored = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
+        print(f"{result['samples']} images, {len(result['models'])} model(s) x {len(result['tta'])} TTA view(s)"
+              f"{scored}; wrote {args.out} and final_results.json")
+        return 0
+    if not args.stack or not args.data:
+        raise ConfigError("predict: give --stack DIR --data DIR (or RUN [RUN ...] --images DIR --out FILE.csv)")
     summary, table = predict_with_stack(args.stack, args.data, args.split)
     if args.out:
         atomic_write_text(args.out, table)

@@ -102,6 +102,14 @@ class StageConfig:
         0.5, "Weight of the distillation term: (1 - a) * hard loss + a * T^2 * KL.",
         (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     )
+    pseudo_labels: bool = _f(
+        False,
+        "Images: before this stage, predict `data.unlabeled_file` with the model the stage starts from and add the "
+        "images whose top probability is >= `pseudo_threshold` to its training data, labelled with that class.",
+    )
+    pseudo_threshold: float = _f(
+        0.95, "Confidence a pseudo-label needs (see `pseudo_labels`).", (lambda v: 0 < v <= 1, "must be in (0, 1]")
+    )
     init_from: Optional[str] = _f(
         None, "Start from this earlier stage's weights (its number or name) instead of the latest kept stage."
     )
@@ -129,6 +137,9 @@ class DataConfig:
     max_train_samples: Optional[int] = _f(None, "Use only the first N training samples.")
     max_eval_samples: Optional[int] = _f(None, "Use only the first N validation and test samples.")
     num_workers: int = _f(0, "DataLoader worker processes.", _NON_NEGATIVE)
+    unlabeled_file: Optional[str] = _f(
+        None, "Images: folder (relative to `path`) of unlabelled images for `pseudo_labels` stages."
+    )
     skip_bad_images: bool = _f(
         False, "Images: leave unreadable image files out (counted in the log) instead of stopping with an error."
     )

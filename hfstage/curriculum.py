@@ -40,6 +40,7 @@ from hfstage.errors import CheckpointError, ConfigError, StageError
 from hfstage.evaluation import resolve_checkpoint
 from hfstage.losses import LOSSES
 from hfstage.models import build_model
+from hfstage.pseudo import add_pseudo_labels, check_pseudo_labels
 from hfstage.reporting import format_number, format_table, versions
 from hfstage.tasks import TASKS
 from hfstage.trainer import (
@@ -77,6 +78,7 @@ def check_stages(cfg: RunConfig, task, model) -> None:
     for index, stage in enumerate(cfg.stages, 1):
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
+        check_pseudo_labels(cfg, task, stage, where)
         LOSSES.get(stage.loss, f"{where}.loss")
         for field in ("freeze_patterns", "lr_multipliers"):
             for pattern in getattr(stage, field):
@@ -373,6 +375,9 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     else:
         started_from = stage_dirname(start["stage_index"], start["stage_name"])
         model = load_stage_model(out / started_from)
+    train_set, pseudo = splits.train, None
+    if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
+        train_set, pseudo = add_pseudo_labels(cfg, task, stage, model, splits.train)
     set_dropout(model, stage.dropout)
     frozen = freeze(model, stage.freeze_patterns, where)
     total = sum(p.numel() for p in model.parameters())
@@ -391,7 +396,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         model=model,
         teacher_model=teacher,
         args=args,
-        train_dataset=splits.train,
+        train_dataset=train_set,
         eval_dataset=splits.eval,
         data_collator=task.collator(stage, training=True, model_config=model.config),
         eval_data_collator=task.collator(stage, training=False, model_config=model.config),
@@ -424,12 +429,13 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         "metrics": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "test_metrics": {k: v for k, v in test_metrics.items() if k.startswith("test_")},
         "training_time_s": round(training_time, 3),
-        "train_samples_per_second": round(len(splits.train) * stage.epochs / max(training_time, 1e-9), 1),
+        "train_samples_per_second": round(len(train_set) * stage.epochs / max(training_time, 1e-9), 1),
         "global_steps": trainer.state.global_step,
         "kept": kept,
         "improvement": gain,
         "improvement_threshold": cfg.improvement_threshold,
         "started_from": started_from,
+        **({"pseudo_labels": pseudo} if pseudo is not None else {}),
         "frozen_parameters": frozen,
         "total_parameters": total,
         "world_size": state.num_processes,

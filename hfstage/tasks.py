@@ -180,6 +180,19 @@ class ImageClassificationTask(MultiClassDecisions):
                                                                    data.max_eval_samples)
         return Splits(train=train, eval=eval_set, test=test)
 
+    def load_unlabeled(self, path: Path, field: str) -> images.ImageDataset:
+        """A folder of images to pseudo-label (class sub-folders, if any, are ignored)."""
+        listed = images.load_image_list(path, field, self.classes, self.skip_bad, labelled=False)
+        listed.labels[:] = -1
+        return images.ImageDataset(listed)
+
+    @staticmethod
+    def with_labels(dataset: images.ImageDataset, chosen: np.ndarray, labels: np.ndarray) -> images.ImageDataset:
+        """The ``chosen`` samples of ``dataset``, labelled ``labels``."""
+        subset = images.ImageDataset(images.ImageList([dataset.paths[i] for i in chosen],
+                                                      np.asarray(labels, dtype=np.int64), dataset.classes))
+        return subset
+
     def model_args(self, splits: Splits) -> dict[str, Any]:
         classes = splits.train.classes
         return {"num_labels": len(classes), "id2label": dict(enumerate(classes)),

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -138,3 +139,76 @@ def test_config_errors(image_data, tmp_path):
                                      model={**TINY_TIMM, "pretrained": True})))
     assert time.time() - began < 30  # a clear error, not a minute of download retries
     assert not (tmp_path / "c" / "stage_1_warmup").exists()
+
+
+def test_pseudo_label_stage_adds_exactly_the_confident_images(image_data, tmp_path):
+    from hfstage.pseudo import predict_probabilities
+    from hfstage.tasks import TASKS
+
+    stages = [{"name": "base", "epochs": 2, "lr": 5e-3},
+              {"name": "pseudo", "epochs": 1, "pseudo_labels": True, "pseudo_threshold": 0.3}]
+    path = image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["unlabeled_file"] = "test_images"
+    path.write_text(yaml.safe_dump(raw))
+    run(load_config(path))
+    record = json.loads((tmp_path / "run" / "stage_2_pseudo" / "stage.json").read_text())["pseudo_labels"]
+    task = TASKS.get("image_classification")()
+    task.bind(AutoModel.from_pretrained(tmp_path / "run" / "stage_1_base").config)
+    unlabeled = task.load_unlabeled(image_data / "test_images", "data.unlabeled_file")
+    probs = predict_probabilities(task, AutoModel.from_pretrained(tmp_path / "run" / "stage_1_base"), unlabeled, 64)
+    expected = int((probs.max(axis=1) >= 0.3).sum())
+    assert record["candidates"] == 50 and record["added"] == expected and record["threshold"] == 0.3
+    assert sum(record["per_class"].values()) == expected
+    stage2 = json.loads((tmp_path / "run" / "stage_2_pseudo" / "stage.json").read_text())
+    assert stage2["train_samples_per_second"] > 0
+    with pytest.raises(ConfigError, match="pseudo_labels: set data.unlabeled_file"):
+        run(load_config(image_recipe(tmp_path / "b.yaml", image_data, tmp_path / "b", stages)))
+
+
+def test_two_folds_then_a_submission_with_tta(image_data, tmp_path, capsys):
+    from hfstage import cli
+    from hfstage.curriculum import run_seeds
+    from hfstage.predict import TTA_VIEWS, tta_view
+
+    path = image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", [{"name": "base", "epochs": 1}], folds=2)
+    run_seeds(load_config(path))
+    out = tmp_path / "run"
+    assert (out / "fold_0").is_dir() and (out / "fold_1").is_dir()
+    oof, ids = np.load(out / "oof.npy"), np.load(out / "oof_ids.npy")
+    assert oof.shape == (160, 10) and np.allclose(oof.sum(axis=1), 1, atol=1e-4) and len(set(ids.tolist())) == 160
+    sub = tmp_path / "sub" / "submission.csv"
+    assert cli.main(["predict", str(out), "--images", str(image_data / "test_images"), "--out", str(sub), "--proba"]) == 0
+    rows = sub.read_text().splitlines()
+    expected = sorted(p.stem for p in (image_data / "test_images").glob("*.png"))
+    assert rows[0] == "id,label," + ",".join(f"p_{c}" for c in range(10))
+    assert sorted(r.split(",")[0] for r in rows[1:]) == expected
+    assert all(r.split(",")[1] in [str(c) for c in range(10)] for r in rows[1:])
+    final = json.loads((tmp_path / "sub" / "final_results.json").read_text())
+    assert final["models"] == [str(out / "fold_0"), str(out / "fold_1")] and str(out) in final["cv"]
+    # --tta 1 is the plain prediction; more views change the probabilities but keep the rows
+    plain = tmp_path / "plain.csv"
+    assert cli.main(["predict", str(out / "fold_0"), "--images", str(image_data / "test_images"), "--out", str(plain),
+                     "--proba", "--tta", "1"]) == 0
+    from hfstage.evaluation import resolve_checkpoint
+    from hfstage.pseudo import predict_probabilities
+    from hfstage.tasks import TASKS
+
+    task = TASKS.get("image_classification")()
+    model = AutoModel.from_pretrained(resolve_checkpoint(out / "fold_0").stage_dir)
+    task.bind(model.config)
+    direct = predict_probabilities(task, model, task.load_unlabeled(image_data / "test_images", "x"), 64)
+    got = np.array([[float(v) for v in r.split(",")[2:]] for r in plain.read_text().splitlines()[1:]])
+    np.testing.assert_allclose(got, direct, atol=2e-6)
+    tta = tmp_path / "tta.csv"
+    assert cli.main(["predict", str(out / "fold_0"), "--images", str(image_data / "test_images"), "--out", str(tta),
+                     "--proba", "--tta", "8"]) == 0
+    assert len(tta.read_text().splitlines()) == 51 and tta.read_text() != plain.read_text()
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    assert torch.equal(tta_view(x, "identity"), x) and torch.equal(tta_view(x, "hflip"), x.flip(-1))
+    assert all(tta_view(x, v).shape == x.shape for v in TTA_VIEWS)
+    assert torch.equal(tta_view(x, "shift_right")[..., 1:], x[..., :-1])
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--images", str(image_data / "test_images"), "--out", str(tta),
+                     "--tta", "9"]) == 2
+    assert "--tta 9: must be 1 to 8" in capsys.readouterr().err
