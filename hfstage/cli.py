@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("runs", nargs="+")
     q.add_argument("--out", required=True, help="FILE.tar.gz")
 
+    p = sub.add_parser("doctor", help="check this machine: packages, devices, precision, disk, the Hub")
+    p.add_argument("--require-gpu", action="store_true", help="fail when no GPU is visible")
+    p.add_argument("--require-hub", action="store_true", help="fail when the Hub endpoint does not answer")
+
     p = sub.add_parser("config", help="config tools")
     p.add_argument("--reference", action="store_true", required=True, help="print the config reference (Markdown)")
     p.add_argument("--update-readme", metavar="FILE",
@@ -235,6 +239,14 @@ def _continue(args) -> int:
     return 0
 
 
+def _doctor(args) -> int:
+    from hfstage.doctor import report
+
+    text, code = report(args.require_gpu, args.require_hub)
+    print(text)
+    return code
+
+
 def _push(args) -> int:
     from hfstage.curriculum import setup_logging
     from hfstage.hub import push
@@ -303,7 +315,7 @@ def _config(args) -> int:
 
 
 COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "stack": _stack,
-            "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "runs": _runs,
+            "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "doctor": _doctor, "runs": _runs,
             "config": _config}
 
 

@@ -76,10 +76,14 @@ class StageConfig:
     eval_batch_size: int = _f(512, "Evaluation batch size per device.", _AT_LEAST_ONE)
     gradient_accumulation_steps: int = _f(1, "Batches accumulated before each optimizer step.", _AT_LEAST_ONE)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", _NON_NEGATIVE)
-    loss: str = _f("cross_entropy", "Training loss from the loss registry: `cross_entropy` or `focal`.")
+    loss: str = _f("cross_entropy", "Training loss from the loss registry: `cross_entropy`, `focal` or `arcface` "
+                   "(needs `model.head: cosine`).")
     label_smoothing: float = _f(0.0, "Label smoothing of the training loss.", _FRACTION)
     focal_alpha: float = _f(1.0, "Focal loss weight alpha (a multiplier; 1 = unweighted).", _POSITIVE)
     focal_gamma: float = _f(2.0, "Focal loss focusing exponent gamma (0 = cross-entropy).", _NON_NEGATIVE)
+    arcface_margin: float = _f(
+        0.5, "ArcFace additive angular margin m in radians (loss `arcface`).", (lambda v: 0 <= v < 1.5, "must be in [0, 1.5)")
+    )
     augmentation: dict[str, float] = _f(
         help="Training-time augmentations of the task, name -> strength (e.g. `{shift: 0.1, rotate: 10}`).",
         factory=dict,

@@ -79,7 +79,12 @@ def check_stages(cfg: RunConfig, task, model) -> None:
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
         check_pseudo_labels(cfg, task, stage, where)
-        LOSSES.get(stage.loss, f"{where}.loss")
+        loss_cls = LOSSES.get(stage.loss, f"{where}.loss")
+        if hasattr(loss_cls, "bind_model"):
+            try:
+                loss_cls().bind_model(model)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.loss: {exc}") from None
         for field in ("freeze_patterns", "lr_multipliers"):
             for pattern in getattr(stage, field):
                 if not matching(names, pattern):
@@ -304,6 +309,7 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         label_smoothing=stage.label_smoothing,
         focal_alpha=stage.focal_alpha,
         focal_gamma=stage.focal_gamma,
+        arcface_margin=stage.arcface_margin,
         freeze_patterns=list(stage.freeze_patterns),
         lr_multipliers=dict(stage.lr_multipliers),
         distill_temperature=stage.distill_temperature,
@@ -648,6 +654,8 @@ def plan(cfg: RunConfig) -> str:
         params = []
         if stage.loss == "focal":
             params += [f"a={stage.focal_alpha:g}", f"g={stage.focal_gamma:g}"]
+        if stage.loss == "arcface":
+            params.append(f"m={stage.arcface_margin:g}")
         if stage.label_smoothing:
             params.append(f"ls={stage.label_smoothing:g}")
         if params:
@@ -663,6 +671,8 @@ def plan(cfg: RunConfig) -> str:
             other.append(f"patience={stage.early_stopping_patience}")
         if stage.mixed_precision:
             other.append(stage.mixed_precision)
+        if stage.pseudo_labels:
+            other.append(f"pseudo>={stage.pseudo_threshold:g}")
         rows.append((
             str(index), stage.name, f"{stage.epochs:g}", f"{stage.lr:g}", stage.scheduler, loss,
             f"{frozen}/{total}", ",".join(f"{k}x{v:g}" for k, v in stage.lr_multipliers.items()) or "-",
@@ -677,4 +687,7 @@ def plan(cfg: RunConfig) -> str:
         lines.append(f"quick_test: 1 epoch per stage, {cfg.data.max_train_samples} training samples")
     if cfg.seeds:
         lines.append(f"one run per seed, in {cfg.output_dir}/seed_<s>")
+    if cfg.folds:
+        which = f"fold {cfg.fold} only" if cfg.fold is not None else "then oof.npy and cv.json"
+        lines.append(f"{cfg.folds} stratified folds, each a run in {cfg.output_dir}/fold_<k> ({which})")
     return "\n".join(lines)

@@ -199,10 +199,10 @@ class ImageClassificationTask(MultiClassDecisions):
                 "label2id": {c: i for i, c in enumerate(classes)}}
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
-        images.check_image_augmentation(stage.augmentation, where)
+        images.check_image_augmentation(stage.augmentation, where, stage.loss)
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         if model_config is None or not hasattr(model_config, "image_size"):
             raise DataError("image_classification needs an image model (model.type: timm) for its transforms")
         aug = stage.augmentation if (training and stage is not None) else None
-        return images.ImageCollator(images.image_transform(model_config, training, aug))
+        return images.ImageCollator(images.image_transform(model_config, training, aug), aug, model_config.num_labels)

@@ -35,6 +35,7 @@ class StageTrainingArguments(TrainingArguments):
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the training loss."})
     focal_alpha: float = field(default=1.0, metadata={"help": "Focal loss multiplier alpha."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss exponent gamma."})
+    arcface_margin: float = field(default=0.5, metadata={"help": "ArcFace angular margin (radians)."})
     freeze_patterns: list[str] = field(default_factory=list, metadata={"help": "Parameter-name globs to freeze."})
     lr_multipliers: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Parameter-name glob -> learning-rate multiplier."}
@@ -131,8 +132,10 @@ class StageTrainer(Trainer):
         self.eval_data_collator = eval_data_collator or self.data_collator
         a = self.args
         self.train_loss_fn = LOSSES.get(a.loss, f"stage '{a.stage_name}': loss").from_stage(
-            _LossParams(a.label_smoothing, a.focal_alpha, a.focal_gamma)
+            _LossParams(a.label_smoothing, a.focal_alpha, a.focal_gamma, a.arcface_margin)
         )
+        if hasattr(self.train_loss_fn, "bind_model"):
+            self.train_loss_fn.bind_model(self.model)
         self.eval_loss_fn = CrossEntropyLoss()
         if teacher_model is not None:
             self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
@@ -217,3 +220,4 @@ class _LossParams:
     label_smoothing: float
     focal_alpha: float
     focal_gamma: float
+    arcface_margin: float

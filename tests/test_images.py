@@ -212,3 +212,34 @@ def test_two_folds_then_a_submission_with_tta(image_data, tmp_path, capsys):
     assert cli.main(["predict", str(out), "--images", str(image_data / "test_images"), "--out", str(tta),
                      "--tta", "9"]) == 2
     assert "--tta 9: must be 1 to 8" in capsys.readouterr().err
+
+
+def test_arcface_stage_and_mixup_stage_train(image_data, tmp_path):
+    stages = [{"name": "arc", "epochs": 1, "loss": "arcface", "arcface_margin": 0.3},
+              {"name": "mix", "epochs": 1, "augmentation": {"mixup": 0.4, "cutmix": 1.0}, "batch_size": 31}]
+    final = run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages,
+                                         model={**TINY_TIMM, "head": "cosine", "cosine_scale": 16})))
+    assert [s["status"] for s in final["stages"]] == ["finished", "finished"]
+    record = json.loads((tmp_path / "run" / "stage_1_arc" / "stage.json").read_text())
+    assert record["stage_config"]["loss"] == "arcface" and np.isfinite(record["metrics"]["eval_loss"])
+    with pytest.raises(ConfigError, match="stages.1 \\(a\\).loss: loss arcface needs a cosine classifier"):
+        run(load_config(image_recipe(tmp_path / "b.yaml", image_data, tmp_path / "b",
+                                     [{"name": "a", "epochs": 1, "loss": "arcface"}])))
+    with pytest.raises(ConfigError, match="augmentation.mixup: mixed \\(soft\\) labels need loss cross_entropy, not focal"):
+        run(load_config(image_recipe(tmp_path / "c.yaml", image_data, tmp_path / "c",
+                                     [{"name": "a", "epochs": 1, "loss": "focal", "augmentation": {"mixup": 0.2}}])))
+
+
+def test_mixup_collator_mixes_pairs_and_keeps_an_odd_sample_one_hot():
+    from PIL import Image
+
+    from hfstage.data.images import ImageCollator, image_transform
+    from hfstage.models import build_model
+
+    config = build_model(TINY_TIMM, num_labels=4).config
+    collate = ImageCollator(image_transform(config, True, {"mixup": 1.0}), {"mixup": 1.0}, 4)
+    images = [{"image": Image.new("RGB", (28, 28), (40 * i, 0, 0)), "labels": i} for i in range(3)]
+    batch = collate(images)
+    assert batch["labels"].shape == (3, 4) and torch.allclose(batch["labels"].sum(1), torch.ones(3))
+    assert torch.equal(batch["labels"][2], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert batch["labels"][0, 0] < 1 and batch["labels"][0, 1] > 0  # the first two were blended together

@@ -77,3 +77,53 @@ def test_distillation_by_hand():
     same = DistillationLoss(CrossEntropyLoss(), t, 1.0)(torch.tensor([[0.2, 1.0, -1.0]]), torch.tensor([0]),
                                                         torch.tensor([[0.2, 1.0, -1.0]]))
     assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_arcface_against_hand_computed_values():
+    import math
+
+    from hfstage.losses.arcface import ArcFaceLoss
+
+    s, m = 10.0, 0.5
+    cos = torch.tensor([[0.8, 0.1, -0.2], [0.3, 0.6, 0.2], [-0.95, 0.1, 0.0]])
+    labels = torch.tensor([0, 1, 0])
+    loss = ArcFaceLoss(margin=m, scale=s)(s * cos, labels)
+    expected = 0.0
+    for row, y in zip(cos.tolist(), labels.tolist()):
+        theta = math.acos(row[y])
+        # theta + m past pi (third sample, cos = -0.95): the linear fallback cos(theta) - m sin(m)
+        target = math.cos(theta + m) if theta + m <= math.pi else row[y] - m * math.sin(m)
+        z = [s * (target if j == y else c) for j, c in enumerate(row)]
+        expected += -(z[y] - math.log(sum(math.exp(v) for v in z)))
+    assert loss.item() == pytest.approx(expected / 3, rel=1e-5)
+    # no margin: plain cross-entropy of the scaled cosines
+    assert ArcFaceLoss(margin=0.0, scale=s)(s * cos, labels).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(s * cos, labels).item(), rel=1e-5)
+
+
+def test_arcface_needs_a_cosine_head():
+    from hfstage.errors import ConfigError
+    from hfstage.losses.arcface import ArcFaceLoss
+    from hfstage.models import build_model
+
+    linear = build_model({"type": "timm", "backbone": "test_efficientnet", "image_size": 32}, num_labels=3)
+    with pytest.raises(ConfigError, match="model.head: cosine"):
+        ArcFaceLoss().bind_model(linear)
+    cosine = build_model({"type": "timm", "backbone": "test_efficientnet", "image_size": 32, "head": "cosine",
+                          "cosine_scale": 16}, num_labels=3)
+    loss = ArcFaceLoss()
+    loss.bind_model(cosine)
+    assert loss.scale == 16.0
+    logits = cosine(torch.randn(2, 3, 32, 32)).logits
+    assert logits.abs().max() <= 16.0 + 1e-4  # s * cos(theta)
+
+
+def test_cross_entropy_with_soft_targets_from_mixup():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.5, 0.5]])
+    logp = torch.log_softmax(logits, dim=-1)
+    expected = -(soft * logp).sum(1).mean()
+    assert CrossEntropyLoss()(logits, soft).item() == pytest.approx(expected.item(), rel=1e-6)
+    eps = 0.1
+    smoothed = soft * (1 - eps) + eps / 3
+    assert CrossEntropyLoss(eps)(logits, soft).item() == pytest.approx(-(smoothed * logp).sum(1).mean().item(), rel=1e-6)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation
-from hfstage.errors import DataError
+from hfstage.errors import ConfigError, DataError
 from hfstage.registry import Registry
 
 logger = logging.getLogger("hfstage")
@@ -36,14 +36,20 @@ for _name, _help in {
     "rand_augment": "RandAugment magnitude 0-9 (timm `rand-m<M>-mstd0.5-inc1-mmax9`)",
     "color_jitter": "brightness/contrast/saturation jitter strength",
     "random_erasing": "probability of erasing a random rectangle",
+    "mixup": "mixup alpha: batches of blended images with blended (soft) labels (timm `Mixup`)",
+    "cutmix": "cutmix alpha: a pasted rectangle from another image, labels mixed by area (timm `Mixup`)",
 }.items():
     IMAGE_AUGMENTATIONS.register(_name)(_help)
 _LIMITS = {"hflip": (0, 1), "vflip": (0, 1), "crop": (0.05, 1), "rand_augment": (0, 9), "color_jitter": (0, 1),
-           "random_erasing": (0, 1)}
+           "random_erasing": (0, 1), "mixup": (0, 10), "cutmix": (0, 10)}
+BATCH_AUGMENTATIONS = ("mixup", "cutmix")
 
 
-def check_image_augmentation(augmentation: dict[str, float], where: str) -> None:
+def check_image_augmentation(augmentation: dict[str, float], where: str, loss: str = "cross_entropy") -> None:
     check_augmentation(IMAGE_AUGMENTATIONS, _LIMITS, augmentation, where)
+    mixing = [a for a in BATCH_AUGMENTATIONS if augmentation.get(a)]
+    if mixing and loss != "cross_entropy":
+        raise ConfigError(f"{where}.augmentation.{mixing[0]}: mixed (soft) labels need loss cross_entropy, not {loss}")
 
 
 @dataclass
@@ -215,13 +221,30 @@ def image_transform(model_config, training: bool, augmentation: dict[str, float]
 
 
 class ImageCollator:
-    """[{"image": PIL, "labels": int}] -> {"pixel_values": (B, 3, S, S), "labels": (B,)}."""
+    """[{"image": PIL, "labels": int}] -> {"pixel_values": (B, 3, S, S), "labels": (B,)}.
 
-    def __init__(self, transform):
+    With mixup/cutmix (training only) the labels become class distributions (B, C): timm's ``Mixup``
+    mixes pairs of samples; an odd last sample keeps its one-hot label.
+    """
+
+    def __init__(self, transform, augmentation: dict[str, float] | None = None, num_labels: int | None = None):
         self.transform = transform
+        self.mixup = None
+        aug = augmentation or {}
+        if any(aug.get(a) for a in BATCH_AUGMENTATIONS):
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=aug.get("mixup", 0.0), cutmix_alpha=aug.get("cutmix", 0.0),
+                               label_smoothing=0.0, num_classes=num_labels)
+            self.num_labels = num_labels
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        return {
-            "pixel_values": torch.stack([self.transform(s["image"]) for s in samples]),
-            "labels": torch.tensor([s["labels"] for s in samples], dtype=torch.long),
-        }
+        x = torch.stack([self.transform(s["image"]) for s in samples])
+        y = torch.tensor([s["labels"] for s in samples], dtype=torch.long)
+        if self.mixup is None:
+            return {"pixel_values": x, "labels": y}
+        even = len(y) - len(y) % 2
+        soft = torch.nn.functional.one_hot(y, self.num_labels).float()
+        if even:
+            x[:even], soft[:even] = self.mixup(x[:even], y[:even])
+        return {"pixel_values": x, "labels": soft}

@@ -1,6 +1,7 @@
 """Training losses, one per module, registered by name.
 
-Every loss takes ``(logits, labels)``. Logits of shape ``(N,)`` (or ``(N, 1)``) are one binary logit
+Every loss takes ``(logits, labels)``; a loss that needs the model (ArcFace: its cosine scale) has
+``bind_model(model)``, called by the trainer. Logits of shape ``(N,)`` (or ``(N, 1)``) are one binary logit
 per sample with labels in {0, 1}; logits of shape ``(N, C)`` are C-class scores with integer labels.
 """
 
@@ -8,7 +9,7 @@ from hfstage.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
-from hfstage.losses import cross_entropy, focal  # noqa: E402,F401  (registers the losses)
+from hfstage.losses import arcface, cross_entropy, focal  # noqa: E402,F401  (registers the losses)
 
 
 def build_loss(stage):

@@ -41,4 +41,6 @@ class CrossEntropyLoss(nn.Module):
         if binary is not None:
             targets = labels.float() * (1 - self.label_smoothing) + self.label_smoothing / 2
             return F.binary_cross_entropy_with_logits(binary.float(), targets)
+        if labels.is_floating_point() and labels.shape == logits.shape:  # class distributions (mixup/cutmix)
+            return F.cross_entropy(logits.float(), labels.float(), label_smoothing=self.label_smoothing)
         return F.cross_entropy(logits.float(), labels.long(), label_smoothing=self.label_smoothing)

@@ -30,7 +30,7 @@ class TimmClassifierConfig(PretrainedConfig):
     def __init__(self, backbone: str = "resnet18", num_labels: int | None = None, image_size: int = 224,
                  in_chans: int = 3, pretrained: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  mean: list[float] | None = None, std: list[float] | None = None, interpolation: str | None = None,
-                 **kwargs):
+                 head: str = "linear", cosine_scale: float = 30.0, **kwargs):
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
         super().__init__(**kwargs)
@@ -44,6 +44,12 @@ class TimmClassifierConfig(PretrainedConfig):
             raise ValueError(f"image_size {image_size} must be >= 8")
         if not 0 <= drop_rate < 1 or not 0 <= drop_path_rate < 1:
             raise ValueError("drop_rate and drop_path_rate must be in [0, 1)")
+        if head not in ("linear", "cosine"):
+            raise ValueError(f"head {head!r} must be linear or cosine")
+        if cosine_scale <= 0:
+            raise ValueError(f"cosine_scale {cosine_scale} must be > 0")
+        self.head = head
+        self.cosine_scale = float(cosine_scale)
         defaults = timm.get_pretrained_cfg(backbone)
         defaults = defaults.to_dict() if defaults is not None else {}
         self.backbone = backbone
@@ -63,6 +69,19 @@ class ClassifierOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
+class CosineHead(nn.Module):
+    """``s * cos(theta)`` between L2-normalised features and L2-normalised class weights (for ArcFace)."""
+
+    def __init__(self, in_features: int, num_labels: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_labels, in_features))
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * nn.functional.linear(nn.functional.normalize(features, dim=-1),
+                                                 nn.functional.normalize(self.weight, dim=-1))
+
+
 @MODELS.register("timm")
 class TimmClassifier(PreTrainedModel):
     config_class = TimmClassifierConfig
@@ -75,7 +94,10 @@ class TimmClassifier(PreTrainedModel):
         # the backbone ends in pooled features (timm's num_classes=0); the classifier is always `head`,
         # so `freeze_patterns: [backbone.*]` is a head-only stage whatever the backbone
         self.backbone = timm.create_model(config.backbone, **self._timm_kwargs(config))
-        self.head = nn.Linear(self.backbone.num_features, config.num_labels)
+        if config.head == "cosine":
+            self.head = CosineHead(self.backbone.num_features, config.num_labels, config.cosine_scale)
+        else:
+            self.head = nn.Linear(self.backbone.num_features, config.num_labels)
         self.post_init()
 
     @staticmethod
@@ -89,7 +111,8 @@ class TimmClassifier(PreTrainedModel):
         """timm initialises its own layers; the head is a plain linear layer."""
         if module is getattr(self, "head", None):
             nn.init.normal_(module.weight, std=0.01)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def load_pretrained_backbone(self) -> None:
         """timm's pretrained weights for the backbone (the classifier stays freshly initialised)."""
