@@ -29,12 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("prepare", help="write a real data set in hfstage's format")
-    p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs) or japanese-vowels (sequences)")
+    p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs), mnist-images (MNIST digits as PNG "
+                   "class folders + unlabelled test images) or japanese-vowels (sequences)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-pairs", type=int, help="mnist-pairs only (default 60000)")
     p.add_argument("--val-pairs", type=int, help="mnist-pairs only (default 10000)")
     p.add_argument("--test-pairs", type=int, help="mnist-pairs only (default 10000)")
+    p.add_argument("--train-images", type=int, help="mnist-images only (default 10000, at most 50000)")
+    p.add_argument("--val-images", type=int, help="mnist-images only (default 2000, at most 10000)")
+    p.add_argument("--test-images", type=int, help="mnist-images only (default 2000, at most 10000)")
 
     p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage) on a data split")
     p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>), a run folder (its best stage), "
@@ -148,15 +152,19 @@ def _prepare(args) -> int:
 
     setup_logging(None, True)
     preparer = PREPARERS.get(args.name, "prepare")
-    sizes = {k: v for k, v in (("train_pairs", args.train_pairs), ("val_pairs", args.val_pairs),
-                                ("test_pairs", args.test_pairs)) if v is not None}
-    if sizes and args.name != "mnist-pairs":
+    flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
+             "mnist-images": ("train_images", "val_images", "test_images")}
+    sizes = {k: getattr(args, k) for names in flags.values() for k in names if getattr(args, k) is not None}
+    wrong = [k for k in sizes if k not in flags.get(args.name, ())]
+    if wrong:
         from hfstage.errors import ConfigError
 
-        raise ConfigError(f"prepare {args.name}: --{next(iter(sizes)).replace('_', '-')} applies to mnist-pairs only")
+        owner = next(n for n, names in flags.items() if wrong[0] in names)
+        raise ConfigError(f"prepare {args.name}: --{wrong[0].replace('_', '-')} applies to {owner} only")
     summary = preparer(args.out, seed=args.seed, **sizes)
     for split, info in summary["splits"].items():
-        print(f"{Path(args.out) / (split + '.npz')}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+        where = Path(args.out) / (split if args.name == "mnist-images" else f"{split}.npz")
+        print(f"{where}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     return 0
 
 

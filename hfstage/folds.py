@@ -180,6 +180,24 @@ def format_cv(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def fold_checkpoints(reference: str):
+    """(each fold's best-stage Checkpoint, cv.json) for a finished k-fold run folder; None for anything else."""
+    from hfstage.errors import CheckpointError
+    from hfstage.evaluation import resolve_checkpoint
+
+    if reference.startswith("hf://"):
+        return None
+    cv = load_cv(reference)
+    if cv is None:
+        if (Path(reference) / "fold_0").is_dir():
+            raise CheckpointError(f"{reference}: a k-fold run without {CV_JSON}; rerun its config to finish every fold")
+        return None
+    folds = sorted(Path(reference).glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
+    if len(folds) != cv["folds"]:
+        raise CheckpointError(f"{reference}: {CV_JSON} says {cv['folds']} folds but {len(folds)} fold folders are here")
+    return [resolve_checkpoint(f) for f in folds], cv
+
+
 def load_cv(path: str | Path) -> dict | None:
     """``cv.json`` of a k-fold run folder, or None when it is not one."""
     path = Path(path)

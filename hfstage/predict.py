@@ -63,23 +63,18 @@ def tta_view(x: torch.Tensor, name: str) -> torch.Tensor:
     }[name]()
 
 
-def expand_models(references: list[str]) -> list[tuple[str, object, dict | None]]:
-    """(reference, Checkpoint, cv summary or None) per model: k-fold runs expand to their folds."""
+def expand_models(references: list[str]) -> list[tuple[str, object]]:
+    """(reference, Checkpoint) per model: a k-fold run expands to its folds' best stages."""
     from hfstage.evaluation import resolve_checkpoint
-    from hfstage.folds import load_cv
+    from hfstage.folds import fold_checkpoints
 
     models = []
     for ref in references:
-        cv = None if ref.startswith("hf://") else load_cv(ref)
-        if cv is not None:
-            folds = sorted(Path(ref).glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
-            if len(folds) != cv["folds"]:
-                raise CheckpointError(f"{ref}: cv.json says {cv['folds']} folds but {len(folds)} fold folders are here")
-            models += [(str(f), resolve_checkpoint(f), cv) for f in folds]
-        elif not ref.startswith("hf://") and (Path(ref) / "fold_0").is_dir():
-            raise CheckpointError(f"{ref}: a k-fold run without cv.json; rerun its config to finish every fold")
+        folded = fold_checkpoints(ref)
+        if folded is not None:
+            models += [(str(c.stage_dir.parent), c) for c in folded[0]]
         else:
-            models.append((ref, resolve_checkpoint(ref), None))
+            models.append((ref, resolve_checkpoint(ref)))
     return models
 
 
@@ -101,12 +96,12 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
     if not 1 <= tta <= len(TTA_VIEWS):
         raise ConfigError(f"--tta {tta}: must be 1 to {len(TTA_VIEWS)} (views: {', '.join(TTA_VIEWS)})")
     models = expand_models(references)
-    configs = [AutoConfig.from_pretrained(c.stage_dir) for _, c, _ in models]
-    for (ref, c, _), config in zip(models, configs):
+    configs = [AutoConfig.from_pretrained(c.stage_dir) for _, c in models]
+    for (ref, c), config in zip(models, configs):
         if c.task != "image_classification":
             raise CheckpointError(f"{ref}: a {c.task} model; --images needs image_classification models")
     classes = [configs[0].id2label[i] for i in range(configs[0].num_labels)]
-    for (ref, _, _), config in zip(models, configs):
+    for (ref, _), config in zip(models, configs):
         if [config.id2label[i] for i in range(config.num_labels)] != classes:
             raise CheckpointError(f"{ref}: its classes differ from {models[0][0]}'s; models to average must share them")
     listed = load_image_list(Path(images), "--images", classes, labelled=False)
@@ -115,7 +110,7 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
     began = time.time()
     total = np.zeros((len(dataset), len(classes)), dtype=np.float64)
     views = TTA_VIEWS[:tta]
-    for (ref, checkpoint, _), config in zip(models, configs):
+    for (ref, checkpoint), config in zip(models, configs):
         model = checkpoint.load_model().eval().to(accelerator.device)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             collate_fn=ImageCollator(image_transform(config, training=False)))
@@ -139,7 +134,7 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
     atomic_write_text(out, buf.getvalue())
     result = {
         "submission": str(out), "images": str(images), "samples": len(dataset), "skipped_images": dataset.skipped,
-        "tta": list(views), "models": [ref for ref, _, _ in models],
+        "tta": list(views), "models": [ref for ref, _ in models],
         "cv": {ref: {k: v for k, v in cv.items() if k != "config"}
                for ref in references if not ref.startswith("hf://") and (cv := load_cv(ref)) is not None},
         "seconds": round(time.time() - began, 3), "predicted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

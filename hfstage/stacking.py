@@ -9,7 +9,9 @@ model, the best single model (chosen on validation), the mean of probabilities a
 A base model's predictions on data it trained on would leak its training fit into the meta-learner,
 so ``stack`` compares data fingerprints and refuses, naming the model.
 
-Binary tasks (one probability per model) in this version.
+Base models trained with ``folds`` contribute their saved out-of-fold probabilities instead (S4): when
+every base model is a k-fold run, the meta-learner trains on the training split's out-of-fold
+predictions. Binary tasks give one feature per model, multi-class tasks one per model and class.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from hfstage.evaluation import (
     split_path,
 )
 from hfstage.reporting import format_table
-from hfstage.tasks import TASKS
 
 logger = logging.getLogger("hfstage")
 
@@ -47,12 +48,28 @@ META_JSON = "stack_meta.json"
 
 @dataclass
 class BaseModel:
+    """One base model: a stage, a run's best stage, or a k-fold run (its folds' best stages, averaged)."""
+
     reference: str
-    checkpoint: Checkpoint
+    checkpoints: list[Checkpoint]
+    cv: dict | None = None  # cv.json of a k-fold run
 
     @property
     def name(self) -> str:
         return self.reference
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self.checkpoints[0]
+
+
+def resolve_base(reference: str) -> BaseModel:
+    from hfstage.folds import fold_checkpoints
+
+    folded = fold_checkpoints(reference)
+    if folded is not None:
+        return BaseModel(reference, *folded)
+    return BaseModel(reference, [resolve_checkpoint(reference)])
 
 
 def train_fingerprint(base: BaseModel) -> str:
@@ -61,7 +78,7 @@ def train_fingerprint(base: BaseModel) -> str:
     if recorded:
         return recorded
     path = Path(base.checkpoint.data.path) / base.checkpoint.data.train_file
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
             f"{base.reference}: its stage.json records no training-data fingerprint and {path} is gone, so a leak "
             "cannot be ruled out; retrain it with this hfstage version or restore its training file"
@@ -85,7 +102,10 @@ def check_no_leak(bases: list[BaseModel], files: dict[str, Path]) -> dict[str, s
 
 
 def base_probabilities(bases: list[BaseModel], task, dataset, batch_size: int = 512) -> np.ndarray:
-    """(N, n_models) probabilities of the positive class."""
+    """(N, M) positive-class probabilities (binary) or (N, M, C) class probabilities, M = base models.
+
+    A k-fold base model is the mean of its folds' probabilities.
+    """
     from accelerate import Accelerator
 
     from hfstage.devices import cpu_only
@@ -93,28 +113,40 @@ def base_probabilities(bases: list[BaseModel], task, dataset, batch_size: int = 
     accelerator = Accelerator(cpu=cpu_only())
     columns = []
     for base in bases:
-        logits, _ = predict(accelerator, base.checkpoint, task, dataset, batch_size)
-        columns.append(task.decide(logits.numpy())[1])
+        probs = [task.decide(predict(accelerator, c, task, dataset, batch_size)[0].numpy())[1] for c in base.checkpoints]
+        columns.append(np.mean(probs, axis=0))
     return np.stack(columns, axis=1)
 
 
 def _inputs(dataset) -> np.ndarray:
     """The original inputs in [0, 1], for ``passthrough``."""
-    x = dataset.x.numpy()
+    if not hasattr(dataset, "x"):
+        raise ConfigError("--passthrough: the original inputs are only available for array (.npz) data")
+    x = dataset.x.numpy() if hasattr(dataset.x, "numpy") else np.asarray(dataset.x)
     return x / 255.0 if x.dtype == np.uint8 else x
 
 
 def meta_features(probs: np.ndarray, agreement: bool, passthrough: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
-    names = [f"p{i}" for i in range(probs.shape[1])]
-    parts = [probs]
+    """Binary (N, M): one feature per model; multi-class (N, M, C): one per model and class. ``agreement``
+    adds the std, max and min over the models (per class)."""
+    if probs.ndim == 2:
+        names = [f"p{i}" for i in range(probs.shape[1])]
+        parts = [probs]
+        suffixes = [""]
+    else:
+        n, m, c = probs.shape
+        names = [f"p{i}_{k}" for i in range(m) for k in range(c)]
+        parts = [probs.reshape(n, m * c)]
+        suffixes = [f"_{k}" for k in range(c)]
     if agreement:
-        parts.append(np.stack([probs.std(axis=1), probs.max(axis=1), probs.min(axis=1)], axis=1))
-        names += ["p_std", "p_max", "p_min"]
+        for stat in ("std", "max", "min"):
+            parts.append(np.atleast_2d(getattr(probs, stat)(axis=1).T).T if probs.ndim == 2 else getattr(probs, stat)(axis=1))
+            names += [f"p_{stat}{s}" for s in suffixes]
     if passthrough is not None:
         flat = passthrough.reshape(len(passthrough), -1).astype(np.float32)
         parts.append(flat)
         names += [f"x{i}" for i in range(flat.shape[1])]
-    return np.concatenate(parts, axis=1), names
+    return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1), names
 
 
 def make_meta_learner(kind: str, seed: int):
@@ -131,23 +163,39 @@ def make_meta_learner(kind: str, seed: int):
     raise ConfigError(f"--meta: unknown meta-learner {kind!r}; choose one of {', '.join(META_LEARNERS)}")
 
 
-def cross_validated(kind: str, X: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, float]:
+def meta_proba(model, X: np.ndarray, n_classes: int | None) -> np.ndarray:
+    """(N,) positive-class probabilities (binary, ``n_classes`` None) or (N, C), whatever classes it saw."""
+    proba = model.predict_proba(X)
+    classes = list(model.classes_)
+    if n_classes is None:
+        return proba[:, classes.index(1)] if 1 in classes else np.zeros(len(X))
+    out = np.zeros((len(X), n_classes))
+    out[:, classes] = proba
+    return out
+
+
+def cross_validated(kind: str, X: np.ndarray, y: np.ndarray, folds: int, seed: int,
+                    n_classes: int | None = None) -> tuple[np.ndarray, float]:
     """Out-of-fold probabilities of the meta-learner on (X, y), and the total fit time."""
     from sklearn.model_selection import StratifiedKFold
 
-    oof = np.zeros(len(y))
+    oof = np.zeros(len(y)) if n_classes is None else np.zeros((len(y), n_classes))
     seconds = 0.0
     for train_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
         model = make_meta_learner(kind, seed)
         began = time.time()
         model.fit(X[train_idx], y[train_idx])
         seconds += time.time() - began
-        oof[held_idx] = model.predict_proba(X[held_idx])[:, 1]
+        oof[held_idx] = meta_proba(model, X[held_idx], n_classes)
     return oof, seconds
 
 
+def predicted(probs: np.ndarray) -> np.ndarray:
+    return probs.argmax(axis=1) if probs.ndim == 2 else (probs > 0.5).astype(int)
+
+
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(((probs > 0.5).astype(int) == y).mean())
+    return float((predicted(probs) == y).mean())
 
 
 def score_methods(names: list[str], p_train: np.ndarray, y: np.ndarray, p_test: np.ndarray, y_test: np.ndarray,
@@ -157,6 +205,7 @@ def score_methods(names: list[str], p_train: np.ndarray, y: np.ndarray, p_test: 
     Base models and simple ensembles need no fitting, so their ``cv_accuracy`` is their accuracy on
     the whole meta-train split (the union of the folds).
     """
+    n_classes = p_train.shape[2] if p_train.ndim == 3 else None
     rows = []
     for i, name in enumerate(names):
         rows.append({"method": f"base: {name}", "cv_accuracy": accuracy(p_train[:, i], y),
@@ -170,53 +219,101 @@ def score_methods(names: list[str], p_train: np.ndarray, y: np.ndarray, p_test: 
                  "test_accuracy": accuracy(majority_vote(p_test), y_test)})
     fitted = {}
     for kind in ("logreg", "lightgbm"):
-        oof, cv_seconds = cross_validated(kind, X, y, folds, seed)
+        oof, cv_seconds = cross_validated(kind, X, y, folds, seed, n_classes)
         model = make_meta_learner(kind, seed)
         began = time.time()
         model.fit(X, y)
         fit_seconds = time.time() - began
         fitted[kind] = model
         rows.append({"method": f"{kind} stack", "cv_accuracy": accuracy(oof, y),
-                     "test_accuracy": accuracy(model.predict_proba(X_test)[:, 1], y_test),
+                     "test_accuracy": accuracy(meta_proba(model, X_test, n_classes), y_test),
                      "fit_seconds": round(fit_seconds, 3), "cv_fit_seconds": round(cv_seconds, 3)})
     return rows, fitted
 
 
 def majority_vote(probs: np.ndarray) -> np.ndarray:
-    """1.0 where more than half of the models say positive (a tie counts as negative)."""
-    return ((probs > 0.5).mean(axis=1) > 0.5).astype(float)
+    """Binary (N, M): 1.0 where more than half of the models say positive (a tie counts as negative).
+    Multi-class (N, M, C): each class's share of the votes (N, C); a tie goes to the higher mean probability."""
+    if probs.ndim == 2:
+        return ((probs > 0.5).mean(axis=1) > 0.5).astype(float)
+    votes = probs.argmax(axis=2)
+    counts = np.stack([(votes == c).sum(axis=1) for c in range(probs.shape[2])], axis=1).astype(float)
+    counts += 1e-6 * probs.mean(axis=1)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def _oof_arrays(base: BaseModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    root = Path(base.reference)
+    try:
+        return tuple(np.load(root / f, allow_pickle=False) for f in ("oof.npy", "oof_ids.npy", "oof_labels.npy"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{base.reference}: its out-of-fold files are unreadable ({exc}); rerun its config") from None
+
+
+def out_of_fold_inputs(bases: list[BaseModel]) -> tuple[np.ndarray, np.ndarray]:
+    """(p_train (N, M[, C]), y) from the k-fold bases' saved out-of-fold files, checked to cover the same
+    samples in the same order with the same labels."""
+    columns, first_ids, y = [], None, None
+    for base in bases:
+        oof, ids, labels = _oof_arrays(base)
+        if first_ids is None:
+            first_ids, y = ids, labels
+        elif len(ids) != len(first_ids) or (ids != first_ids).any() or (labels != y).any():
+            raise ConfigError(f"--models: {base.reference}'s out-of-fold predictions cover other training samples "
+                              f"(or another order or labels) than {bases[0].reference}'s; stack runs of one data set")
+        columns.append(oof)
+    return np.stack(columns, axis=1), y
 
 
 def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta: str = "lightgbm", folds: int = 5,
           agreement: bool = False, passthrough: bool = False, train_split: str = "val", test_split: str = "test",
           seed: int = 0) -> dict:
-    """Fit and score the stack; writes stack.json, the meta-learner and its feature order into ``out``."""
+    """Fit and score the stack; writes stack.json, the meta-learner and its feature order into ``out``.
+
+    When every base model is a k-fold run, the meta-learner trains on their out-of-fold predictions of
+    the training split (``oof.npy``); otherwise every base model predicts ``train_split`` (k-fold runs
+    through the mean of their folds: none of them trained on it).
+    """
+    from hfstage.evaluation import checkpoint_task
+
     if meta not in META_LEARNERS:
         raise ConfigError(f"--meta: unknown meta-learner {meta!r}; choose one of {', '.join(META_LEARNERS)}")
     if folds < 2:
         raise ConfigError(f"--folds: {folds} must be >= 2")
     if len(models) < 2:
         raise ConfigError("--models: stacking needs at least two base models")
-    bases = [BaseModel(ref, resolve_checkpoint(ref)) for ref in models]
+    bases = [resolve_base(ref) for ref in models]
     tasks = {b.checkpoint.task for b in bases}
     if len(tasks) != 1:
         raise ConfigError(f"--models: the base models solve different tasks ({', '.join(sorted(tasks))})")
     task_name = tasks.pop()
-    if task_name != "pair_classification":
-        raise ConfigError(f"--models: stacking supports binary tasks in this version, not {task_name!r}")
-    task = TASKS.get(task_name, "task")()
+    task = checkpoint_task(bases[0].checkpoint)
     data = bases[0].checkpoint.data
     if data_dir is not None:
         data.path = data_dir
-    files = {"meta-train": split_path(data, train_split), "test": split_path(data, test_split)}
-    trained_on = check_no_leak(bases, files)
-    train_set = task.load_split(files["meta-train"], f"--train-split {train_split}")
+    use_oof = all(b.cv is not None for b in bases)
+    files = {"test": split_path(data, test_split)}
+    if use_oof:
+        files["meta-train (out-of-fold)"] = split_path(data, "train")
+        trained_on = check_no_leak(bases, {"test": files["test"]})
+    else:
+        files["meta-train"] = split_path(data, train_split)
+        trained_on = check_no_leak(bases, files)
     test_set = task.load_split(files["test"], f"--test-split {test_split}")
-    y, y_test = train_set.y.numpy(), test_set.y.numpy()
-
-    logger.info("predicting %d base models on %s and %s", len(bases), files["meta-train"], files["test"])
-    p_train = base_probabilities(bases, task, train_set)
+    y_test = _labels(test_set)
+    if use_oof:
+        logger.info("stacking the out-of-fold predictions of %d k-fold runs; predicting %s", len(bases), files["test"])
+        p_train, y = out_of_fold_inputs(bases)
+        train_set = task.load_split(files["meta-train (out-of-fold)"], "data.train_file") if passthrough else None
+    else:
+        train_set = task.load_split(files["meta-train"], f"--train-split {train_split}")
+        y = _labels(train_set)
+        logger.info("predicting %d base models on %s and %s", len(bases), files["meta-train"], files["test"])
+        p_train = base_probabilities(bases, task, train_set)
     p_test = base_probabilities(bases, task, test_set)
+    if p_train.shape[1:] != p_test.shape[1:]:
+        raise ConfigError(f"--models: the base models' saved predictions have shape {p_train.shape[1:]} but they "
+                          f"predict {p_test.shape[1:]} now; rerun the k-fold runs")
     X, names = meta_features(p_train, agreement, _inputs(train_set) if passthrough else None)
     X_test, _ = meta_features(p_test, agreement, _inputs(test_set) if passthrough else None)
 
@@ -225,13 +322,16 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_record = {
-        "format_version": 1,
+        "format_version": 2,
         "meta_learner": meta,
         "task": task_name,
+        "classes": None if p_train.ndim == 2 else int(p_train.shape[2]),
         "features": names,
         "agreement": agreement,
         "passthrough": passthrough,
-        "base_models": [{"reference": b.reference, "stage_dir": str(b.checkpoint.stage_dir.resolve()),
+        "meta_train": "out-of-fold" if use_oof else train_split,
+        "base_models": [{"reference": b.reference, "kfold": b.cv is not None,
+                         "stage_dirs": [str(c.stage_dir.resolve()) for c in b.checkpoints],
                          "hub": b.checkpoint.reference,  # hf://...@<commit>/stage: found again on any machine
                          "train_data_sha256": trained_on[b.reference]} for b in bases],
         "folds": folds,
@@ -239,29 +339,56 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     }
     save_meta_learner(fitted[meta], meta, out)
     atomic_write_json(out / META_JSON, meta_record)
-    result = {"methods": rows, "meta_learner": meta, "folds": folds, "samples": {"meta_train": len(y), "test": len(y_test)},
+    result = {"methods": rows, "meta_learner": meta, "folds": folds, "meta_train": meta_record["meta_train"],
+              "samples": {"meta_train": len(y), "test": len(y_test)},
               "data": {k: str(v) for k, v in files.items()}, "base_models": [b.reference for b in bases]}
     atomic_write_json(out / STACK_JSON, result)
     return result
+
+
+def _labels(dataset) -> np.ndarray:
+    from hfstage.folds import labels_of
+
+    return labels_of(dataset)
 
 
 def save_meta_learner(model, kind: str, out: Path) -> None:
     """LightGBM as its own text format; logistic regression as JSON coefficients (never pickle)."""
     if kind == "lightgbm":
         atomic_write_text(out / "meta_model.txt", model.booster_.model_to_string())
+        atomic_write_json(out / "meta_classes.json", [int(c) for c in model.classes_])
     else:
-        atomic_write_json(out / "meta_logreg.json", {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])})
+        atomic_write_json(out / "meta_logreg.json", {"coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
+                                                     "classes": [int(c) for c in model.classes_]})
 
 
-def load_meta_predictor(out: Path, kind: str):
+def load_meta_predictor(out: Path, kind: str, n_classes: int | None = None):
+    """X -> (N,) positive-class probabilities (binary) or (N, C)."""
+    def spread(p: np.ndarray, classes: list[int]) -> np.ndarray:
+        if n_classes is None:
+            return p
+        full = np.zeros((len(p), n_classes))
+        full[:, classes] = p
+        return full
+
     if kind == "lightgbm":
         import lightgbm as lgb
 
         booster = lgb.Booster(model_file=str(out / "meta_model.txt"))
-        return lambda X: booster.predict(X)
+        classes = read_json(out / "meta_classes.json") if (out / "meta_classes.json").is_file() else [0, 1]
+        return lambda X: spread(booster.predict(X), classes)
     params = read_json(out / "meta_logreg.json")
-    coef, intercept = np.asarray(params["coef"]), params["intercept"]
-    return lambda X: 1 / (1 + np.exp(-(X @ coef + intercept)))
+    coef, intercept = np.atleast_2d(params["coef"]), np.atleast_1d(params["intercept"])
+    classes = params.get("classes", [0, 1])
+    if coef.shape[0] == 1:
+        return lambda X: 1 / (1 + np.exp(-(X @ coef[0] + intercept[0])))
+
+    def softmax(X):
+        z = X @ coef.T + intercept
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return spread(z / z.sum(axis=1, keepdims=True), classes)
+
+    return softmax
 
 
 def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test") -> tuple[dict, str]:
@@ -269,9 +396,13 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
     stack_dir = Path(stack_dir)
     if not (stack_dir / META_JSON).is_file():
         raise CheckpointError(f"{stack_dir}: no {META_JSON}; not a folder written by `hfstage stack`")
+    from hfstage.evaluation import checkpoint_task
+
     meta = read_json(stack_dir / META_JSON)
-    bases = [BaseModel(b["reference"], resolve_checkpoint(b.get("hub") or b["stage_dir"])) for b in meta["base_models"]]
-    task = TASKS.get(meta["task"], "task")()
+    bases = [resolve_base(b["reference"]) if b.get("kfold") else
+             BaseModel(b["reference"], [resolve_checkpoint(b.get("hub") or (b.get("stage_dirs") or [b.get("stage_dir")])[0])])
+             for b in meta["base_models"]]
+    task = checkpoint_task(bases[0].checkpoint)
     data = bases[0].checkpoint.data
     data.path = data_dir
     file = split_path(data, split)
@@ -281,10 +412,10 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
     X, names = meta_features(probs, meta["agreement"], _inputs(dataset) if meta["passthrough"] else None)
     if names != meta["features"]:
         raise CheckpointError(f"{stack_dir / META_JSON}: the features do not match what the stack was fitted on")
-    p = load_meta_predictor(stack_dir, meta["meta_learner"])(X)
-    labels = dataset.y.numpy()
+    p = load_meta_predictor(stack_dir, meta["meta_learner"], meta.get("classes"))(X)
+    labels = _labels(dataset)
     summary = {"samples": len(labels), "accuracy": accuracy(p, labels), "data_file": str(file)}
-    return summary, predictions_csv((p > 0.5).astype(int), labels, p)
+    return summary, predictions_csv(predicted(p), labels, p)
 
 
 def format_stack(result: dict) -> str:

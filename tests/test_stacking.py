@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from hfstage.cli import main
 from hfstage.stacking import majority_vote, meta_features, score_methods
@@ -112,3 +113,89 @@ def test_bad_stack_options(two_runs, tmp_path, capsys, args, message):
 def test_one_model_is_not_a_stack(two_runs, tmp_path, capsys):
     assert main(["stack", "--models", str(two_runs[0]), "--out", str(tmp_path / "s")]) == 2
     assert "at least two base models" in capsys.readouterr().err
+
+
+def crafted_multiclass(n, rng, classes=4):
+    """(N, 3, C): one informative model (right 85 %), two uniform-noise models."""
+    y = rng.integers(0, classes, n)
+    right = rng.random(n) < 0.85
+    guess = np.where(right, y, (y + rng.integers(1, classes, n)) % classes)
+    informative = np.full((n, classes), 0.1 / (classes - 1))
+    informative[np.arange(n), guess] = 0.9
+    noise = rng.dirichlet(np.ones(classes), size=(n, 2))
+    return np.stack([noise[:, 0], informative, noise[:, 1]], axis=1), y
+
+
+def test_multiclass_stacking_by_hand_and_known_answer():
+    rng = np.random.default_rng(1)
+    p, y = crafted_multiclass(1200, rng)
+    p_test, y_test = crafted_multiclass(600, rng)
+    X, names = meta_features(p, agreement=True, passthrough=None)
+    assert X.shape == (1200, 3 * 4 + 3 * 4) and names[:5] == ["p0_0", "p0_1", "p0_2", "p0_3", "p1_0"]
+    assert names[12:16] == ["p_std_0", "p_std_1", "p_std_2", "p_std_3"] and np.allclose(X[:, 12], p[:, :, 0].std(1))
+    X_test, _ = meta_features(p_test, agreement=True, passthrough=None)
+    rows, fitted = score_methods(["a", "informative", "b"], p, y, p_test, y_test, X, X_test, 4, 0)
+    by = {r["method"]: r for r in rows}
+    assert by["best single (informative)"]["test_accuracy"] == pytest.approx((p_test[:, 1].argmax(1) == y_test).mean())
+    assert by["mean of probabilities"]["cv_accuracy"] == pytest.approx((p.mean(1).argmax(1) == y).mean())
+    for kind in ("logreg stack", "lightgbm stack"):
+        assert by[kind]["test_accuracy"] >= by["best single (informative)"]["test_accuracy"] - 0.02
+        assert by[kind]["cv_accuracy"] > by["mean of probabilities"]["cv_accuracy"]
+    # majority vote over three models: two agree -> that class; all differ -> highest mean probability
+    votes = majority_vote(np.array([[[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]],
+                                    [[0.6, 0.3, 0.1], [0.1, 0.5, 0.4], [0.1, 0.1, 0.8]]]))
+    assert votes.argmax(1).tolist() == [0, 2]
+
+
+def test_stack_of_kfold_runs_uses_their_out_of_fold_predictions(pair_data, tmp_path, capsys):
+    from conftest import write_recipe
+
+    from hfstage.config import load_config
+    from hfstage.curriculum import run_seeds
+
+    runs = []
+    for seed in (0, 1):
+        path = write_recipe(tmp_path / f"r{seed}.yaml", pair_data, tmp_path / f"k{seed}", [{"name": "base", "epochs": 1}],
+                            folds=2, seed=seed)
+        run_seeds(load_config(path))
+        runs.append(str(tmp_path / f"k{seed}"))
+    assert main(["stack", "--models", *runs, "--out", str(tmp_path / "s"), "--folds", "3", "--meta", "logreg"]) == 0
+    result = json.loads((tmp_path / "s" / "stack.json").read_text())
+    assert result["meta_train"] == "out-of-fold" and result["samples"] == {"meta_train": 320, "test": 160}
+    by = {r["method"]: r for r in result["methods"]}
+    oof = np.load(tmp_path / "k0" / "oof.npy")
+    labels = np.load(tmp_path / "k0" / "oof_labels.npy")
+    assert by[f"base: {runs[0]}"]["cv_accuracy"] == pytest.approx(((oof > 0.5) == labels).mean())
+    assert main(["predict", "--stack", str(tmp_path / "s"), "--data", str(pair_data)]) == 0
+    assert "160 samples" in capsys.readouterr().out
+    # a k-fold run and a plain run: both predict the validation split instead (no k-fold model trained on it)
+    plain = write_recipe(tmp_path / "p.yaml", pair_data, tmp_path / "plain", [{"name": "base", "epochs": 1}])
+    run_seeds(load_config(plain))
+    assert main(["stack", "--models", runs[0], str(tmp_path / "plain"), "--out", str(tmp_path / "m"), "--folds", "3"]) == 0
+    assert json.loads((tmp_path / "m" / "stack.json").read_text())["meta_train"] == "val"
+
+
+def test_multiclass_stack_end_to_end_on_sequences(sequence_data, tmp_path, capsys):
+    from hfstage.config import load_config
+    from hfstage.curriculum import run
+
+    runs = []
+    for arch in ("gru", "cnn"):
+        out = tmp_path / arch
+        cfg = load_config(ROOT / "configs/sign_5stage.yaml",
+                          ["quick_test=true", f"data.path={sequence_data}", f"output_dir={out}", "report_to=[none]",
+                           f"model.arch={arch}", "stages=[{name: base, epochs: 3, lr: 0.003}]"])
+        run(cfg)
+        runs.append(str(out))
+    assert main(["stack", "--models", *runs, "--out", str(tmp_path / "s"), "--folds", "3", "--agreement"]) == 0
+    result = json.loads((tmp_path / "s" / "stack.json").read_text())
+    meta = json.loads((tmp_path / "s" / "stack_meta.json").read_text())
+    assert meta["classes"] == 9 and len(meta["features"]) == 2 * 9 + 3 * 9
+    assert result["samples"] == {"meta_train": 54, "test": 370}
+    assert main(["predict", "--stack", str(tmp_path / "s"), "--data", str(sequence_data), "--out",
+                 str(tmp_path / "p.csv")]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 371 and rows[0].startswith("id,label,prediction,probability,p_0")
+    lgbm = next(r for r in result["methods"] if r["method"] == "lightgbm stack")
+    printed = capsys.readouterr().out
+    assert f"accuracy {lgbm['test_accuracy']:.4f}" in printed
