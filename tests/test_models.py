@@ -86,6 +86,7 @@ def test_registry_lists_pair_cnn():
     {"encoder": "resnet", "channels": [4, 8], "layers": [1, 1], "use_cbam": True, "width_mult": 2.0},
     {"encoder": "cnn", "channels": [4, 8], "use_se": True},
     {"encoder": "cnn", "channels": [4, 8], "use_cbam": True},
+    {"encoder": "fpn", "channels": [4, 8, 8], "layers": [1, 1, 1], "fpn_dim": 8, "use_se": True},
 ])
 def test_encoders_train_reload_and_stay_symmetric(encoder_cfg, tmp_path):
     torch.manual_seed(0)
@@ -105,9 +106,11 @@ def test_encoders_train_reload_and_stay_symmetric(encoder_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("model_cfg, message", [
-    ({"encoder": "vit"}, "encoder must be one of cnn, resnet"),
+    ({"encoder": "vit"}, "encoder must be one of cnn, resnet, fpn"),
+    ({"encoder": "fpn", "channels": [4, 8], "layers": [1]}, "needs one block count per stage"),
+    ({"encoder": "fpn", "layers": [1, 1], "fpn_dim": 0}, "fpn_dim must be >= 1"),
     ({"encoder": "resnet", "channels": [4, 8], "layers": [3, 3, 3]}, "needs one block count per stage"),
-    ({"use_bottleneck": True}, "use_bottleneck applies to encoder: resnet"),
+    ({"use_bottleneck": True}, "use_bottleneck applies to encoder: resnet or fpn"),
     ({"use_se": True, "use_cbam": True}, "alternatives"),
     ({"width_mult": 0}, "width_mult must be > 0"),
 ])
@@ -115,3 +118,22 @@ def test_bad_encoder_settings(model_cfg, message):
     with pytest.raises(ConfigError) as err:
         build_model({"type": "pair_cnn", **model_cfg})
     assert message in str(err.value)
+
+
+def test_fpn_uses_every_pyramid_level():
+    """Each level's pooled features reach the embedding: zeroing one level's smoothing changes the output."""
+    from hfstage.models.encoders import FPN
+
+    torch.manual_seed(0)
+    fpn = FPN(1, [4, 8, 16], [1, 1, 1], False, False, False, width=6).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        out = fpn(x)
+        assert out.shape == (2, 18)
+        for level in range(3):
+            saved = fpn.smooth[level].weight.clone()
+            fpn.smooth[level].weight.zero_()
+            fpn.smooth[level].bias.zero_()
+            changed = fpn(x)
+            assert torch.allclose(changed[:, 6 * level: 6 * level + 6], torch.zeros(2, 6))
+            fpn.smooth[level].weight.copy_(saved)

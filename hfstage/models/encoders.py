@@ -5,6 +5,10 @@
   attention from a 7x7 convolution over the channel-pooled maps.
 - ResNet (He et al., 2016): ``blocks`` residual blocks per stage (S2 uses [3, 3, 3]), basic blocks or
   bottlenecks (1x1 -> 3x3 -> 1x1 at a quarter of the width); each stage after the first halves the size.
+- FPN (Lin et al., 2017): the same ResNet stages with a feature pyramid -- each stage's output is
+  projected to a common width (1x1), the coarser level is upsampled and added (top-down), a 3x3
+  convolution smooths every level, and the globally pooled levels are concatenated, so fine and
+  coarse scales both reach the embedding.
 """
 
 from __future__ import annotations
@@ -73,15 +77,49 @@ class ResidualBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
+def _stem(in_channels: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                         nn.ReLU(inplace=True))
+
+
+def _stages(channels: list[int], blocks: list[int], bottleneck: bool, use_se: bool, use_cbam: bool) -> nn.ModuleList:
+    stages, cin = [], channels[0]
+    for stage, (cout, n) in enumerate(zip(channels, blocks)):
+        stages.append(nn.Sequential(*[ResidualBlock(cin if i == 0 else cout, cout, 2 if (i == 0 and stage > 0) else 1,
+                                                    bottleneck, use_se, use_cbam) for i in range(n)]))
+        cin = cout
+    return nn.ModuleList(stages)
+
+
+class FPN(nn.Module):
+    """ResNet stages + a top-down feature pyramid; returns the pooled levels concatenated (``out_features``)."""
+
+    def __init__(self, in_channels: int, channels: list[int], blocks: list[int], bottleneck: bool, use_se: bool,
+                 use_cbam: bool, width: int):
+        super().__init__()
+        self.stem = _stem(in_channels, channels[0])
+        self.stages = _stages(channels, blocks, bottleneck, use_se, use_cbam)
+        self.laterals = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.smooth = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in channels)
+        self.out_features = width * len(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        levels = []
+        for stage in self.stages:
+            x = stage(x)
+            levels.append(x)
+        top = self.laterals[-1](levels[-1])
+        pooled = [self.smooth[-1](top).mean((2, 3))]
+        for i in range(len(levels) - 2, -1, -1):
+            top = self.laterals[i](levels[i]) + nn.functional.interpolate(top, size=levels[i].shape[-2:], mode="nearest")
+            pooled.insert(0, self.smooth[i](top).mean((2, 3)))
+        return torch.cat(pooled, dim=1)
+
+
 def resnet(in_channels: int, channels: list[int], blocks: list[int], bottleneck: bool, use_se: bool,
            use_cbam: bool) -> tuple[nn.Sequential, int]:
     """(the residual trunk ending in global average pooling, its output width)."""
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
-                               nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
-    cin = channels[0]
-    for stage, (cout, n) in enumerate(zip(channels, blocks)):
-        for i in range(n):
-            layers.append(ResidualBlock(cin, cout, 2 if (i == 0 and stage > 0) else 1, bottleneck, use_se, use_cbam))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers), cin
+    layers = [*_stem(in_channels, channels[0]), *[block for stage in _stages(channels, blocks, bottleneck, use_se,
+                                                                             use_cbam) for block in stage]]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), channels[-1]

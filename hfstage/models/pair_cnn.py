@@ -25,10 +25,10 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from hfstage.models import MODELS
-from hfstage.models.encoders import conv_block, resnet
+from hfstage.models.encoders import FPN, conv_block, resnet
 
 FUSIONS = ("diff", "product", "sum", "concat", "cosine", "l2", "residual")
-ENCODERS = ("cnn", "resnet")
+ENCODERS = ("cnn", "resnet", "fpn")
 
 
 class PairCNNConfig(PretrainedConfig):
@@ -47,6 +47,7 @@ class PairCNNConfig(PretrainedConfig):
         use_se: bool = False,
         use_cbam: bool = False,
         feat_dim: int = 128,
+        fpn_dim: int = 64,
         fusion: list[str] | None = None,
         use_fusion: bool = False,
         hidden_dim: int = 128,
@@ -64,6 +65,7 @@ class PairCNNConfig(PretrainedConfig):
         self.use_se = use_se
         self.use_cbam = use_cbam
         self.feat_dim = feat_dim
+        self.fpn_dim = fpn_dim
         self.fusion = list(fusion) if fusion is not None else ["diff", "product"]
         self.use_fusion = use_fusion
         self.hidden_dim = hidden_dim
@@ -75,10 +77,12 @@ class PairCNNConfig(PretrainedConfig):
             raise ValueError(f"channels must be a non-empty list of positive widths, got {self.channels}")
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-        if encoder == "resnet" and len(self.layers) != len(self.channels):
+        if encoder in ("resnet", "fpn") and len(self.layers) != len(self.channels):
             raise ValueError(f"layers {self.layers} needs one block count per stage of channels {self.channels}")
         if encoder == "cnn" and use_bottleneck:
-            raise ValueError("use_bottleneck applies to encoder: resnet")
+            raise ValueError("use_bottleneck applies to encoder: resnet or fpn")
+        if fpn_dim < 1:
+            raise ValueError(f"fpn_dim must be >= 1, got {fpn_dim}")
         if use_se and use_cbam:
             raise ValueError("use_se and use_cbam are alternatives; choose one")
         if width_mult <= 0:
@@ -103,7 +107,12 @@ class PairCNNModel(PreTrainedModel):
     def __init__(self, config: PairCNNConfig):
         super().__init__(config)
         widths = [max(1, round(c * config.width_mult)) for c in config.channels]
-        if config.encoder == "resnet":
+        if config.encoder == "fpn":
+            pyramid = FPN(config.in_channels, widths, config.layers, config.use_bottleneck, config.use_se,
+                          config.use_cbam, config.fpn_dim)
+            self.encoder = nn.Sequential(pyramid, nn.Linear(pyramid.out_features, config.feat_dim),
+                                         nn.BatchNorm1d(config.feat_dim), nn.ReLU(inplace=True))
+        elif config.encoder == "resnet":
             trunk, out = resnet(config.in_channels, widths, config.layers, config.use_bottleneck, config.use_se,
                                 config.use_cbam)
             self.encoder = nn.Sequential(*trunk, nn.Linear(out, config.feat_dim), nn.BatchNorm1d(config.feat_dim),
