@@ -88,6 +88,11 @@ class StageConfig:
         help="Training-time augmentations of the task, name -> strength (e.g. `{shift: 0.1, rotate: 10}`).",
         factory=dict,
     )
+    class_augmentation: dict[str, float] = _f(
+        help="Images: class name -> multiplier of this stage's augmentation strengths for that class's images "
+        "(0 = none; probabilities and magnitudes are capped at their limits; mixup/cutmix stay batch-wide).",
+        factory=dict,
+    )
     freeze_patterns: list[str] = _f(
         help="Glob patterns of parameter names to freeze (e.g. `encoder.*`); a pattern starting with `!` keeps "
         "what it matches trainable (`[backbone.*, '!backbone.fc.*']`: head only). Frozen modules stay in eval mode.",

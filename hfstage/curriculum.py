@@ -78,6 +78,8 @@ def check_stages(cfg: RunConfig, task, model) -> None:
     for index, stage in enumerate(cfg.stages, 1):
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
+        if hasattr(task, "check_stage_model"):
+            task.check_stage_model(stage, model, where)
         check_pseudo_labels(cfg, task, stage, where)
         loss_cls = LOSSES.get(stage.loss, f"{where}.loss")
         if hasattr(loss_cls, "bind_model"):

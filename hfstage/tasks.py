@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from hfstage.config import DataConfig, StageConfig
 from hfstage.data import images, npz_pairs, npz_sequences
-from hfstage.errors import DataError
+from hfstage.errors import ConfigError, DataError
 from hfstage.metrics import classification_metrics
 from hfstage.registry import Registry
 
@@ -39,6 +39,12 @@ def load_split_files(task, data: DataConfig) -> tuple[Path, dict[str, str | None
         limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
         sets[field] = task.load_split(root / name, f"data.{field}", limit)
     return root, files, sets
+
+
+def _no_class_augmentation(task, stage: StageConfig, where: str) -> None:
+    if stage.class_augmentation:
+        raise ConfigError(f"{where}.class_augmentation: class-wise augmentation strength is for image_classification, "
+                          f"not {task.name}")
 
 
 def _limit(x: np.ndarray, y: np.ndarray, n: int | None):
@@ -73,6 +79,7 @@ class PairClassificationTask:
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
         npz_pairs.check_pair_augmentation(stage.augmentation, where)
+        _no_class_augmentation(self, stage, where)
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         return npz_pairs.PairCollator(stage.augmentation if (training and stage is not None) else None)
@@ -141,6 +148,7 @@ class SequenceClassificationTask(MultiClassDecisions):
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
         npz_sequences.check_sequence_augmentation(stage.augmentation, where)
+        _no_class_augmentation(self, stage, where)
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         return npz_sequences.SequenceCollator(stage.augmentation if (training and stage is not None) else None)
@@ -200,9 +208,20 @@ class ImageClassificationTask(MultiClassDecisions):
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
         images.check_image_augmentation(stage.augmentation, where, stage.loss)
+        for name, factor in stage.class_augmentation.items():
+            if factor < 0:
+                raise ConfigError(f"{where}.class_augmentation.{name}: {factor} must be >= 0")
+
+    def check_stage_model(self, stage: StageConfig, model, where: str) -> None:
+        """Class names of ``class_augmentation`` exist in the model's classes."""
+        if stage.class_augmentation:
+            images.class_transforms(model.config, stage.augmentation, stage.class_augmentation, where)
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         if model_config is None or not hasattr(model_config, "image_size"):
             raise DataError("image_classification needs an image model (model.type: timm) for its transforms")
         aug = stage.augmentation if (training and stage is not None) else None
-        return images.ImageCollator(images.image_transform(model_config, training, aug), aug, model_config.num_labels)
+        per_label = (images.class_transforms(model_config, aug or {}, stage.class_augmentation, f"stage '{stage.name}'")
+                     if aug is not None and stage.class_augmentation else None)
+        return images.ImageCollator(images.image_transform(model_config, training, aug), aug, model_config.num_labels,
+                                    per_label)

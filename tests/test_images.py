@@ -243,3 +243,41 @@ def test_mixup_collator_mixes_pairs_and_keeps_an_odd_sample_one_hot():
     assert batch["labels"].shape == (3, 4) and torch.allclose(batch["labels"].sum(1), torch.ones(3))
     assert torch.equal(batch["labels"][2], torch.tensor([0.0, 0.0, 1.0, 0.0]))
     assert batch["labels"][0, 0] < 1 and batch["labels"][0, 1] > 0  # the first two were blended together
+
+
+def test_class_wise_augmentation_strength(image_data, tmp_path):
+    from PIL import Image
+
+    from hfstage.data.images import scaled_augmentation
+    from hfstage.tasks import TASKS
+
+    aug = {"hflip": 0.5, "crop": 0.8, "rand_augment": 5, "mixup": 0.2}
+    assert scaled_augmentation(aug, 2.0) == {"hflip": 1.0, "crop": pytest.approx(0.6), "rand_augment": 9}
+    assert scaled_augmentation(aug, 0.0) == {"hflip": 0.0, "crop": 1.0, "rand_augment": 0.0}
+    task = TASKS.get("image_classification")()
+    model = build_model(TINY_TIMM, num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    stage = load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", [
+        {"name": "s", "augmentation": {"hflip": 1.0}, "class_augmentation": {"b": 0.0}}])).stages[0]
+    collate = task.collator(stage, training=True, model_config=model.config)
+    # an asymmetric image: class b (factor 0) is never flipped, class a (hflip 1.0) always is
+    img = Image.new("RGB", (32, 32))
+    img.paste((255, 255, 255), (0, 0, 8, 32))
+    batch = collate([{"image": img, "labels": 0}, {"image": img, "labels": 1}])
+    left, right = batch["pixel_values"][:, 0, 16, :4].mean(1), batch["pixel_values"][:, 0, 16, -4:].mean(1)
+    assert right[0] > left[0] and left[1] > right[1]
+    stage.class_augmentation = {"bee": 2.0}
+    with pytest.raises(ConfigError, match="class_augmentation: 'bee' is not a class.*b"):
+        task.collator(stage, training=True, model_config=model.config)
+    bad = [{"name": "s", "epochs": 1, "augmentation": {"hflip": 0.5}, "class_augmentation": {"eleven": 2.0}}]
+    with pytest.raises(ConfigError, match="stages.1 \\(s\\).class_augmentation: 'eleven' is not a class"):
+        run(load_config(image_recipe(tmp_path / "b.yaml", image_data, tmp_path / "b", bad)))
+
+
+def test_class_wise_augmentation_is_for_images_only(pair_data, tmp_path):
+    from conftest import write_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", pair_data, tmp_path / "run",
+                        [{"name": "a", "epochs": 1, "class_augmentation": {"1": 2.0}}])
+    with pytest.raises(ConfigError, match="class_augmentation: class-wise augmentation strength is for "
+                                          "image_classification, not pair_classification"):
+        run(load_config(path))

@@ -194,6 +194,32 @@ class ImageDataset(Dataset):
         return {"image": image, "labels": int(self.y[i])}
 
 
+def scaled_augmentation(augmentation: dict[str, float], factor: float) -> dict[str, float]:
+    """Every per-image strength times ``factor``, kept within its limits (crop: the area given up is scaled)."""
+    out = {}
+    for name, value in augmentation.items():
+        if name in BATCH_AUGMENTATIONS:
+            continue
+        lo, hi = _LIMITS[name]
+        scaled = 1 - (1 - value) * factor if name == "crop" else value * factor
+        out[name] = min(max(scaled, lo), hi)
+    return out
+
+
+def class_transforms(model_config, augmentation: dict[str, float], per_class: dict[str, float], where: str) -> dict:
+    """label id -> training transform for the classes ``class_augmentation`` names."""
+    from hfstage.registry import closest
+
+    ids = {str(k): int(v) for k, v in (model_config.label2id or {}).items()}
+    out = {}
+    for name, factor in per_class.items():
+        if name not in ids:
+            raise ConfigError(f"{where}.class_augmentation: {name!r} is not a class{closest(name, list(ids))} "
+                              f"(classes: {', '.join(ids)})")
+        out[ids[name]] = image_transform(model_config, True, scaled_augmentation(augmentation, factor))
+    return out
+
+
 def image_transform(model_config, training: bool, augmentation: dict[str, float] | None = None):
     """timm's transforms for the model's input (size, mean, std, interpolation) and the stage's augmentations."""
     from timm.data import create_transform
@@ -227,8 +253,10 @@ class ImageCollator:
     mixes pairs of samples; an odd last sample keeps its one-hot label.
     """
 
-    def __init__(self, transform, augmentation: dict[str, float] | None = None, num_labels: int | None = None):
+    def __init__(self, transform, augmentation: dict[str, float] | None = None, num_labels: int | None = None,
+                 per_label: dict | None = None):
         self.transform = transform
+        self.per_label = per_label or {}  # class-wise augmentation strength
         self.mixup = None
         aug = augmentation or {}
         if any(aug.get(a) for a in BATCH_AUGMENTATIONS):
@@ -239,7 +267,7 @@ class ImageCollator:
             self.num_labels = num_labels
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        x = torch.stack([self.transform(s["image"]) for s in samples])
+        x = torch.stack([self.per_label.get(s["labels"], self.transform)(s["image"]) for s in samples])
         y = torch.tensor([s["labels"] for s in samples], dtype=torch.long)
         if self.mixup is None:
             return {"pixel_values": x, "labels": y}
