@@ -42,6 +42,29 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+RUN_FORMAT = 1  # run.json layout this version writes and the newest it reads
+
+
+def read_run_record(path: str | Path) -> dict:
+    """A run.json, refused with a clear message when a newer hfstage wrote it (or it is not a run record)."""
+    from hfstage.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        record = read_json(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: no run.json; not an hfstage run folder") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable run record ({exc})") from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise CheckpointError(f"{path}: not an hfstage run record (no 'config')")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int) or version > RUN_FORMAT:
+        raise CheckpointError(f"{path}: format_version {version!r} was written by a newer hfstage (this version reads "
+                              f"up to {RUN_FORMAT}); upgrade hfstage to use this run")
+    return record
+
+
 def staging_dir(final: str | Path) -> Path:
     """A fresh temporary folder next to ``final``, to be filled and then published."""
     final = Path(final)

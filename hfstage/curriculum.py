@@ -26,11 +26,13 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import (
+    RUN_FORMAT,
     RunLock,
     atomic_write_json,
     fingerprint,
     publish_dir,
     read_json,
+    read_run_record,
     remove_stale_tmp,
     staging_dir,
 )
@@ -149,10 +151,10 @@ def check_output_dir(out: Path, cfg: RunConfig) -> dict | None:
             raise ConfigError(f"{out}: holds stage folders but no {RUN_JSON}; it is not an hfstage run this command can resume")
         return None
     try:
-        saved = read_json(run_json)
-        saved_config = saved["config"]
-    except (json.JSONDecodeError, OSError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{run_json}: unreadable run record ({exc}); choose another output_dir") from None
+        saved = read_run_record(run_json)
+    except CheckpointError as exc:
+        raise ConfigError(f"{exc}; choose another output_dir") from None
+    saved_config = saved["config"]
     finished = len(finished_stage_records(out, cfg))
     new = json.loads(json.dumps(cfg.to_dict()))
     diffs = _diff(_comparable(saved_config, finished), _comparable(new, finished))
@@ -247,7 +249,7 @@ def _run_record(cfg: RunConfig, config_file: str | None, world_size: int, record
             entry.update(kept=r["kept"], metrics=r["metrics"], training_time_s=r["training_time_s"])
         stages.append(entry)
     record = {
-        "format_version": 1,
+        "format_version": RUN_FORMAT,
         "status": status,
         "config_file": config_file,
         "config": cfg.to_dict(),

@@ -29,6 +29,7 @@ from hfstage.checkpoint import (
     atomic_write_text,
     fingerprint,
     read_json,
+    read_run_record,
 )
 from hfstage.config import DataConfig, config_from_dict
 from hfstage.devices import cpu_only
@@ -90,7 +91,7 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
     run_dir = None
     if (path / "run.json").is_file():
         run_dir = path
-        best = _read(path / "run.json").get("best_stage_dir")
+        best = read_run_record(path / "run.json").get("best_stage_dir")
         if not best:
             raise CheckpointError(f"{path / 'run.json'}: the run has no finished kept stage to evaluate (best_stage_dir)")
         path = path / best
@@ -101,7 +102,7 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"{path}: missing {name}; not a saved stage")
     stage_record = _read(path / "stage.json")
     if run_dir is not None:
-        cfg = config_from_dict(_read(run_dir / "run.json")["config"], str(run_dir / "run.json"))
+        cfg = config_from_dict(read_run_record(run_dir / "run.json")["config"], str(run_dir / "run.json"))
         task, data = cfg.task, cfg.data
     elif "task" in stage_record and "data" in stage_record:
         task, data = stage_record["task"], DataConfig(**stage_record["data"])

@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
-import json
 import shutil
 import tarfile
 import time
 from pathlib import Path
 
-from hfstage.checkpoint import read_json
+from hfstage.checkpoint import read_json, read_run_record
 from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.reporting import format_number, format_table
@@ -26,12 +25,7 @@ DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
 def load_run(path: str | Path) -> tuple[dict, list[dict]]:
     """(run.json, the stage.json of every finished stage in order)."""
     path = Path(path)
-    try:
-        run = read_json(path / RUN_JSON)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {RUN_JSON}; not an hfstage run") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path / RUN_JSON}: unreadable ({exc})") from None
+    run = read_run_record(path / RUN_JSON)
     records = []
     for stage in run.get("stages", []):
         stage_json = path / stage["dir"] / STAGE_JSON

@@ -34,7 +34,13 @@ from urllib.parse import unquote
 import yaml
 
 from hfstage.callbacks import StageCallback
-from hfstage.checkpoint import atomic_write_json, publish_dir, read_json, staging_dir
+from hfstage.checkpoint import (
+    atomic_write_json,
+    publish_dir,
+    read_json,
+    read_run_record,
+    staging_dir,
+)
 from hfstage.errors import CheckpointError, ConfigError, HubError
 
 logger = logging.getLogger("hfstage")
@@ -200,12 +206,7 @@ def select_stages(run: dict, stages: list[dict], which: str | None, where: str) 
 
 
 def _load_run(run_dir: Path) -> dict:
-    try:
-        return read_json(run_dir / "run.json")
-    except FileNotFoundError:
-        raise CheckpointError(f"{run_dir}: no run.json; not an hfstage run folder") from None
-    except ValueError as exc:
-        raise CheckpointError(f"{run_dir / 'run.json'}: unreadable ({exc})") from None
+    return read_run_record(run_dir / "run.json")
 
 
 def push_files(run_dir: Path, run: dict, chosen: list[dict], repo_id: str) -> dict[str, Path | bytes]:
@@ -392,7 +393,7 @@ def _download_run(ref: HubRef, which: str | None) -> tuple[Path, str, dict, list
     api = _api()
     commit = call("read revision of", ref.repo_id, api.repo_info, ref.repo_id, revision=ref.revision).sha
     run_json = call("download run.json of", ref.repo_id, hf_hub_download, ref.repo_id, "run.json", revision=commit)
-    run = read_json(run_json)
+    run = read_run_record(run_json)
     finished = [s for s in run.get("stages", []) if s.get("status") == "finished"]
     chosen = select_stages(run, finished, which, str(ref))
     patterns = [*ROOT_FILES] + [f"{s['dir']}/*" for s in chosen]

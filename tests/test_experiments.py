@@ -126,3 +126,24 @@ def test_continue_refuses_bad_requests(finished_run, tmp_path, capsys, args, mes
     assert main(["continue", str(run), *args]) == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_run_from_a_newer_hfstage_is_refused_everywhere(finished_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    record["format_version"] = 99
+    (run_dir / "run.json").write_text(json.dumps(record))
+    before = (run_dir / "run.json").read_bytes()
+    for argv in (["evaluate", str(run_dir)], ["runs", "show", str(run_dir)], ["push", str(run_dir), "--repo-id", "a/b"]):
+        assert main(argv) == 2
+        assert "format_version 99 was written by a newer hfstage" in capsys.readouterr().err
+    from hfstage.config import config_from_dict
+    from hfstage.curriculum import run
+    from hfstage.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="newer hfstage"):
+        run(config_from_dict({**record["config"], "output_dir": str(run_dir)}, "run.json"))
+    assert (run_dir / "run.json").read_bytes() == before
