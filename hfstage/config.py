@@ -81,6 +81,13 @@ class StageConfig:
     label_smoothing: float = _f(0.0, "Label smoothing of the training loss.", _FRACTION)
     focal_alpha: float = _f(1.0, "Focal loss weight alpha (a multiplier; 1 = unweighted).", _POSITIVE)
     focal_gamma: float = _f(2.0, "Focal loss focusing exponent gamma (0 = cross-entropy).", _NON_NEGATIVE)
+    ctc_weight: float = _f(1.0, "Speech (loss `ctc_mispronunciation`): weight of the CTC phoneme loss.", _NON_NEGATIVE)
+    error_weight: float = _f(1.0, "Speech: weight of the mispronunciation-detection loss.", _NON_NEGATIVE)
+    error_loss: str = _f(
+        "bce", "Speech: mispronunciation loss, `bce` (weighted by `error_pos_weight`) or `focal` (`focal_alpha`, "
+        "`focal_gamma`).", (lambda v: v in ("bce", "focal"), "must be bce or focal"),
+    )
+    error_pos_weight: float = _f(1.0, "Speech: BCE weight of the mispronounced (positive) phonemes.", _POSITIVE)
     arcface_margin: float = _f(
         0.5, "ArcFace additive angular margin m in radians (loss `arcface`).", (lambda v: 0 <= v < 1.5, "must be in [0, 1.5)")
     )
@@ -208,7 +215,8 @@ class RunConfig:
 
     @property
     def greater_is_better(self) -> bool:
-        return "loss" not in self.metric_for_best_model
+        """Losses and error rates (``eval_per``, ``..._wer``) are better when lower."""
+        return not self.metric_for_best_model.endswith(("loss", "_per", "_wer", "_cer", "error_rate"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

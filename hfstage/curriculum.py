@@ -274,7 +274,8 @@ def load_stage_model(stage_dir: Path):
     return AutoModel.from_pretrained(stage_dir)
 
 
-def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Path) -> StageTrainingArguments:
+def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Path,
+                        label_names: Sequence[str] = ("labels",)) -> StageTrainingArguments:
     steps = stage.eval_steps
     precision = stage.mixed_precision
     args = StageTrainingArguments(
@@ -304,7 +305,7 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         dataloader_num_workers=cfg.data.num_workers,
-        label_names=["labels"],
+        label_names=list(label_names),
         remove_unused_columns=False,
         disable_tqdm=False,
         stage_name=stage.name,
@@ -314,6 +315,10 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         focal_alpha=stage.focal_alpha,
         focal_gamma=stage.focal_gamma,
         arcface_margin=stage.arcface_margin,
+        ctc_weight=stage.ctc_weight,
+        error_weight=stage.error_weight,
+        error_loss=stage.error_loss,
+        error_pos_weight=stage.error_pos_weight,
         freeze_patterns=list(stage.freeze_patterns),
         lr_multipliers=dict(stage.lr_multipliers),
         distill_temperature=stage.distill_temperature,
@@ -394,7 +399,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
 
     work = _work_dir(out, label, stage) if state.is_main_process else out / CHECKPOINTS / label
     state.wait_for_everyone()
-    args = _training_arguments(cfg, stage, index, work)
+    args = _training_arguments(cfg, stage, index, work, getattr(task, "label_names", ("labels",)))
     stage_callbacks = [TrainingLogCallback(label), *callbacks]
     if stage.early_stopping_patience:
         stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience))
@@ -454,6 +459,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     if state.is_main_process:
         staged = staging_dir(out / label)
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staged, safe_serialization=True)
+        if hasattr(task, "save_with_model"):  # e.g. the speech processor: model and processor reload together
+            task.save_with_model(staged)
         atomic_write_json(staged / STAGE_JSON, record)
         publish_dir(staged, out / label)
         shutil.rmtree(work, ignore_errors=True)
@@ -595,7 +602,8 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records, creat
         atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))
         logger.info("run %s: %d stages, %d finished, world size %d", out, len(cfg.stages), len(records), state.num_processes)
     state.wait_for_everyone()
-    train_sha256 = fingerprint(Path(cfg.data.path) / cfg.data.train_file)  # once per run, not per stage
+    train_sha256 = (task.train_fingerprint(cfg.data) if hasattr(task, "train_fingerprint")  # once per run
+                    else fingerprint(Path(cfg.data.path) / cfg.data.train_file))
     try:
         for index, stage in enumerate(cfg.stages, 1):
             if index <= len(records):
@@ -619,8 +627,13 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records, creat
 
 
 def format_stage_table(records: list[dict], best_stage: int | None) -> str:
-    """The stages table: stage, kept, eval loss, eval accuracy, test accuracy, time."""
-    header = ("stage", "kept", "eval_loss", "eval_accuracy", "test_accuracy", "time_s", "started_from")
+    """The stages table: stage, kept, eval loss, the task's headline metrics (accuracy, or PER and error F1
+    for speech) on eval and test, time."""
+    speech = any("eval_per" in r["metrics"] for r in records)
+    columns = ([("eval_per", "metrics"), ("eval_error_f1", "metrics"), ("test_per", "test_metrics"),
+                ("test_error_f1", "test_metrics")] if speech else
+               [("eval_accuracy", "metrics"), ("test_accuracy", "test_metrics")])
+    header = ("stage", "kept", "eval_loss", *(name for name, _ in columns), "time_s", "started_from")
     rows = [header]
     for r in records:
         name = f"{r['stage_index']} {r['stage_name']}" + (" *" if r["stage_index"] == best_stage else "")
@@ -628,8 +641,7 @@ def format_stage_table(records: list[dict], best_stage: int | None) -> str:
             name,
             "yes" if r["kept"] else "no",
             format_number(r["metrics"].get("eval_loss")),
-            format_number(r["metrics"].get("eval_accuracy")),
-            format_number(r.get("test_metrics", {}).get("test_accuracy")),
+            *(format_number(r.get(where, {}).get(key)) for key, where in columns),
             format_number(r["training_time_s"], 1),
             r["started_from"] or "init",
         ))

@@ -166,6 +166,9 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
         checkpoint.data.path = data_dir
     file = split_path(checkpoint.data, split)
     task = checkpoint_task(checkpoint)
+    if not getattr(task, "evaluate_supported", True):
+        raise ConfigError(f"{checkpoint.stage_dir}: `hfstage evaluate` does not cover {checkpoint.task} checkpoints yet; "
+                          "their metrics on every split the run had are in stage.json")
     dataset = task.load_split(file, f"--split {split}")
     began = time.time()
     logits, label_tensor = predict(accelerator, checkpoint, task, dataset, batch_size)

@@ -13,7 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hfstage.config import DataConfig, StageConfig
-from hfstage.data import images, npz_pairs, npz_sequences
+from hfstage.data import audio, images, npz_pairs, npz_sequences
 from hfstage.errors import ConfigError, DataError
 from hfstage.metrics import classification_metrics
 from hfstage.registry import Registry
@@ -225,3 +225,86 @@ class ImageClassificationTask(MultiClassDecisions):
                      if aug is not None and stage.class_augmentation else None)
         return images.ImageCollator(images.image_transform(model_config, training, aug), aug, model_config.num_labels,
                                     per_label)
+
+
+SPEECH_AUGMENTATIONS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0)}
+
+
+@TASKS.register("speech_assessment")
+class SpeechAssessmentTask:
+    """Clips + canonical phonemes -> CTC phonemes and per-phoneme mispronunciation (S3).
+
+    ``data.path`` holds ``metadata.jsonl``; ``train_file``/``eval_file``/``test_file`` name its ``split``
+    values. The phoneme vocabulary comes from the training split and is saved, as a ``Wav2Vec2Processor``,
+    next to every stage. Stage augmentation: ``noise`` (Gaussian noise, fraction of the clip's std) and
+    ``gain`` (random gain, +- dB).
+    """
+
+    name = "speech_assessment"
+    label_names = ("labels", "error_labels")
+
+    def __init__(self):
+        self.vocab: dict[str, int] | None = None
+        self.processor = None
+
+    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> audio.AudioDataset:
+        clips = audio.load_clips(Path(path).parent, Path(path).name, field)
+        if self.vocab is None:
+            self.vocab = audio.build_vocabulary(clips)
+        return audio.AudioDataset(clips, self.vocab, limit)
+
+    def load_splits(self, data: DataConfig) -> Splits:
+        import tempfile
+
+        root, files, sets = load_split_files(self, data)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.processor = audio.make_processor(self.vocab, Path(tmp))
+        return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
+
+    evaluate_supported = False  # `hfstage evaluate` reports class metrics; speech metrics are in stage.json
+
+    @staticmethod
+    def train_fingerprint(data: DataConfig) -> str:
+        """SHA-256 of the metadata (which clip is in which split) and the training clips' bytes."""
+        import hashlib
+
+        from hfstage.checkpoint import fingerprint
+
+        root = Path(data.path)
+        meta, _ = audio.read_metadata(root)
+        digest = hashlib.sha256(fingerprint(meta).encode())
+        for clip in audio.load_clips(root, data.train_file, "data.train_file"):
+            digest.update(fingerprint(clip.path).encode())
+        return digest.hexdigest()
+
+    def save_with_model(self, folder: Path) -> None:
+        self.processor.save_pretrained(folder)
+
+    def model_args(self, splits: Splits) -> dict[str, Any]:
+        return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[audio.PAD]}
+
+    def check_stage(self, stage: StageConfig, where: str) -> None:
+        if stage.loss != "ctc_mispronunciation":
+            raise ConfigError(f"{where}.loss: speech_assessment trains with loss ctc_mispronunciation, not {stage.loss}")
+        for name, value in stage.augmentation.items():
+            if name not in SPEECH_AUGMENTATIONS:
+                raise ConfigError(f"{where}.augmentation.{name}: unknown for speech; use {', '.join(SPEECH_AUGMENTATIONS)}")
+            lo, hi = SPEECH_AUGMENTATIONS[name]
+            if not lo <= value <= hi:
+                raise ConfigError(f"{where}.augmentation.{name}: {value} must be in [{lo}, {hi}]")
+        _no_class_augmentation(self, stage, where)
+
+    def collator(self, stage: StageConfig | None, training: bool, model_config=None):
+        aug = stage.augmentation if (training and stage is not None) else {}
+        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0), aug.get("gain", 0.0))
+
+    def decide(self, predictions):
+        raise ConfigError("speech_assessment models predict phoneme sequences; evaluate them with their own metrics "
+                          "(stacking and class decisions do not apply)")
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        from hfstage.metrics.speech import speech_metrics
+
+        ctc_logits, error_logits, lengths = eval_pred.predictions[:3]
+        labels, error_labels = eval_pred.label_ids
+        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels)

@@ -36,6 +36,10 @@ class StageTrainingArguments(TrainingArguments):
     focal_alpha: float = field(default=1.0, metadata={"help": "Focal loss multiplier alpha."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss exponent gamma."})
     arcface_margin: float = field(default=0.5, metadata={"help": "ArcFace angular margin (radians)."})
+    ctc_weight: float = field(default=1.0, metadata={"help": "Speech: weight of the CTC phoneme loss."})
+    error_weight: float = field(default=1.0, metadata={"help": "Speech: weight of the mispronunciation loss."})
+    error_loss: str = field(default="bce", metadata={"help": "Speech: bce (weighted) or focal."})
+    error_pos_weight: float = field(default=1.0, metadata={"help": "Speech: BCE weight of mispronounced phonemes."})
     freeze_patterns: list[str] = field(default_factory=list, metadata={"help": "Parameter-name globs to freeze."})
     lr_multipliers: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Parameter-name glob -> learning-rate multiplier."}
@@ -131,12 +135,11 @@ class StageTrainer(Trainer):
         # evaluation (also the evaluations inside training) must never see training augmentation
         self.eval_data_collator = eval_data_collator or self.data_collator
         a = self.args
-        self.train_loss_fn = LOSSES.get(a.loss, f"stage '{a.stage_name}': loss").from_stage(
-            _LossParams(a.label_smoothing, a.focal_alpha, a.focal_gamma, a.arcface_margin)
-        )
+        self.train_loss_fn = LOSSES.get(a.loss, f"stage '{a.stage_name}': loss").from_stage(a)
         if hasattr(self.train_loss_fn, "bind_model"):
             self.train_loss_fn.bind_model(self.model)
-        self.eval_loss_fn = CrossEntropyLoss()
+        # eval_loss: plain cross-entropy, or the loss's own unweighted form (multi-task losses)
+        self.eval_loss_fn = self.train_loss_fn.evaluation() if hasattr(self.train_loss_fn, "evaluation") else CrossEntropyLoss()
         if teacher_model is not None:
             self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
 
@@ -156,9 +159,13 @@ class StageTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        fn = self.train_loss_fn if model.training else self.eval_loss_fn
+        extra = {key: inputs.pop(key) for key in getattr(fn, "label_keys", ())}  # more targets (multi-task)
         outputs = model(**inputs)
         logits = outputs["logits"]
-        if model.training and self.teacher_model is not None:
+        if getattr(fn, "takes_outputs", False):
+            loss = fn(outputs, labels, **extra)
+        elif model.training and self.teacher_model is not None:
             loss = self.train_loss_fn(logits, labels, self._teacher_logits(inputs, logits))
         else:
             loss = (self.train_loss_fn if model.training else self.eval_loss_fn)(logits, labels)
@@ -211,13 +218,3 @@ class StageTrainer(Trainer):
             ]
             self.optimizer = optimizer_cls(param_groups, lr=base_lr, **optimizer_kwargs)
         return self.optimizer
-
-
-@dataclass
-class _LossParams:
-    """The loss fields of a stage, as ``Loss.from_stage`` reads them."""
-
-    label_smoothing: float
-    focal_alpha: float
-    focal_gamma: float
-    arcface_margin: float

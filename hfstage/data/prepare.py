@@ -229,3 +229,127 @@ def prepare_mnist_images(out: str | Path, seed: int = 0, train_images: int = 100
         logger.info("wrote %s: %d PNG images in %d class folders", out / name, n, int((counts > 0).sum()))
     atomic_write_json(out / "prepare.json", summary)
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic L2 pronunciation data with exact labels (espeak-ng)
+
+L2_WORDS = (
+    "think thought three thank bath both mother brother this that there weather father with "
+    "ship sheep sit seat fill feel live leave bit beat rich reach "
+    "very west vine wine vest wet view vowel river wave "
+    "right light rock lock road load rice lice glass grass play pray fly fry "
+    "cat cut bad bed man men hat hot cup cap luck lack "
+    "zoo sue judge jazz measure pleasure vision church chair juice "
+    "ring sing song long king thing running morning "
+    "water butter better little bottle city party doctor window yellow "
+    "apple orange banana tomato potato garden flower summer winter purple "
+    "listen answer question problem student teacher morning evening number people"
+).split()
+
+# what speakers of other languages often say instead (espeak-ng phoneme mnemonics)
+L2_CONFUSIONS = {
+    "T": ("s", "t", "f"), "D": ("d", "z", "v"), "I": ("i:",), "i:": ("I",), "v": ("w", "b"), "w": ("v",),
+    "r": ("l",), "l": ("r",), "a": ("E",), "E": ("a",), "V": ("a", "0"), "N": ("n",), "S": ("s",),
+    "z": ("s",), "dZ": ("Z", "j"), "Z": ("dZ", "S"), "tS": ("S",), "u:": ("U",), "U": ("u:",), "O:": ("0",),
+    "0": ("O:",), "3:": ("E",), "h": ("x",), "b": ("p",), "d": ("t",), "g": ("k",),
+}
+L2_VOICES = {"train": ("en-us", "en-gb", "en-gb-x-rp", "en-us+f3", "en-gb+m3"),
+             "val": ("en-gb-scotland",), "test": ("en-029", "en-gb-x-gbclan")}
+
+
+def espeak_phonemes(word: str, voice: str) -> list[str]:
+    """espeak-ng's phonemes of ``word`` in ``voice``, stress marks kept on the token they precede."""
+    import subprocess
+
+    out = subprocess.run(["espeak-ng", "-v", voice, "-x", "--sep=_", "-q", word], capture_output=True, text=True,
+                         check=True).stdout
+    return [t for t in out.replace(" ", "_").strip().split("_") if t.strip("',")]
+
+
+def espeak_wave(phonemes: list[str], voice: str, rate: int = 16000) -> np.ndarray:
+    """Speak a phoneme sequence (``[[...]]`` input) and resample espeak-ng's 22050 Hz output to ``rate``."""
+    import subprocess
+    import tempfile
+
+    import soundfile
+    from scipy.signal import resample_poly
+
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        subprocess.run(["espeak-ng", "-v", voice, "-w", tmp.name, f"[[{''.join(phonemes)}]]"], check=True,
+                       capture_output=True)
+        wave, sr = soundfile.read(tmp.name, dtype="float32")
+    if sr != rate:
+        from math import gcd
+
+        g = gcd(rate, sr)
+        wave = resample_poly(wave, rate // g, sr // g).astype(np.float32)
+    return wave
+
+
+def mispronounce(tokens: list[str], rng: np.random.Generator) -> tuple[list[str], list[int]]:
+    """A plausible L2 version: one or two confusable phonemes substituted, or a final consonant dropped.
+    Returns (spoken tokens with stress marks, one 0/1 label per canonical phoneme)."""
+    labels = [0] * len(tokens)
+    spoken = list(tokens)
+    bare = [t.lstrip("',") for t in tokens]
+    candidates = [i for i, p in enumerate(bare) if p in L2_CONFUSIONS]
+    if candidates and (rng.random() < 0.8 or len(tokens) < 3):
+        for i in rng.choice(candidates, size=min(len(candidates), int(rng.integers(1, 3))), replace=False):
+            stress = tokens[i][: len(tokens[i]) - len(bare[i])]
+            spoken[i] = stress + str(rng.choice(L2_CONFUSIONS[bare[i]]))
+            labels[i] = 1
+    else:
+        i = len(tokens) - 1
+        spoken[i] = ""
+        labels[i] = 1
+    return spoken, labels
+
+
+@PREPARERS.register("espeak-l2")
+def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None) -> dict:
+    """Spoken English words by espeak-ng in several accents, each said correctly and mispronounced.
+
+    ``<out>/audio/<split>/<voice>_<word>_<ok|l2>.wav`` (16 kHz mono) and ``<out>/metadata.jsonl``: per clip
+    ``path``, ``split``, ``canonical`` (the word's phonemes), ``spoken`` (what was synthesised),
+    ``labels`` (1 per canonical phoneme that was substituted or deleted), ``voice`` and ``word``. Every
+    label is exact because the mispronounced clip is synthesised from the altered phoneme string.
+    Splits are by voice: the val and test accents are never heard in training.
+    """
+    import json
+    import shutil
+
+    import soundfile
+
+    if shutil.which("espeak-ng") is None:
+        raise DataError("espeak-l2: the espeak-ng program is not installed (apt-get install espeak-ng)")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    vocabulary = L2_WORDS[: words or len(L2_WORDS)]
+    out.mkdir(parents=True, exist_ok=True)
+    staged = staging_dir(out / "audio")
+    rows, summary = [], {"source": "espeak-ng synthesis", "seed": seed, "splits": {}}
+    for split, voices in L2_VOICES.items():
+        (staged / split).mkdir()
+        for voice in voices:
+            for word in vocabulary:
+                tokens = espeak_phonemes(word, voice.split("+")[0])
+                wrong, labels = mispronounce(tokens, rng)
+                for kind, said, marks in (("ok", tokens, [0] * len(tokens)), ("l2", wrong, labels)):
+                    name = f"{voice.replace('+', '-')}_{word}_{kind}.wav"
+                    soundfile.write(staged / split / name, espeak_wave([t for t in said if t], voice), 16000)
+                    rows.append({"path": f"audio/{split}/{name}", "split": split,
+                                 "canonical": " ".join(t.lstrip("',") for t in tokens),
+                                 "spoken": " ".join(t.lstrip("',") for t in said if t),
+                                 "labels": marks, "voice": voice, "word": word})
+        clips = [r for r in rows if r["split"] == split]
+        summary["splits"][split] = {"clips": len(clips), "voices": len(voices),
+                                    "mispronounced_phonemes": int(sum(sum(r["labels"]) for r in clips))}
+    from hfstage.checkpoint import atomic_write_text, publish_dir
+
+    publish_dir(staged, out / "audio")
+    atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_json(out / "prepare.json", summary)
+    logger.info("wrote %d clips of %d words in %d voices to %s", len(rows), len(vocabulary),
+                sum(len(v) for v in L2_VOICES.values()), out)
+    return summary

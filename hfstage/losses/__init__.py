@@ -9,7 +9,7 @@ from hfstage.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
-from hfstage.losses import arcface, cross_entropy, focal  # noqa: E402,F401  (registers the losses)
+from hfstage.losses import arcface, cross_entropy, focal, speech  # noqa: E402,F401  (registers the losses)
 
 
 def build_loss(stage):

@@ -10,7 +10,7 @@ from hfstage.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-from hfstage.models import pair_cnn, sequence, timm_classifier  # noqa: E402,F401  (registers the models)
+from hfstage.models import pair_cnn, sequence, speech, timm_classifier  # noqa: E402,F401  (registers the models)
 
 
 def build_model(model_cfg: dict, where: str = "model", load_weights: bool = False, **task_args):

@@ -1,0 +1,218 @@
+"""Speech data for pronunciation assessment: a folder of WAV/FLAC clips and ``metadata.jsonl`` (or
+``metadata.csv``) with one row per clip:
+
+    {"path": "audio/train/x.wav", "split": "train", "canonical": "T I N k", "spoken": "s I N k",
+     "labels": [1, 0, 0, 0]}
+
+``canonical`` and ``spoken`` are space-separated phonemes; ``labels`` has one 0/1 per canonical phoneme
+(1 = mispronounced). ``data.train_file`` / ``eval_file`` / ``test_file`` name values of the ``split``
+column. Rows go through ``datasets`` (an ``Audio`` column, not decoded: files are read with
+``soundfile`` and resampled to 16 kHz with scipy, which needs no system library). Every file is checked
+when a split is loaded: missing, unreadable or empty audio, or a label list whose length differs from
+the canonical phonemes, stops the run with an error naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hfstage.errors import DataError
+
+logger = logging.getLogger("hfstage")
+
+SAMPLING_RATE = 16000
+PAD, UNK = "<pad>", "<unk>"
+
+
+@dataclass
+class Clip:
+    path: str
+    canonical: list[str]
+    spoken: list[str]
+    labels: list[int]
+    line: int
+
+
+def read_metadata(root: Path) -> tuple[Path, list[dict]]:
+    """(metadata file, rows with their line numbers) from ``metadata.jsonl`` or ``metadata.csv`` in ``root``."""
+    jsonl, table = root / "metadata.jsonl", root / "metadata.csv"
+    if jsonl.is_file():
+        rows = []
+        for line, text in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{jsonl}: line {line}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{jsonl}: line {line}: expected an object per line")
+            rows.append({**row, "_line": line})
+        return jsonl, rows
+    if table.is_file():
+        with open(table, newline="", encoding="utf-8") as fh:
+            rows = []
+            for line, row in enumerate(csv.DictReader(fh), start=2):
+                labels = (row.get("labels") or "").replace(",", " ").split()
+                rows.append({**row, "labels": [int(v) if v.lstrip("-").isdigit() else v for v in labels], "_line": line})
+        return table, rows
+    raise DataError(f"{root}: no metadata.jsonl or metadata.csv (data.path)")
+
+
+def _clip(row: dict, file: Path, root: Path) -> Clip:
+    line = row["_line"]
+    for key in ("path", "split", "canonical", "spoken", "labels"):
+        if key not in row or row[key] in (None, ""):
+            raise DataError(f"{file}: line {line}: missing '{key}'")
+    canonical, spoken = str(row["canonical"]).split(), str(row["spoken"]).split()
+    labels = row["labels"]
+    if not isinstance(labels, list) or any(v not in (0, 1) for v in labels):
+        raise DataError(f"{file}: line {line}: 'labels' must be a list of 0/1, got {labels!r}")
+    if len(labels) != len(canonical):
+        raise DataError(f"{file}: line {line}: {len(labels)} labels for {len(canonical)} canonical phonemes "
+                        f"({' '.join(canonical)})")
+    if not canonical:
+        raise DataError(f"{file}: line {line}: empty 'canonical'")
+    path = root / row["path"]
+    return Clip(str(path), canonical, spoken, [int(v) for v in labels], line)
+
+
+def check_audio(clip: Clip, file: Path) -> None:
+    import soundfile
+
+    where = f"{file}: line {clip.line}: {clip.path}"
+    if not Path(clip.path).is_file():
+        raise DataError(f"{where}: audio file not found")
+    try:
+        info = soundfile.info(clip.path)
+    except Exception as exc:  # libsndfile reports many kinds
+        raise DataError(f"{where}: not readable audio ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if info.frames == 0:
+        raise DataError(f"{where}: empty audio (0 samples)")
+    if info.samplerate < 1000:
+        raise DataError(f"{where}: sample rate {info.samplerate} Hz cannot be resampled to {SAMPLING_RATE} Hz")
+
+
+def load_clips(root: Path, split: str, field: str) -> list[Clip]:
+    """The clips of one split, checked."""
+    import datasets
+
+    file, rows = read_metadata(root)
+    chosen = [r for r in rows if str(r.get("split")) == split]
+    if not chosen:
+        found = sorted({str(r.get("split")) for r in rows})
+        raise DataError(f"{file}: no clips with split '{split}' ({field}; splits there: {', '.join(found)})")
+    clips = [_clip(r, file, root) for r in chosen]
+    for clip in clips:
+        check_audio(clip, file)
+    # the rows as a datasets table with an Audio column (not decoded: soundfile reads, scipy resamples)
+    table = datasets.Dataset.from_dict({"audio": [c.path for c in clips]}).cast_column("audio", datasets.Audio(decode=False))
+    for clip, item in zip(clips, table["audio"]):
+        clip.path = item["path"]
+    return clips
+
+
+def read_wave(path: str) -> np.ndarray:
+    """Mono float32 at 16 kHz."""
+    import soundfile
+    from scipy.signal import resample_poly
+
+    try:
+        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # checked at load time; a file changed since
+        raise DataError(f"{path}: not readable audio ({type(exc).__name__})") from None
+    wave = wave.mean(axis=1)
+    if rate != SAMPLING_RATE:
+        g = gcd(SAMPLING_RATE, rate)
+        wave = resample_poly(wave, SAMPLING_RATE // g, rate // g).astype(np.float32)
+    return wave
+
+
+def build_vocabulary(clips: list[Clip]) -> dict[str, int]:
+    """``<pad>`` (also the CTC blank) = 0, ``<unk>`` = 1, then the training split's phonemes, sorted."""
+    phonemes = sorted({p for c in clips for p in c.canonical + c.spoken})
+    return {PAD: 0, UNK: 1, **{p: i + 2 for i, p in enumerate(phonemes)}}
+
+
+def make_processor(vocab: dict[str, int], folder: Path):
+    """A ``Wav2Vec2Processor`` (phoneme CTC tokenizer + feature extractor); saved next to every stage."""
+    from transformers import (
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2PhonemeCTCTokenizer,
+        Wav2Vec2Processor,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2PhonemeCTCTokenizer(str(folder / "vocab.json"), do_phonemize=False, unk_token=UNK,
+                                            pad_token=PAD, word_delimiter_token=None, phone_delimiter_token=" ",
+                                            bos_token=None, eos_token=None)  # ids = the model's CTC classes
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=True)
+    return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+class AudioDataset(Dataset):
+    """Decoded clips with their phoneme ids and error labels."""
+
+    def __init__(self, clips: list[Clip], vocab: dict[str, int], limit: int | None = None):
+        self.clips = clips[:limit] if limit is not None else clips
+        self.vocab = vocab
+        unk = vocab[UNK]
+        self.y = np.array([int(any(c.labels)) for c in self.clips])  # any mispronunciation (for stratifying)
+        self._ids = lambda phonemes: [vocab.get(p, unk) for p in phonemes]
+
+    @property
+    def ids(self) -> list[str]:
+        return [Path(c.path).stem for c in self.clips]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        clip = self.clips[i]
+        return {"wave": read_wave(clip.path), "spoken": self._ids(clip.spoken), "canonical": self._ids(clip.canonical),
+                "error_labels": clip.labels}
+
+
+class AudioCollator:
+    """Pads waves (normalised by the feature extractor, with an attention mask), CTC targets (-100), canonical
+    phoneme ids (``<pad>``) with their mask, and error labels (-100)."""
+
+    def __init__(self, feature_extractor, noise: float = 0.0, gain: float = 0.0):
+        self.extractor = feature_extractor
+        self.noise, self.gain = noise, gain
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        waves = [s["wave"] for s in samples]
+        if self.gain:
+            waves = [w * np.float32(10 ** (np.random.uniform(-self.gain, self.gain) / 20)) for w in waves]
+        if self.noise:
+            waves = [w + np.random.normal(0, self.noise * (w.std() + 1e-8), w.shape).astype(np.float32) for w in waves]
+        feats = self.extractor(waves, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True,
+                               return_tensors="pt")
+
+        def pad(seqs, value, dtype):
+            out = torch.full((len(seqs), max(1, max(len(s) for s in seqs))), value, dtype=dtype)
+            for row, seq in enumerate(seqs):
+                out[row, : len(seq)] = torch.tensor(seq, dtype=dtype)
+            return out
+
+        canonical = pad([s["canonical"] for s in samples], 0, torch.long)
+        return {
+            "input_values": feats["input_values"],
+            "attention_mask": feats["attention_mask"],
+            "canonical_ids": canonical,
+            "canonical_mask": pad([[1] * len(s["canonical"]) for s in samples], 0, torch.long),
+            "labels": pad([s["spoken"] for s in samples], -100, torch.long),
+            "error_labels": pad([s["error_labels"] for s in samples], -100, torch.float),
+        }

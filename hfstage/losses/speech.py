@@ -1,0 +1,59 @@
+"""The multi-task loss of pronunciation assessment (S3):
+
+    ctc_weight * CTC(phonemes spoken) + error_weight * (weighted BCE or focal)(mispronounced per canonical phoneme)
+
+CTC (Graves et al., 2006) aligns the frame-level phoneme logits to the phonemes actually spoken without
+a forced alignment; the error term is a binary loss over the canonical phonemes (padding ignored).
+``error_pos_weight`` up-weights the rarer mispronounced phonemes; ``error_loss: focal`` uses
+``focal_alpha * (1 - p_t)^focal_gamma * BCE`` instead. ``eval_loss`` is the same sum with weights 1
+and plain BCE, so stages with different weights are compared on one scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hfstage.losses import LOSSES
+
+
+@LOSSES.register("ctc_mispronunciation")
+class CTCMispronunciationLoss(nn.Module):
+    takes_outputs = True  # needs the model's outputs (CTC logits, frame lengths, error logits)
+    label_keys = ("error_labels",)
+
+    def __init__(self, ctc_weight: float = 1.0, error_weight: float = 1.0, error_loss: str = "bce",
+                 pos_weight: float = 1.0, focal_alpha: float = 1.0, focal_gamma: float = 2.0, blank: int = 0):
+        super().__init__()
+        self.ctc_weight, self.error_weight, self.error_loss = ctc_weight, error_weight, error_loss
+        self.pos_weight, self.focal_alpha, self.focal_gamma, self.blank = pos_weight, focal_alpha, focal_gamma, blank
+
+    @classmethod
+    def from_stage(cls, stage) -> "CTCMispronunciationLoss":
+        return cls(stage.ctc_weight, stage.error_weight, stage.error_loss, stage.error_pos_weight, stage.focal_alpha,
+                   stage.focal_gamma)
+
+    def evaluation(self) -> "CTCMispronunciationLoss":
+        return CTCMispronunciationLoss(blank=self.blank)
+
+    def ctc(self, logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+        valid = labels >= 0
+        targets = labels.masked_fill(~valid, 0)
+        return F.ctc_loss(log_probs, targets, lengths, valid.sum(-1), blank=self.blank, reduction="mean",
+                          zero_infinity=True)
+
+    def errors(self, error_logits: torch.Tensor, error_labels: torch.Tensor) -> torch.Tensor:
+        valid = error_labels >= 0
+        z, y = error_logits.float()[valid], error_labels.float()[valid]
+        if self.error_loss == "focal":
+            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+            p = torch.sigmoid(z)
+            p_t = p * y + (1 - p) * (1 - y)
+            return (self.focal_alpha * (1 - p_t).pow(self.focal_gamma) * bce).mean()
+        return F.binary_cross_entropy_with_logits(z, y, pos_weight=torch.tensor(self.pos_weight, device=z.device))
+
+    def forward(self, outputs, labels: torch.Tensor, error_labels: torch.Tensor) -> torch.Tensor:
+        ctc = self.ctc(outputs["logits"], outputs["output_lengths"], labels)
+        return self.ctc_weight * ctc + self.error_weight * self.errors(outputs["error_logits"], error_labels)

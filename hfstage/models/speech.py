@@ -1,0 +1,164 @@
+"""Pronunciation assessment (S3): a wav2vec2 encoder with a CTC phoneme head and a mispronunciation head.
+
+``model: {type: speech, head: simple|transformer|cross|hierarchical, encoder: {...Wav2Vec2Config...}}``.
+Outputs ``logits`` (CTC over the phoneme vocabulary, per audio frame) and ``error_logits`` (one per
+canonical phoneme: is it mispronounced?). The error heads see the canonical phonemes' embeddings and:
+
+- ``simple``: the clip's mean audio vector (a linear layer over both);
+- ``transformer``: the same, then a few transformer layers across the canonical phonemes;
+- ``cross``: cross-attention from each canonical phoneme to the audio frames;
+- ``hierarchical``: frame -> phoneme-level pooling (the clip's frames split evenly over its phonemes).
+
+The encoder is built from ``encoder`` (a small random one by default: no weights are downloaded) or, with
+``encoder_path``, loaded by ``Wav2Vec2Model.from_pretrained`` when the run starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+)
+from transformers.utils import ModelOutput
+
+from hfstage.errors import ConfigError
+from hfstage.models import MODELS
+
+HEADS = ("simple", "transformer", "cross", "hierarchical")
+TINY_ENCODER = {
+    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+    "conv_dim": [32, 32, 32, 32, 32], "conv_kernel": [10, 3, 3, 3, 2], "conv_stride": [5, 2, 2, 2, 2],
+    "num_conv_pos_embeddings": 32, "num_conv_pos_embedding_groups": 4, "mask_time_prob": 0.0,
+    "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+}
+
+
+class SpeechAssessmentConfig(PretrainedConfig):
+    model_type = "hfstage_speech"
+
+    def __init__(self, vocab_size: int = 40, head: str = "simple", encoder: dict | None = None,
+                 encoder_path: str | None = None, head_dim: int = 64, head_layers: int = 2, head_heads: int = 2,
+                 dropout: float = 0.1, pad_token_id: int = 0, **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head_dim % head_heads:
+            raise ValueError(f"head_dim {head_dim} must be divisible by head_heads {head_heads}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.vocab_size = int(vocab_size)
+        self.head = head
+        self.encoder = {**TINY_ENCODER, **(encoder or {})}
+        self.encoder_path = encoder_path
+        self.head_dim, self.head_layers, self.head_heads, self.dropout = head_dim, head_layers, head_heads, dropout
+
+    @property
+    def pretrained(self) -> bool:
+        """build_model loads the encoder from ``encoder_path`` (load_pretrained_backbone) when one is set."""
+        return self.encoder_path is not None
+
+
+@dataclass
+class SpeechOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+    error_logits: torch.Tensor | None = None
+    output_lengths: torch.Tensor | None = None
+
+
+@MODELS.register("speech")
+class SpeechAssessmentModel(PreTrainedModel):
+    config_class = SpeechAssessmentConfig
+    main_input_name = "input_values"
+
+    def __init__(self, config: SpeechAssessmentConfig):
+        super().__init__(config)
+        self.encoder = Wav2Vec2Model(Wav2Vec2Config(**config.encoder))
+        h, d = self.encoder.config.hidden_size, config.head_dim
+        self.dropout = nn.Dropout(config.dropout)
+        self.ctc_head = nn.Linear(h, config.vocab_size)
+        self.phoneme_embed = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.audio_proj = nn.Linear(h, d)
+        if config.head == "transformer":
+            layer = nn.TransformerEncoderLayer(d, config.head_heads, 2 * d, config.dropout, batch_first=True)
+            self.phoneme_encoder = nn.TransformerEncoder(layer, config.head_layers)
+        elif config.head == "cross":
+            self.cross = nn.MultiheadAttention(d, config.head_heads, dropout=config.dropout, batch_first=True)
+            self.cross_norm = nn.LayerNorm(d)
+        self.error_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1))
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear) and not any(module is m for m in self.encoder.modules()):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def load_pretrained_backbone(self) -> None:
+        """The encoder from ``encoder_path`` (a folder or a Hub repository)."""
+        try:
+            source = Wav2Vec2Model.from_pretrained(self.config.encoder_path)
+        except Exception as exc:  # file, network and format errors alike
+            raise ConfigError(f"model.encoder_path: could not load a wav2vec2 encoder from {self.config.encoder_path!r} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        self.encoder.load_state_dict(source.state_dict())
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                canonical_ids: torch.Tensor | None = None, canonical_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, error_labels: torch.Tensor | None = None, **kwargs) -> SpeechOutput:
+        hidden = self.encoder(input_values, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        b, t, _ = hidden.shape
+        if attention_mask is not None:
+            lengths = self.encoder._get_feat_extract_output_lengths(attention_mask.sum(-1)).clamp(max=t)
+        else:
+            lengths = torch.full((b,), t, dtype=torch.long, device=hidden.device)
+        frames = torch.arange(t, device=hidden.device)[None, :] < lengths[:, None]
+        logits = self.ctc_head(self.dropout(hidden))
+        error_logits = None
+        if canonical_ids is not None:
+            error_logits = self._errors(hidden, frames, lengths, canonical_ids,
+                                        canonical_mask if canonical_mask is not None else canonical_ids.ne(0))
+        return SpeechOutput(logits=logits, error_logits=error_logits, output_lengths=lengths)
+
+    def _errors(self, hidden, frames, lengths, canonical_ids, canonical_mask) -> torch.Tensor:
+        audio = self.audio_proj(hidden)  # (B, T, D)
+        phon = self.phoneme_embed(canonical_ids)  # (B, P, D)
+        keep = frames.unsqueeze(-1).to(audio.dtype)
+        pooled = (audio * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, D)
+        head = self.config.head
+        if head == "cross":
+            attended, _ = self.cross(phon, audio, audio, key_padding_mask=~frames)
+            context = self.cross_norm(attended + phon)
+        elif head == "hierarchical":
+            context = self._segments(audio, lengths, canonical_mask)
+        else:
+            context = pooled.unsqueeze(1).expand_as(phon)
+            if head == "transformer":
+                phon = self.phoneme_encoder(phon + context, src_key_padding_mask=~canonical_mask.bool())
+        return self.error_head(torch.cat([phon, context], dim=-1)).squeeze(-1)
+
+    @staticmethod
+    def _segments(audio: torch.Tensor, lengths: torch.Tensor, canonical_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the frames of each phoneme's share of the clip: P equal segments of the valid frames."""
+        b, t, d = audio.shape
+        p = canonical_mask.shape[1]
+        n_phon = canonical_mask.sum(1).clamp(min=1)  # (B,)
+        pos = torch.arange(t, device=audio.device)[None, :].float()
+        segment = (pos * n_phon[:, None] / lengths.clamp(min=1)[:, None]).floor().long()  # frame -> phoneme index
+        valid = pos < lengths[:, None]
+        segment = torch.where(valid, segment.clamp(max=p - 1), torch.full_like(segment, p))  # padding -> bin p
+        one_hot = nn.functional.one_hot(segment, p + 1)[..., :p].to(audio.dtype)  # (B, T, P)
+        sums = one_hot.transpose(1, 2) @ audio  # (B, P, D)
+        return sums / one_hot.sum(1).clamp(min=1).unsqueeze(-1)
+
+
+AutoConfig.register(SpeechAssessmentConfig.model_type, SpeechAssessmentConfig)
+AutoModel.register(SpeechAssessmentConfig, SpeechAssessmentModel)

@@ -1,0 +1,199 @@
+"""Speech (S3): data with exact labels, the four heads, CTC decoding/PER, the multi-task loss, the recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+from transformers import AutoModel, Wav2Vec2Processor
+
+from hfstage.cli import main
+from hfstage.data.audio import (
+    AudioCollator,
+    AudioDataset,
+    build_vocabulary,
+    load_clips,
+    make_processor,
+)
+from hfstage.errors import DataError
+from hfstage.losses.speech import CTCMispronunciationLoss
+from hfstage.metrics.speech import edit_distance, greedy_decode, speech_metrics
+from hfstage.models import build_model
+from hfstage.models.speech import HEADS, SpeechAssessmentModel
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")
+TINY = {"type": "speech", "encoder": {"hidden_size": 32, "intermediate_size": 64, "conv_dim": [16, 16, 16, 16, 16]},
+        "head_dim": 16}
+
+
+@pytest.fixture(scope="session")
+def l2_data(tmp_path_factory) -> Path:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make install)")
+    from hfstage.data.prepare import prepare_espeak_l2
+
+    out = tmp_path_factory.mktemp("espeak_l2")
+    prepare_espeak_l2(out, seed=0, words=6)
+    return out
+
+
+def test_edit_distance_greedy_decoding_and_per_by_hand():
+    assert edit_distance([1, 2, 3], [1, 2, 3]) == 0
+    assert edit_distance([1, 3], [1, 2, 3]) == 1 and edit_distance([1, 2, 3, 4], [1, 2, 3]) == 1
+    assert edit_distance([4, 2, 3], [1, 2, 3]) == 1 and edit_distance([], [1, 2]) == 2
+    frames = np.eye(5)[[2, 2, 0, 2, 3, 3, 0, 0, 4, 1]]  # "2 2 _ 2 3 3 _ _ 4" + a padded frame
+    assert greedy_decode(frames, 9) == [2, 2, 3, 4]
+    assert greedy_decode(frames, 10) == [2, 2, 3, 4, 1]
+    logits = np.stack([frames, frames])
+    labels = np.array([[2, 2, 3, 4], [2, 3, -100, -100]])
+    errors = np.array([[2.0, -1.0, -100.0], [-3.0, 1.0, 4.0]])
+    error_labels = np.array([[1, 0, -100], [0, 0, 1]])
+    m = speech_metrics(logits, np.array([9, 9]), labels, errors, error_labels)
+    assert m["per"] == pytest.approx((0 + 2) / 6)  # second clip: 2 insertions over 2 reference phonemes
+    assert m["error_accuracy"] == pytest.approx(4 / 5) and m["error_precision"] == pytest.approx(2 / 3)
+    assert m["error_recall"] == pytest.approx(1.0) and m["error_f1"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_trains_and_reloads(head, tmp_path):
+    torch.manual_seed(0)
+    model = build_model({**TINY, "head": head}, vocab_size=9, pad_token_id=0)
+    x = torch.randn(3, 8000)
+    mask = torch.ones(3, 8000, dtype=torch.long)
+    mask[1, 5000:] = 0
+    canonical = torch.tensor([[3, 4, 5], [6, 7, 0], [8, 0, 0]])
+    out = model(input_values=x, attention_mask=mask, canonical_ids=canonical, canonical_mask=canonical.ne(0).long())
+    assert out.logits.shape[:2] == (3, out.output_lengths.max()) and out.logits.shape[2] == 9
+    assert out.error_logits.shape == (3, 3) and out.output_lengths[1] < out.output_lengths[0]
+    loss = CTCMispronunciationLoss()(out, torch.tensor([[3, 4, 5], [6, 7, -100], [8, -100, -100]]),
+                                     torch.tensor([[0.0, 1, 0], [1, 0, -100], [0, -100, -100]]))
+    loss.backward()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not [n for n in trainable if not n.startswith("encoder.masked_spec_embed")], trainable
+    model.save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path).eval()
+    model.eval()
+    with torch.no_grad():
+        a = model(input_values=x, attention_mask=mask, canonical_ids=canonical)
+        b = again(input_values=x, attention_mask=mask, canonical_ids=canonical)
+    assert isinstance(again, SpeechAssessmentModel) and torch.allclose(a.error_logits, b.error_logits, atol=1e-5)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+
+
+def test_hierarchical_pooling_splits_frames_evenly_over_the_phonemes():
+    audio = torch.arange(12.0).reshape(1, 6, 2)
+    pooled = SpeechAssessmentModel._segments(audio, torch.tensor([6]), torch.tensor([[1, 1, 1, 0]]))
+    expected = torch.tensor([[[1.0, 2.0], [5.0, 6.0], [9.0, 10.0], [0.0, 0.0]]])  # frames (0,1), (2,3), (4,5)
+    assert torch.allclose(pooled, expected)
+    short = SpeechAssessmentModel._segments(audio, torch.tensor([4]), torch.tensor([[1, 1, 0, 0]]))
+    assert torch.allclose(short[0, :2], torch.tensor([[1.0, 2.0], [5.0, 6.0]]))  # padded frames 4, 5 ignored
+
+
+def test_multitask_loss_by_hand():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 7, 5)
+    lengths = torch.tensor([7, 5])
+    labels = torch.tensor([[1, 2, 3], [4, -100, -100]])
+    error_logits = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, 0.0]])
+    error_labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, -100, -100]])
+    out = {"logits": logits, "output_lengths": lengths, "error_logits": error_logits}
+    ctc = F.ctc_loss(F.log_softmax(logits, -1).transpose(0, 1), torch.tensor([[1, 2, 3], [4, 0, 0]]), lengths,
+                     torch.tensor([3, 1]), blank=0)
+    z, y = torch.tensor([0.5, -1.0, 2.0, 1.5]), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    sig = torch.sigmoid(z)
+    weighted = -(3.0 * y * torch.log(sig) + (1 - y) * torch.log(1 - sig)).mean()
+    loss = CTCMispronunciationLoss(ctc_weight=0.3, error_weight=2.0, pos_weight=3.0)(out, labels, error_labels)
+    assert loss.item() == pytest.approx(0.3 * ctc.item() + 2.0 * weighted.item(), rel=1e-5)
+    p_t = sig * y + (1 - sig) * (1 - y)
+    focal = (0.5 * (1 - p_t) ** 2 * -torch.log(p_t)).mean()
+    loss = CTCMispronunciationLoss(ctc_weight=0.0, error_loss="focal", focal_alpha=0.5)(out, labels, error_labels)
+    assert loss.item() == pytest.approx(focal.item(), rel=1e-5)
+    assert CTCMispronunciationLoss(ctc_weight=5, pos_weight=9).evaluation().pos_weight == 1.0
+
+
+@needs_espeak
+def test_espeak_l2_labels_are_exact(l2_data):
+    rows = [json.loads(line) for line in (l2_data / "metadata.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "val", "test"} and len(rows) == 6 * 8 * 2
+    assert not {r["voice"] for r in rows if r["split"] == "test"} & {r["voice"] for r in rows if r["split"] == "train"}
+    for r in rows:
+        canonical, spoken = r["canonical"].split(), r["spoken"].split()
+        assert len(r["labels"]) == len(canonical)
+        if r["path"].endswith("_ok.wav"):
+            assert spoken == canonical and sum(r["labels"]) == 0
+        elif len(spoken) == len(canonical):  # substitutions exactly where the labels say
+            assert [int(a != b) for a, b in zip(canonical, spoken)] == r["labels"] and sum(r["labels"]) >= 1
+        else:  # the final phoneme was dropped
+            assert spoken == canonical[:-1] and r["labels"] == [0] * (len(canonical) - 1) + [1]
+        wave, rate = soundfile.read(l2_data / r["path"])
+        assert rate == 16000 and len(wave) > 1600
+
+
+def _write_clip(path: Path, seconds: float = 0.3, rate: int = 16000) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(path, (0.3 * np.sin(2 * math.pi * 220 * t)).astype(np.float32), rate)
+
+
+def test_bad_audio_and_metadata_rows(tmp_path):
+    (tmp_path / "a").mkdir()
+    _write_clip(tmp_path / "a" / "good.wav")
+    _write_clip(tmp_path / "a" / "rate.wav", rate=22050)
+    soundfile.write(tmp_path / "a" / "empty.wav", np.zeros(0, np.float32), 16000)
+    (tmp_path / "a" / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    good = {"path": "a/good.wav", "split": "train", "canonical": "k a t", "spoken": "k a t", "labels": [0, 0, 0]}
+    cases = [
+        ({**good, "labels": [0, 1]}, "line 1: 2 labels for 3 canonical phonemes"),
+        ({**good, "path": "a/none.wav"}, "line 1: .*none.wav: audio file not found"),
+        ({**good, "path": "a/broken.wav"}, "line 1: .*broken.wav: not readable audio"),
+        ({**good, "path": "a/empty.wav"}, "line 1: .*empty.wav: empty audio"),
+        ({k: v for k, v in good.items() if k != "spoken"}, "line 1: missing 'spoken'"),
+        ({**good, "labels": [0, 2, 0]}, "line 1: 'labels' must be a list of 0/1"),
+    ]
+    for row, message in cases:
+        (tmp_path / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+        with pytest.raises(DataError, match=f"metadata.jsonl: {message}"):
+            load_clips(tmp_path, "train", "data.train_file")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(DataError, match="metadata.jsonl: line 2: not JSON"):
+        load_clips(tmp_path, "train", "data.train_file")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "path": "a/rate.wav"}) + "\n")
+    with pytest.raises(DataError, match="no clips with split 'val' \\(data.eval_file; splits there: train\\)"):
+        load_clips(tmp_path, "val", "data.eval_file")
+    clips = load_clips(tmp_path, "train", "data.train_file")
+    vocab = build_vocabulary(clips)
+    data = AudioDataset(clips, vocab)
+    assert len(data[1]["wave"]) == pytest.approx(0.3 * 16000, abs=2)  # 22.05 kHz resampled to 16 kHz
+    processor = make_processor(vocab, tmp_path / "proc")
+    batch = AudioCollator(processor.feature_extractor)([data[0], data[1]])
+    assert batch["input_values"].shape == (2, 4800) and batch["labels"].tolist() == [[vocab["k"], vocab["a"], vocab["t"]]] * 2
+    assert batch["error_labels"].tolist() == [[0.0, 0.0, 0.0]] * 2
+
+
+@needs_espeak
+def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), "quick_test=true",
+                 f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]", "model.head=cross",
+                 "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert [s["status"] for s in run["stages"]] == ["finished"] * 3
+    for stage in run["stages"]:
+        record = json.loads((out / stage["dir"] / "stage.json").read_text())
+        assert {"eval_per", "eval_error_f1", "eval_error_weighted_f1"} <= set(record["metrics"])
+        assert {"test_per", "test_error_f1"} <= set(record["test_metrics"])
+        processor = Wav2Vec2Processor.from_pretrained(out / stage["dir"])
+        model = AutoModel.from_pretrained(out / stage["dir"])
+        assert model.config.vocab_size == len(processor.tokenizer.get_vocab()) and model.config.head == "cross"
+    heads = json.loads((out / "stage_1_heads" / "stage.json").read_text())
+    assert heads["frozen_parameters"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2
+    assert "does not cover speech_assessment checkpoints yet" in capsys.readouterr().err
