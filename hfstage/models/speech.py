@@ -88,7 +88,7 @@ class SpeechAssessmentModel(PreTrainedModel):
         self.audio_proj = nn.Linear(h, d)
         if config.head == "transformer":
             layer = nn.TransformerEncoderLayer(d, config.head_heads, 2 * d, config.dropout, batch_first=True)
-            self.phoneme_encoder = nn.TransformerEncoder(layer, config.head_layers)
+            self.phoneme_encoder = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False)
         elif config.head == "cross":
             self.cross = nn.MultiheadAttention(d, config.head_heads, dropout=config.dropout, batch_first=True)
             self.cross_norm = nn.LayerNorm(d)
