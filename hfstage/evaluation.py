@@ -166,9 +166,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
         checkpoint.data.path = data_dir
     file = split_path(checkpoint.data, split)
     task = checkpoint_task(checkpoint)
-    if not getattr(task, "evaluate_supported", True):
-        raise ConfigError(f"{checkpoint.stage_dir}: `hfstage evaluate` does not cover {checkpoint.task} checkpoints yet; "
-                          "their metrics on every split the run had are in stage.json")
+    if hasattr(task, "evaluate_stage"):  # tasks with their own outputs and metrics (speech)
+        return _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out)
     dataset = task.load_split(file, f"--split {split}")
     began = time.time()
     logits, label_tensor = predict(accelerator, checkpoint, task, dataset, batch_size)
@@ -202,6 +201,36 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
         if save_predictions:
             atomic_write_text(eval_dir / f"{split}_predictions.csv", predictions_csv(preds, labels, probs))
     accelerator.wait_for_everyone()
+    return result
+
+
+def _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out) -> dict:
+    began = time.time()
+    metrics, rows = task.evaluate_stage(checkpoint, file, f"--split {split}", accelerator, batch_size)
+    result = {
+        "checkpoint": checkpoint.reference or str(checkpoint.stage_dir),
+        "stage_name": checkpoint.stage_record.get("stage_name"),
+        "task": checkpoint.task,
+        "split": split,
+        "data_file": str(file),
+        "data_sha256": task.split_fingerprint(file, f"--split {split}"),
+        "samples": len(rows),
+        "metrics": metrics,
+        "examples": rows[:5],
+        "seconds": round(time.time() - began, 3),
+        "world_size": 1,
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": versions(),
+    }
+    if accelerator.is_main_process:
+        eval_dir = Path(out) if out else checkpoint.eval_dir
+        atomic_write_json(eval_dir / f"{split}.json", result)
+        if save_predictions:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(eval_dir / f"{split}_predictions.csv", buf.getvalue())
     return result
 
 
@@ -263,4 +292,8 @@ def write_confusion_png(cm: list[list[int]], classes: list[int], path: Path) -> 
 def format_result(result: dict) -> str:
     rows = [("metric", "value")] + [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in result["metrics"].items()]
     head = f"{result['checkpoint']} on {result['data_file']} ({result['samples']} samples, {result['seconds']:.1f} s)"
-    return head + "\n" + format_table(rows)
+    text = head + "\n" + format_table(rows)
+    if result.get("examples"):
+        keys = list(result["examples"][0])
+        text += "\n\nexamples\n" + format_table([tuple(keys)] + [tuple(str(e[k]) for k in keys) for e in result["examples"]])
+    return text

@@ -261,21 +261,69 @@ class SpeechAssessmentTask:
             self.processor = audio.make_processor(self.vocab, Path(tmp))
         return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
 
-    evaluate_supported = False  # `hfstage evaluate` reports class metrics; speech metrics are in stage.json
-
     @staticmethod
-    def train_fingerprint(data: DataConfig) -> str:
-        """SHA-256 of the metadata (which clip is in which split) and the training clips' bytes."""
+    def split_fingerprint(path: Path, field: str = "data") -> str:
+        """SHA-256 of the metadata (which clip is in which split) and the bytes of the split's clips."""
         import hashlib
 
         from hfstage.checkpoint import fingerprint
 
-        root = Path(data.path)
+        root = Path(path).parent
         meta, _ = audio.read_metadata(root)
         digest = hashlib.sha256(fingerprint(meta).encode())
-        for clip in audio.load_clips(root, data.train_file, "data.train_file"):
+        for clip in audio.load_clips(root, Path(path).name, field):
             digest.update(fingerprint(clip.path).encode())
         return digest.hexdigest()
+
+    def train_fingerprint(self, data: DataConfig) -> str:
+        return self.split_fingerprint(Path(data.path) / data.train_file, "data.train_file")
+
+    def evaluate_stage(self, checkpoint, path: Path, field: str, accelerator, batch_size: int = 32):
+        """(metrics, one row per clip) of a saved stage on a split: loss, PER, error detection; the rows hold
+        the reference and predicted phonemes and error flags."""
+        import torch
+        from torch.utils.data import DataLoader
+        from transformers import Wav2Vec2Processor
+
+        from hfstage.losses.speech import CTCMispronunciationLoss
+        from hfstage.metrics.speech import greedy_decode, speech_metrics
+
+        self.processor = Wav2Vec2Processor.from_pretrained(checkpoint.stage_dir)
+        self.vocab = self.processor.tokenizer.get_vocab()
+        dataset = self.load_split(path, field)
+        model = checkpoint.load_model().eval().to(accelerator.device)
+        loader = DataLoader(dataset, batch_size=min(batch_size, 32), shuffle=False,
+                            collate_fn=audio.AudioCollator(self.processor.feature_extractor))
+        loss_fn, total, clips = CTCMispronunciationLoss(), 0.0, []
+        with torch.no_grad():
+            for batch in loader:
+                labels, error_labels = batch.pop("labels"), batch.pop("error_labels")
+                out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
+                total += float(loss_fn(out, labels.to(accelerator.device), error_labels.to(accelerator.device))) * len(labels)
+                for i in range(len(labels)):
+                    n = int(batch["canonical_mask"][i].sum())
+                    clips.append((out.logits[i, : int(out.output_lengths[i])].float().cpu().numpy(),
+                                  out.error_logits[i, :n].float().cpu().numpy(),
+                                  labels[i][labels[i] >= 0].numpy(), error_labels[i, :n].numpy()))
+
+        def pad(arrays, value):
+            shape = (len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:])
+            out = np.full(shape, value, dtype=np.float64)
+            for row, a in enumerate(arrays):
+                out[row, : len(a)] = a
+            return out
+
+        metrics = {"loss": total / max(1, len(dataset))}
+        metrics.update(speech_metrics(pad([c[0] for c in clips], -100.0), np.array([len(c[0]) for c in clips]),
+                                      pad([c[2] for c in clips], -100).astype(np.int64), pad([c[1] for c in clips], -100.0),
+                                      pad([c[3] for c in clips], -100).astype(np.int64)))
+        tokens = self.processor.tokenizer.convert_ids_to_tokens
+        rows = [{"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
+                 "predicted": " ".join(tokens(greedy_decode(ctc, len(ctc)))),
+                 "labels": " ".join(str(v) for v in c.labels),
+                 "predicted_labels": " ".join(str(int(v > 0)) for v in errs)}
+                for clip_id, c, (ctc, errs, _, _) in zip(dataset.ids, dataset.clips, clips)]
+        return metrics, rows
 
     def save_with_model(self, folder: Path) -> None:
         self.processor.save_pretrained(folder)

@@ -195,5 +195,15 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     heads = json.loads((out / "stage_1_heads" / "stage.json").read_text())
     assert heads["frozen_parameters"] == sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
     capsys.readouterr()
-    assert main(["evaluate", str(out)]) == 2
-    assert "does not cover speech_assessment checkpoints yet" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--split", "val", "--save-predictions"]) == 0
+    printed = capsys.readouterr().out
+    assert "per" in printed and "error_f1" in printed and "examples" in printed
+    best = run["best_stage_dir"]
+    result = json.loads((out / best / "eval" / "val.json").read_text())
+    record = json.loads((out / best / "stage.json").read_text())
+    # the recorded eval metrics of the run are reproduced from the saved stage
+    assert result["metrics"]["per"] == pytest.approx(record["metrics"]["eval_per"], rel=1e-6)
+    assert result["metrics"]["error_f1"] == pytest.approx(record["metrics"]["eval_error_f1"], rel=1e-6)
+    assert result["metrics"]["loss"] == pytest.approx(record["metrics"]["eval_loss"], rel=1e-3)
+    rows = (out / best / "eval" / "val_predictions.csv").read_text().splitlines()
+    assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels" and len(rows) == 1 + 6 * 2
