@@ -109,6 +109,11 @@ class StageConfig:
         help="Glob pattern of parameter names -> learning-rate multiplier (first match wins).",
         factory=dict,
     )
+    encoder_lr: Optional[float] = _f(
+        None, "Learning rate of the model's encoder (`encoder.*`; timm: `backbone.*`); the rest trains at "
+        "`head_lr` (or `lr`). Becomes the first entry of `lr_multipliers`.", _POSITIVE,
+    )
+    head_lr: Optional[float] = _f(None, "Learning rate of everything but the encoder (default: `lr`).", _POSITIVE)
     dropout: Optional[float] = _f(None, "If set, the p of every dropout layer of the model for this stage.")
     teacher: Optional[str] = _f(
         None, "Distil from this saved stage or run (its best stage): the training loss becomes hard + soft teacher term."

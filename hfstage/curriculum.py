@@ -82,6 +82,7 @@ def check_stages(cfg: RunConfig, task, model) -> None:
         task.check_stage(stage, where)
         if hasattr(task, "check_stage_model"):
             task.check_stage_model(stage, model, where)
+        with_encoder_lr(stage, model, where)
         check_pseudo_labels(cfg, task, stage, where)
         loss_cls = LOSSES.get(stage.loss, f"{where}.loss")
         if hasattr(loss_cls, "bind_model"):
@@ -274,6 +275,19 @@ def load_stage_model(stage_dir: Path):
     return AutoModel.from_pretrained(stage_dir)
 
 
+def with_encoder_lr(stage: StageConfig, model, where: str) -> StageConfig:
+    """``encoder_lr``/``head_lr`` as the stage's learning rate and a leading ``lr_multipliers`` entry."""
+    if stage.encoder_lr is None and stage.head_lr is None:
+        return stage
+    prefix = getattr(model, "encoder_prefix", None)
+    if prefix is None:
+        raise ConfigError(f"{where}.encoder_lr: model '{type(model).__name__}' has no single encoder to give its own "
+                          "learning rate; use lr_multipliers with parameter-name patterns")
+    lr = stage.head_lr if stage.head_lr is not None else stage.lr
+    multipliers = {f"{prefix}*": (stage.encoder_lr if stage.encoder_lr is not None else stage.lr) / lr}
+    return dataclasses.replace(stage, lr=lr, lr_multipliers={**multipliers, **stage.lr_multipliers})
+
+
 def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Path,
                         label_names: Sequence[str] = ("labels",)) -> StageTrainingArguments:
     steps = stage.eval_steps
@@ -399,7 +413,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
 
     work = _work_dir(out, label, stage) if state.is_main_process else out / CHECKPOINTS / label
     state.wait_for_everyone()
-    args = _training_arguments(cfg, stage, index, work, getattr(task, "label_names", ("labels",)))
+    args = _training_arguments(cfg, with_encoder_lr(stage, model, where), index, work,
+                               getattr(task, "label_names", ("labels",)))
     stage_callbacks = [TrainingLogCallback(label), *callbacks]
     if stage.early_stopping_patience:
         stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience))

@@ -207,3 +207,20 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     assert result["metrics"]["loss"] == pytest.approx(record["metrics"]["eval_loss"], rel=1e-3)
     rows = (out / best / "eval" / "val_predictions.csv").read_text().splitlines()
     assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels" and len(rows) == 1 + 6 * 2
+
+
+def test_encoder_and_head_learning_rates():
+    from hfstage.config import StageConfig
+    from hfstage.curriculum import with_encoder_lr
+    from hfstage.errors import ConfigError
+
+    model = build_model(TINY, vocab_size=5)
+    stage = with_encoder_lr(StageConfig(name="s", lr=1e-3, encoder_lr=2e-4, head_lr=5e-3,
+                                        lr_multipliers={"ctc_head.*": 0.5}), model, "stages.1")
+    assert stage.lr == 5e-3 and list(stage.lr_multipliers) == ["encoder.*", "ctc_head.*"]
+    assert stage.lr_multipliers["encoder.*"] == pytest.approx(0.04)
+    assert with_encoder_lr(StageConfig(name="s", lr=1e-3, encoder_lr=1e-4), model, "x").lr_multipliers == {
+        "encoder.*": pytest.approx(0.1)}
+    sequence = build_model({"type": "sequence"}, input_dim=3, num_labels=2)
+    with pytest.raises(ConfigError, match="stages.1.encoder_lr: model 'SequenceClassifier' has no single encoder"):
+        with_encoder_lr(StageConfig(name="s", encoder_lr=1e-4), sequence, "stages.1")

@@ -103,6 +103,7 @@ class PairOutput(ModelOutput):
 class PairCNNModel(PreTrainedModel):
     config_class = PairCNNConfig
     main_input_name = "pixel_values"
+    encoder_prefix = "encoder."  # encoder_lr applies to these parameters
 
     def __init__(self, config: PairCNNConfig):
         super().__init__(config)

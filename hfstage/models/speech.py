@@ -77,6 +77,7 @@ class SpeechOutput(ModelOutput):
 class SpeechAssessmentModel(PreTrainedModel):
     config_class = SpeechAssessmentConfig
     main_input_name = "input_values"
+    encoder_prefix = "encoder."  # encoder_lr applies to these parameters
 
     def __init__(self, config: SpeechAssessmentConfig):
         super().__init__(config)

@@ -86,6 +86,7 @@ class CosineHead(nn.Module):
 class TimmClassifier(PreTrainedModel):
     config_class = TimmClassifierConfig
     main_input_name = "pixel_values"
+    encoder_prefix = "backbone."  # encoder_lr applies to these parameters
 
     def __init__(self, config: TimmClassifierConfig):
         super().__init__(config)
