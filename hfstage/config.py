@@ -74,6 +74,10 @@ class StageConfig:
     optim: str = _f("adamw_torch", "Optimizer name as accepted by `TrainingArguments.optim`.")
     batch_size: int = _f(128, "Training batch size per device (the global batch grows with the process count).", _AT_LEAST_ONE)
     eval_batch_size: int = _f(512, "Evaluation batch size per device.", _AT_LEAST_ONE)
+    group_by_length: bool = _f(
+        False, "Batch samples of similar length together (transformers' `LengthGroupedSampler`): less padding for "
+        "speech clips and sequences; other data kinds refuse it."
+    )
     gradient_accumulation_steps: int = _f(1, "Batches accumulated before each optimizer step.", _AT_LEAST_ONE)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", _NON_NEGATIVE)
     loss: str = _f("cross_entropy", "Training loss from the loss registry: `cross_entropy`, `focal` or `arcface` "

@@ -303,6 +303,7 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         per_device_train_batch_size=stage.batch_size,
         per_device_eval_batch_size=stage.eval_batch_size,
         gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        train_sampling_strategy="group_by_length" if stage.group_by_length else "random",
         max_grad_norm=stage.max_grad_norm,
         eval_strategy="steps" if steps else "epoch",
         save_strategy="steps" if steps else "epoch",
@@ -405,6 +406,9 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         started_from = stage_dirname(start["stage_index"], start["stage_name"])
         model = load_stage_model(out / started_from)
     train_set, pseudo = splits.train, None
+    if stage.group_by_length and not hasattr(splits.train, "lengths"):
+        raise ConfigError(f"{where}.group_by_length: the {cfg.task} data has no per-sample lengths to group by "
+                          "(speech clips and sequences do)")
     if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
         train_set, pseudo = add_pseudo_labels(cfg, task, stage, model, splits.train)
     set_dropout(model, stage.dropout)

@@ -45,6 +45,10 @@ class FoldSubset(Subset):
         return self.dataset.y[self.indices]
 
     @property
+    def lengths(self):
+        return np.asarray(self.dataset.lengths)[self.indices]  # AttributeError when the data has none
+
+    @property
     def ids(self):
         return sample_ids(self.dataset)[self.indices]
 

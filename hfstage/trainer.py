@@ -143,6 +143,16 @@ class StageTrainer(Trainer):
         if teacher_model is not None:
             self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
 
+    def _get_train_sampler(self, train_dataset=None):
+        """``group_by_length`` from the data set's own ``lengths`` (reading every sample to measure it is slow)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=[int(n) for n in dataset.lengths])
+        return super()._get_train_sampler(train_dataset)
+
     def get_eval_dataloader(self, eval_dataset=None):
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
         try:

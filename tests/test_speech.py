@@ -224,3 +224,35 @@ def test_encoder_and_head_learning_rates():
     sequence = build_model({"type": "sequence"}, input_dim=3, num_labels=2)
     with pytest.raises(ConfigError, match="stages.1.encoder_lr: model 'SequenceClassifier' has no single encoder"):
         with_encoder_lr(StageConfig(name="s", encoder_lr=1e-4), sequence, "stages.1")
+
+
+def test_group_by_length_batches_similar_clips(tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from hfstage.trainer import StageTrainer, StageTrainingArguments
+
+    rng = np.random.default_rng(0)
+    seconds = rng.uniform(0.1, 1.5, 32).round(2)
+    rows = []
+    (tmp_path / "a").mkdir()
+    for i, sec in enumerate(seconds):
+        _write_clip(tmp_path / "a" / f"{i}.wav", float(sec))
+        rows.append({"path": f"a/{i}.wav", "split": "train", "canonical": "k", "spoken": "k", "labels": [0]})
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clips = load_clips(tmp_path, "train", "data.train_file")
+    data = AudioDataset(clips, build_vocabulary(clips))
+    assert data.lengths == [round(s * 16000) for s in seconds]
+
+    def padding(strategy: str) -> int:
+        args = StageTrainingArguments(output_dir=str(tmp_path / "o"), per_device_train_batch_size=2, use_cpu=True,
+                                      train_sampling_strategy=strategy, report_to="none")
+        trainer = StageTrainer(model=build_model(TINY, vocab_size=3), args=args, train_dataset=data,
+                               data_collator=lambda x: x)
+        sampler = trainer._get_train_sampler()
+        if strategy == "group_by_length":
+            assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == data.lengths
+        torch.manual_seed(0)
+        order = list(sampler)
+        return sum(abs(data.lengths[a] - data.lengths[b]) for a, b in zip(order[::2], order[1::2]))
+
+    assert padding("group_by_length") < 0.5 * padding("random")  # far less padding in each batch

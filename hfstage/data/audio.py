@@ -40,6 +40,7 @@ class Clip:
     spoken: list[str]
     labels: list[int]
     line: int
+    seconds: float = 0.0
 
 
 def read_metadata(root: Path) -> tuple[Path, list[dict]]:
@@ -100,6 +101,7 @@ def check_audio(clip: Clip, file: Path) -> None:
         raise DataError(f"{where}: empty audio (0 samples)")
     if info.samplerate < 1000:
         raise DataError(f"{where}: sample rate {info.samplerate} Hz cannot be resampled to {SAMPLING_RATE} Hz")
+    clip.seconds = info.frames / info.samplerate
 
 
 def load_clips(root: Path, split: str, field: str) -> list[Clip]:
@@ -174,6 +176,11 @@ class AudioDataset(Dataset):
     @property
     def ids(self) -> list[str]:
         return [Path(c.path).stem for c in self.clips]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Samples at 16 kHz (for ``group_by_length``)."""
+        return [round(c.seconds * SAMPLING_RATE) for c in self.clips]
 
     def __len__(self) -> int:
         return len(self.clips)
