@@ -178,20 +178,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     metrics.update(task.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=label_tensor.numpy())))
     preds, probs = task.decide(logits.numpy())
     labels = label_tensor.numpy()
-    result = {
-        "checkpoint": checkpoint.reference or str(checkpoint.stage_dir),
-        "stage_name": checkpoint.stage_record.get("stage_name"),
-        "task": checkpoint.task,
-        "split": split,
-        "data_file": str(file),
-        "data_sha256": fingerprint(file),
-        "samples": int(len(labels)),
-        "metrics": metrics,
-        "seconds": round(time.time() - began, 3),
-        "world_size": accelerator.num_processes,
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    result["versions"] = versions()
+    result = _record(checkpoint, split, file, fingerprint(file), len(labels), metrics, began, accelerator.num_processes)
     if accelerator.is_main_process:
         eval_dir = Path(out) if out else checkpoint.eval_dir
         atomic_write_json(eval_dir / f"{split}.json", result)
@@ -204,24 +191,29 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     return result
 
 
-def _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out) -> dict:
-    began = time.time()
-    metrics, rows = task.evaluate_stage(checkpoint, file, f"--split {split}", accelerator, batch_size)
-    result = {
+def _record(checkpoint, split, file, sha256, samples, metrics, began, world_size) -> dict:
+    """What ``eval/<split>.json`` holds."""
+    return {
         "checkpoint": checkpoint.reference or str(checkpoint.stage_dir),
         "stage_name": checkpoint.stage_record.get("stage_name"),
         "task": checkpoint.task,
         "split": split,
         "data_file": str(file),
-        "data_sha256": task.split_fingerprint(file, f"--split {split}"),
-        "samples": len(rows),
+        "data_sha256": sha256,
+        "samples": int(samples),
         "metrics": metrics,
-        "examples": rows[:5],
         "seconds": round(time.time() - began, 3),
-        "world_size": 1,
+        "world_size": world_size,
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": versions(),
     }
+
+
+def _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out) -> dict:
+    began = time.time()
+    metrics, rows = task.evaluate_stage(checkpoint, file, f"--split {split}", accelerator, batch_size)
+    sha = task.split_fingerprint(file, f"--split {split}")
+    result = {**_record(checkpoint, split, file, sha, len(rows), metrics, began, 1), "examples": rows[:5]}
     if accelerator.is_main_process:
         eval_dir = Path(out) if out else checkpoint.eval_dir
         atomic_write_json(eval_dir / f"{split}.json", result)
