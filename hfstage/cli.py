@@ -163,7 +163,7 @@ def _prepare(args) -> int:
         raise ConfigError(f"prepare {args.name}: --{wrong[0].replace('_', '-')} applies to {owner} only")
     summary = preparer(args.out, seed=args.seed, **sizes)
     for split, info in summary["splits"].items():
-        where = Path(args.out) / (split if args.name == "mnist-images" else f"{split}.npz")
+        where = Path(args.out) / {"mnist-images": split, "espeak-l2": f"metadata.jsonl ({split})"}.get(args.name, f"{split}.npz")
         print(f"{where}: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     return 0
 
