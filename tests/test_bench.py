@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("stack_mnist_pairs.py", "stack_gain_vs_best_single", -1.0, 1.0),
     ("curriculum_vs_single.py", "curriculum_minus_single_test_accuracy", -1.0, 1.0),
     ("data_loading.py", "min_loader_to_step_ratio", 0.0, float("inf")),
+    ("scaling.py", "worst_epoch_time_linearity", 0.0, float("inf")),
 ])
 def test_benchmark_quick_mode_prints_its_headline(script, headline, low, high):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
