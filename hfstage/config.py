@@ -224,8 +224,9 @@ class RunConfig:
 
     @property
     def greater_is_better(self) -> bool:
-        """Losses and error rates (``eval_per``, ``..._wer``) are better when lower."""
-        return not self.metric_for_best_model.endswith(("loss", "_per", "_wer", "_cer", "error_rate"))
+        from hfstage.reporting import lower_is_better
+
+        return not lower_is_better(self.metric_for_best_model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,9 +17,10 @@ from pathlib import Path
 from hfstage.checkpoint import read_json, read_run_record
 from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
 from hfstage.errors import CheckpointError, ConfigError
-from hfstage.reporting import format_number, format_table
+from hfstage.reporting import format_number, format_table, lower_is_better
 
 DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
+SPEECH_METRICS = ("eval_loss", "eval_per", "eval_error_f1", "test_per", "test_error_f1")
 
 
 def load_run(path: str | Path) -> tuple[dict, list[dict]]:
@@ -82,18 +83,19 @@ def show_run(path: str | Path) -> str:
 
 def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = "table") -> str:
     """The best stage of each run side by side; the best value of each metric is marked with *."""
-    metrics = list(metrics or DEFAULT_METRICS)
     entries = []
     for path in paths:
         run, records = load_run(path)
         best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
         entries.append((path, run, best))
+    speech = any(best and "eval_per" in best.get("metrics", {}) for _, _, best in entries)
+    metrics = list(metrics or (SPEECH_METRICS if speech else DEFAULT_METRICS))
     header = ("run", "best_stage", *metrics)
     values = [[metric_of(best, m) if best else None for m in metrics] for _, _, best in entries]
     marks = []
     for j, m in enumerate(metrics):
         column = [v[j] for v in values if isinstance(v[j], (int, float))]
-        target = (min(column) if "loss" in m else max(column)) if column else None
+        target = (min(column) if lower_is_better(m) else max(column)) if column else None
         marks.append(target)
     rows = [header]
     for (path, run, best), vals in zip(entries, values):
@@ -107,7 +109,7 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]]
         return "\n".join(lines)
-    return format_table(rows) + "\n* best value of the column (lowest for losses)"
+    return format_table(rows) + "\n* best value of the column (lowest for losses and error rates)"
 
 
 def _run_score(run: dict, records: list[dict]) -> float | None:
@@ -117,7 +119,7 @@ def _run_score(run: dict, records: list[dict]) -> float | None:
     value = metric_of(best, metric) if best else None
     if not isinstance(value, (int, float)):
         return None
-    return -value if "loss" in metric else value
+    return -value if lower_is_better(metric) else value
 
 
 def _age_days(run: dict, path: Path) -> float:

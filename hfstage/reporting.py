@@ -32,3 +32,8 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "accelerate": accelerate.__version__,
     }
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and error rates (``eval_loss``, ``eval_per``, ``..._wer``) are better when lower."""
+    return metric.endswith(("loss", "_per", "_wer", "_cer", "error_rate"))
