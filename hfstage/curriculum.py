@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transformers import AutoModel, EarlyStoppingCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import (
@@ -275,6 +274,21 @@ def load_stage_model(stage_dir: Path):
     return AutoModel.from_pretrained(stage_dir)
 
 
+def last_complete_checkpoint(work: Path) -> str | None:
+    """The newest Trainer checkpoint that was written completely (a kill or a full disk can leave a newer,
+    partial ``checkpoint-N``: it is removed, and training resumes from the one before)."""
+    if not work.is_dir():
+        return None
+    for folder in sorted((p for p in work.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                         key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        has_weights = any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+        if has_weights and (folder / "trainer_state.json").is_file() and (folder / "optimizer.pt").is_file():
+            return str(folder)
+        logger.warning("%s is incomplete (killed or out of space while saving); removing it", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def with_encoder_lr(stage: StageConfig, model, where: str) -> StageConfig:
     """``encoder_lr``/``head_lr`` as the stage's learning rate and a leading ``lr_multipliers`` entry."""
     if stage.encoder_lr is None and stage.head_lr is None:
@@ -437,14 +451,19 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         compute_metrics=task.compute_metrics,
         callbacks=stage_callbacks,
     )
-    resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+    resume = last_complete_checkpoint(work)
     logger.info(
         "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
         index, len(cfg.stages), stage.name, stage.epochs, stage.lr, stage.loss, frozen, total,
         started_from or "random init", f", resuming {resume}" if resume else "",
     )
     began = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except OSError as exc:  # a checkpoint could not be written (disk full, read-only folder)
+        raise StageError(f"stage {index} '{stage.name}': could not write its checkpoint under {work} "
+                         f"({exc.strerror or exc}); earlier stages are intact: free space or fix the folder's "
+                         "permissions, then rerun the same command to resume") from None
     training_time = time.time() - began
     metrics = _best_checkpoint_metrics(trainer) or trainer.evaluate()
     test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if splits.test is not None else {}
@@ -476,12 +495,20 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if state.is_main_process:
-        staged = staging_dir(out / label)
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staged, safe_serialization=True)
-        if hasattr(task, "save_with_model"):  # e.g. the speech processor: model and processor reload together
-            task.save_with_model(staged)
-        atomic_write_json(staged / STAGE_JSON, record)
-        publish_dir(staged, out / label)
+        staged = None
+        try:
+            staged = staging_dir(out / label)
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staged, safe_serialization=True)
+            if hasattr(task, "save_with_model"):  # e.g. the speech processor: model and processor reload together
+                task.save_with_model(staged)
+            atomic_write_json(staged / STAGE_JSON, record)
+            publish_dir(staged, out / label)
+        except OSError as exc:  # disk full, read-only or vanished folder: the half-written stage never counts
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            raise StageError(f"stage {index} '{stage.name}': could not save {out / label} ({exc.strerror or exc}); "
+                             "earlier stages are intact and its checkpoint is kept: free space or fix the folder's "
+                             "permissions, then rerun the same command to resume") from None
         shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
     key = cfg.metric_for_best_model
@@ -633,7 +660,11 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records, creat
                 atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "running", created_at))
     except StageError as exc:
         if main:
-            atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "failed", created_at, str(exc)))
+            try:
+                atomic_write_json(out / RUN_JSON, _run_record(cfg, config_file, state.num_processes, records, "failed",
+                                                              created_at, str(exc)))
+            except OSError:  # the disk may be the problem: the error itself is what matters
+                logger.error("could not record the failure in %s", out / RUN_JSON)
         raise
     final = _run_record(cfg, config_file, state.num_processes, records, "finished", created_at)
     if main:

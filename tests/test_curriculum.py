@@ -194,6 +194,44 @@ def test_nan_loss_stops_the_stage_and_keeps_earlier_ones(recipe, tmp_path):
     AutoModel.from_pretrained(out / "stage_1_baseline")  # intact
 
 
+def test_disk_full_while_saving_a_stage_keeps_earlier_stages_and_resumes(recipe, tmp_path, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedModel
+
+    real_save = PreTrainedModel.save_pretrained
+
+    def full_disk(where):
+        def save(self, folder, *args, **kwargs):
+            if where in str(folder):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_save(self, folder, *args, **kwargs)
+        return save
+
+    cfg = load_config(recipe())
+    # the disk fills up when the Trainer writes stage 2's checkpoint ...
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk("checkpoint-"))
+    with pytest.raises(StageError, match=r"stage 1 'baseline': could not write its checkpoint under .*"
+                                         r"\(No space left on device\); earlier stages are intact"):
+        run(cfg)
+    assert read(tmp_path / "run" / "run.json")["status"] == "failed"
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    run(load_config(recipe(stages=[{"name": "baseline", "epochs": 1}])))  # stage 1 only
+    # ... or when hfstage publishes the finished stage 2
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk(".stage_2"))
+    with pytest.raises(StageError, match=r"stage 2 'augmentation': could not save .*stage_2_augmentation "
+                                         r"\(No space left on device\); earlier stages are intact"):
+        run(cfg)
+    out = tmp_path / "run"
+    run_json = read(out / "run.json")
+    assert run_json["status"] == "failed" and "No space left" in run_json["error"]
+    assert not (out / "stage_2_augmentation").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    AutoModel.from_pretrained(out / "stage_1_baseline")  # intact
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    final = run(load_config(recipe()))  # space freed: the same command resumes and finishes
+    assert final["status"] == "finished" and [s["status"] for s in final["stages"]] == ["finished"] * 3
+
+
 KILL_SCRIPT = """
 import os, sys
 from transformers import TrainerCallback
