@@ -261,11 +261,24 @@ def changed_files(files: dict[str, Path | bytes], remote: dict) -> list[str]:
     return changed
 
 
+def commit_changed(api, repo_id: str, files: dict[str, Path | bytes], message: str, revision: str | None = None,
+                   create_pr: bool = False) -> tuple[str, list[str], str | None]:
+    """Commit the files whose content differs from the Hub's (none: no commit).
+    Returns (head commit, changed paths, pull-request URL or None)."""
+    from huggingface_hub import CommitOperationAdd
+
+    changed = changed_files(files, remote_files(repo_id, revision))
+    if not changed:
+        return call("read revision of", repo_id, api.repo_info, repo_id, revision=revision).sha, changed, None
+    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=files[p]) for p in changed]
+    info = call("commit to", repo_id, api.create_commit, repo_id, operations, commit_message=message,
+                revision=revision, create_pr=create_pr)
+    return info.oid, changed, info.pr_url
+
+
 def push(run_dir: str | Path, repo_id: str, stage: str | None = "all", private: bool = False,
          revision: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> dict:
     """Push a run (or some of its stages) to ``repo_id``; returns what was uploaded and tagged."""
-    from huggingface_hub import CommitOperationAdd
-
     run_dir = Path(run_dir)
     if is_reference(repo_id) or not REPO_ID_RE.match(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r}: expected OWNER/NAME")
@@ -279,16 +292,8 @@ def push(run_dir: str | Path, repo_id: str, stage: str | None = "all", private: 
     if revision and not create_pr:
         call("create branch", repo_id, api.create_branch, repo_id, branch=revision, exist_ok=True)
     files = push_files(run_dir, run, chosen, repo_id)
-    changed = changed_files(files, remote_files(repo_id, revision))
-    pr_url = None
-    if changed:
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=files[p]) for p in changed]
-        message = commit_message or f"hfstage: {', '.join(s['dir'] for s in chosen)}"
-        info = call("commit to", repo_id, api.create_commit, repo_id, operations, commit_message=message,
-                    revision=revision, create_pr=create_pr)
-        head, pr_url = info.oid, info.pr_url
-    else:
-        head = call("read revision of", repo_id, api.repo_info, repo_id, revision=revision).sha
+    message = commit_message or f"hfstage: {', '.join(s['dir'] for s in chosen)}"
+    head, changed, pr_url = commit_changed(api, repo_id, files, message, revision, create_pr)
     tags = [] if create_pr else _tag_stages(api, repo_id, chosen, changed, head)
     logger.info("pushed %s to %s: %d file(s) uploaded, %d unchanged%s", run_dir, repo_id, len(changed),
                 len(files) - len(changed), f"; pull request {pr_url}" if pr_url else "")
@@ -480,19 +485,11 @@ class HubPushCallback(StageCallback):
 
     def _push_stage(self, folder: str) -> dict:
         """A stage folder alone (run.json is updated by the final push): its files and its tag."""
-        from huggingface_hub import CommitOperationAdd
-
         api = _api()
         call("create repository", self.repo_id, api.create_repo, self.repo_id, private=self.private, exist_ok=True)
         files = {p.relative_to(self.run_dir).as_posix(): p for p in sorted((self.run_dir / folder).rglob("*"))
                  if p.is_file() and not p.name.startswith(".")}
-        changed = changed_files(files, remote_files(self.repo_id, None))
-        if changed:
-            ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=files[p]) for p in changed]
-            head = call("commit to", self.repo_id, api.create_commit, self.repo_id, ops,
-                        commit_message=f"hfstage: {folder}").oid
-        else:
-            head = call("read revision of", self.repo_id, api.repo_info, self.repo_id).sha
+        head, changed, _ = commit_changed(api, self.repo_id, files, f"hfstage: {folder}")
         tags = _tag_stages(api, self.repo_id, [{"dir": folder}], changed, head)
         logger.info("pushed %s to %s (%d file(s))", folder, self.repo_id, len(changed))
         return {"stage": folder, "tags": tags}

@@ -227,9 +227,6 @@ class ImageClassificationTask(MultiClassDecisions):
                                     per_label)
 
 
-SPEECH_AUGMENTATIONS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0)}
-
-
 @TASKS.register("speech_assessment")
 class SpeechAssessmentTask:
     """Clips + canonical phonemes -> CTC phonemes and per-phoneme mispronunciation (S3).
@@ -334,12 +331,7 @@ class SpeechAssessmentTask:
     def check_stage(self, stage: StageConfig, where: str) -> None:
         if stage.loss != "ctc_mispronunciation":
             raise ConfigError(f"{where}.loss: speech_assessment trains with loss ctc_mispronunciation, not {stage.loss}")
-        for name, value in stage.augmentation.items():
-            if name not in SPEECH_AUGMENTATIONS:
-                raise ConfigError(f"{where}.augmentation.{name}: unknown for speech; use {', '.join(SPEECH_AUGMENTATIONS)}")
-            lo, hi = SPEECH_AUGMENTATIONS[name]
-            if not lo <= value <= hi:
-                raise ConfigError(f"{where}.augmentation.{name}: {value} must be in [{lo}, {hi}]")
+        audio.check_audio_augmentation(stage.augmentation, where)
         _no_class_augmentation(self, stage, where)
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):

@@ -25,12 +25,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hfstage.data import check_augmentation
 from hfstage.errors import DataError
+from hfstage.registry import Registry
 
 logger = logging.getLogger("hfstage")
 
 SAMPLING_RATE = 16000
 PAD, UNK = "<pad>", "<unk>"
+
+# Augmentations (training only), each a strength
+AUDIO_AUGMENTATIONS: Registry = Registry("speech augmentation")
+AUDIO_AUGMENTATIONS.register("noise")("Gaussian noise, this fraction of the clip's standard deviation.")
+AUDIO_AUGMENTATIONS.register("gain")("Random gain of up to this many dB either way.")
+_LIMITS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0)}
+
+
+def check_audio_augmentation(augmentation: dict[str, float], where: str) -> None:
+    check_augmentation(AUDIO_AUGMENTATIONS, _LIMITS, augmentation, where)
 
 
 @dataclass
