@@ -51,6 +51,7 @@ def hub(hub_server, monkeypatch):
     monkeypatch.setenv("HFSTAGE_HUB_BACKOFF", "0.01")
     yield hub_server
     hub_server.faults.clear()
+    hub_server.delay.clear()
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,14 @@ class Repo:
         return revision if revision in self.commits else None
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-request is expected
+            super().handle_error(request, client_address)
+
+
 class HubServer:
     """``with HubServer(token) as hub: hub.url``; state lives in ``hub.repos``."""
 
@@ -62,9 +70,11 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.faults: dict[str, list[int]] = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, kind, repo_id)
+        self.delay: dict[str, float] = {}  # kind -> seconds each such request takes (to be killed mid-way)
+        self.in_flight: dict[str, int] = {}  # kind -> requests being answered now
         self.lock = threading.RLock()
         handler = type("Handler", (_Handler,), {"hub": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _Server(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -141,11 +151,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"no route for {method} {url.path}")
         kind, repo_id, rest = route
         with self.hub.lock:
-            self.hub.requests.append((method, kind, repo_id or ""))
-            faults = self.hub.faults.get(kind)
-            if faults:
-                return self._error(faults.pop(0), f"injected failure of {kind}", head=method == "HEAD")
-            return getattr(self, f"_{kind}")(method, repo_id, rest, query, body)
+            self.hub.in_flight[kind] = self.hub.in_flight.get(kind, 0) + 1
+        try:
+            if self.hub.delay.get(kind):
+                time.sleep(self.hub.delay[kind])
+            with self.hub.lock:
+                self.hub.requests.append((method, kind, repo_id or ""))
+                faults = self.hub.faults.get(kind)
+                if faults:
+                    return self._error(faults.pop(0), f"injected failure of {kind}", head=method == "HEAD")
+                return getattr(self, f"_{kind}")(method, repo_id, rest, query, body)
+        finally:
+            with self.hub.lock:
+                self.hub.in_flight[kind] -= 1
 
     @staticmethod
     def _route(method: str, parts: list[str]):
