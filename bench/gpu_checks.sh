@@ -6,6 +6,7 @@
 #   1. bench/overhead.py on the GPU (fp32 and bf16)        -> BENCHMARKS.md section overhead_gpu
 #   2. configs/pairs_multiseed.yaml (4 seeds) and its FPN variant, side by side on the one GPU
 #   3. the curriculum tests on the GPU (the deferred non-finite-loss check on a real device)
+#   4. bench/curriculum_vs_single.py --recipe quickstart (6 runs side by side) -> section curriculum_pairs
 # Everything it makes goes to $OUT (default ./gpu_out): logs, BENCHMARKS.md, runs.tgz.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -16,12 +17,18 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 { nvidia-smi -L; python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__, torch.cuda.get_device_name(0))"; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-PARTS=${PARTS:-overhead train tests}
+PARTS=${PARTS:-overhead train tests curriculum}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 if has overhead; then
 T0=$(date +%s)
 timeout ${BENCH_S:-200} python3 bench/overhead.py --steps ${BENCH_STEPS:-200} --repeats ${BENCH_REPEATS:-3} > "$OUT/overhead.log" 2>&1
 echo "overhead rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(fp32|bf16|overhead)" "$OUT/overhead.log"
+cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
+fi
+if has curriculum; then
+T0=$(date +%s)
+OMP_NUM_THREADS=2 timeout ${CURRICULUM_S:-300} python3 bench/curriculum_vs_single.py --recipe quickstart --jobs 6 > "$OUT/curriculum.log" 2>&1
+echo "curriculum rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(5-stage|single|curriculum_minus)" "$OUT/curriculum.log"
 cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
 fi
 T0=$(date +%s)
