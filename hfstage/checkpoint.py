@@ -37,6 +37,22 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def atomic_save_npz(path: str | Path, **arrays) -> None:
+    """``np.savez`` to a temporary name, then renamed into place (no pickles)."""
+    import numpy as np
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
@@ -117,6 +133,9 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+_HELD_LOCKS: set[str] = set()  # locks this process holds now (a lock file naming this pid but not here is stale)
+
+
 class RunLock:
     """``<output_dir>/.lock``: one run per folder at a time; a lock left by a dead process is taken over.
 
@@ -135,7 +154,14 @@ class RunLock:
 
         from hfstage.errors import CheckpointError
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        def unwritable(exc: OSError) -> CheckpointError:
+            return CheckpointError(f"{self.path.parent}: the output_dir cannot be written ({exc.strerror or exc}); "
+                                   "choose a writable output_dir or fix this one")
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unwritable(exc) from None
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         for _ in range(3):
             try:
@@ -145,7 +171,9 @@ class RunLock:
                     owner = json.loads(self.path.read_text())
                 except (OSError, ValueError):
                     owner = {}
-                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                mine_but_released = owner.get("pid") == me["pid"] and str(self.path) not in _HELD_LOCKS
+                if owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and (
+                        mine_but_released or not _alive(owner["pid"])):
                     logging.getLogger("hfstage").warning("%s: taking over a stale lock of pid %s", self.path, owner["pid"])
                     self.path.unlink(missing_ok=True)
                     continue
@@ -154,16 +182,29 @@ class RunLock:
                     f"{self.path.parent}: another hfstage run ({who}) is using this output_dir; wait for it, or delete "
                     f"{self.path} if that process is gone"
                 ) from None
+            except OSError as exc:
+                raise unwritable(exc) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
+            _HELD_LOCKS.add(str(self.path))
             return
         raise CheckpointError(f"{self.path}: could not take the lock")
 
     def release(self) -> None:
+        """Remove the lock; on a folder that became read-only (or vanished) only warn: the lock is then
+        stale, and the next run on this host takes it over (its pid is gone). Releasing must never hide
+        the error that ended the run."""
         if self.held:
-            self.path.unlink(missing_ok=True)
             self.held = False
+            _HELD_LOCKS.discard(str(self.path))
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                import logging
+
+                logging.getLogger("hfstage").warning("%s: could not remove the lock (%s); the next run takes it over",
+                                                     self.path, exc.strerror or exc)
 
 
 def _alive(pid: int) -> bool:

@@ -35,7 +35,7 @@ from hfstage.checkpoint import (
     remove_stale_tmp,
     staging_dir,
 )
-from hfstage.config import RunConfig, StageConfig, init_stage_index
+from hfstage.config import RunConfig, StageConfig, config_from_dict, init_stage_index
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError, StageError
 from hfstage.evaluation import resolve_checkpoint
@@ -109,6 +109,21 @@ def check_stages(cfg: RunConfig, task, model) -> None:
             raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
 
 
+def _with_current_defaults(saved: dict[str, Any], where: str) -> dict[str, Any]:
+    """A run.json config with the fields that newer hfstage versions added filled with their defaults.
+
+    A run written before a field existed behaved as that field's default, so resuming it with this
+    version must not read the missing field as a different run. A field this version no longer knows
+    leaves the config as written (the comparison then names it).
+    """
+    try:
+        filled = json.loads(json.dumps(config_from_dict(saved, where).to_dict()))
+    except ConfigError:
+        return saved
+    filled["quick_test"] = saved.get("quick_test", filled.get("quick_test"))  # config_from_dict resets it
+    return filled
+
+
 def _comparable(config: dict[str, Any], finished: int) -> dict[str, Any]:
     out = {k: v for k, v in config.items() if k not in COSMETIC_FIELDS and k != "stages"}
     out["stages"] = config.get("stages", [])[:finished]
@@ -154,7 +169,7 @@ def check_output_dir(out: Path, cfg: RunConfig) -> dict | None:
         saved = read_run_record(run_json)
     except CheckpointError as exc:
         raise ConfigError(f"{exc}; choose another output_dir") from None
-    saved_config = saved["config"]
+    saved_config = _with_current_defaults(saved["config"], str(run_json))
     finished = len(finished_stage_records(out, cfg))
     new = json.loads(json.dumps(cfg.to_dict()))
     diffs = _diff(_comparable(saved_config, finished), _comparable(new, finished))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hfstage.checkpoint import (
+    atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
     fingerprint,
@@ -44,6 +45,7 @@ logger = logging.getLogger("hfstage")
 META_LEARNERS = ("lightgbm", "logreg")
 STACK_JSON = "stack.json"
 META_JSON = "stack_meta.json"
+PREDICTIONS_NPZ = "predictions.npz"
 
 
 @dataclass
@@ -338,6 +340,9 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
         "seed": seed,
     }
     save_meta_learner(fitted[meta], meta, out)
+    # the base models' probabilities (meta-train and test) and labels, to try other meta-learners on
+    atomic_save_npz(out / PREDICTIONS_NPZ, meta_train=p_train, meta_train_labels=y, test=p_test, test_labels=y_test,
+                    models=np.array([b.reference for b in bases]))
     atomic_write_json(out / META_JSON, meta_record)
     result = {"methods": rows, "meta_learner": meta, "folds": folds, "meta_train": meta_record["meta_train"],
               "samples": {"meta_train": len(y), "test": len(y_test)},

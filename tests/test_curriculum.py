@@ -147,6 +147,18 @@ def test_quick_curriculum_writes_the_run_layout(recipe, pair_data, tmp_path, cap
     assert "holds a different run" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.glob("stage_*/*")} == before
 
+    # a run.json written before some config fields existed (an older hfstage) is the same run: the
+    # missing fields read as their defaults, so the finished run is recognised, not refused
+    run_json = read(out / "run.json")
+    for key in ("seeds", "folds", "push_to_hub"):
+        run_json["config"].pop(key)
+    for stage in run_json["config"]["stages"]:
+        stage.pop("pseudo_labels"), stage.pop("group_by_length")
+    (out / "run.json").write_text(json.dumps(run_json))
+    assert main(["train", "--config", str(path)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("stage_*/*")} == before
+    assert main(["train", "--config", str(path), "seed=1"]) == 2  # a real difference still is refused
+
 
 def test_stage_not_kept_is_skipped_loudly(recipe, tmp_path):
     path = recipe(improvement_threshold=10.0)  # no stage can improve eval_loss by 10
@@ -314,18 +326,23 @@ def test_early_stopping_inside_a_stage(recipe, tmp_path):
 
 
 def test_a_second_run_on_the_same_folder_is_refused(recipe, tmp_path, capsys):
-    import os
     import socket
 
     path = recipe()
     out = tmp_path / "run"
     out.mkdir()
-    # a live owner on this host: this very test process
-    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": "now"}))
-    assert main(["train", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "another hfstage run" in err and f"pid {os.getpid()}" in err
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing else written
+    # a live owner on this host: another process (a lock naming this very process but not held by it
+    # is a leftover, e.g. of a run whose folder became read-only, and is taken over)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(), "started_at": "now"}))
+        assert main(["train", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "another hfstage run" in err and f"pid {owner.pid}" in err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing else written
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(recipe, tmp_path, capsys):

@@ -71,6 +71,13 @@ def test_stack_end_to_end_and_predict(two_runs, tmp_path, pair_data, capsys):
     meta = json.loads((out / "stack_meta.json").read_text())
     assert meta["features"] == ["p0", "p1", "p_std", "p_max", "p_min"] and len(meta["base_models"]) == 2
     assert (out / "meta_logreg.json").is_file()
+    saved = np.load(out / "predictions.npz")
+    assert saved["meta_train"].shape == (160, 2) and saved["test"].shape == (160, 2)
+    assert saved["meta_train_labels"].shape == (160,) and len(saved["models"]) == 2
+    # the saved probabilities are the ones the table scored: the mean-of-probabilities row reproduces
+    mean_row = next(r for r in result["methods"] if r["method"] == "mean of probabilities")
+    acc_mean = np.mean((saved["test"].mean(1) >= 0.5) == saved["test_labels"])
+    assert acc_mean == pytest.approx(mean_row["test_accuracy"])
 
     preds = tmp_path / "preds.csv"
     assert main(["predict", "--stack", str(out), "--data", str(pair_data), "--out", str(preds)]) == 0
