@@ -80,6 +80,11 @@ class StageConfig:
     )
     gradient_accumulation_steps: int = _f(1, "Batches accumulated before each optimizer step.", _AT_LEAST_ONE)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.", _NON_NEGATIVE)
+    on_nonfinite: str = _f(
+        "stop", "A NaN/Inf training loss: `stop` the stage (earlier stages stay intact; `run.json` says why) or "
+        "`skip` that batch (no update from it; logged and counted as `skipped_steps` in `stage.json`; one process only).",
+        (lambda v: v in ("stop", "skip"), "must be stop or skip"),
+    )
     loss: str = _f("cross_entropy", "Training loss from the loss registry: `cross_entropy`, `focal` or `arcface` "
                    "(needs `model.head: cosine`).")
     label_smoothing: float = _f(0.0, "Label smoothing of the training loss.", _FRACTION)

@@ -105,6 +105,9 @@ def check_stages(cfg: RunConfig, task, model) -> None:
                 raise ConfigError(f"{where}.teacher: {exc}") from None
             if teacher.task != cfg.task:
                 raise ConfigError(f"{where}.teacher: {teacher.stage_dir} solves {teacher.task}, this run {cfg.task}")
+        if stage.on_nonfinite == "skip" and distributed_state().num_processes > 1:
+            raise ConfigError(f"{where}.on_nonfinite: skip works in one process only (a skipped batch would leave the "
+                              "other processes waiting for its gradients); use stop")
         if stage.mixed_precision == "fp16" and cpu_only():
             raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
 
@@ -334,6 +337,7 @@ def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Pa
         gradient_accumulation_steps=stage.gradient_accumulation_steps,
         train_sampling_strategy="group_by_length" if stage.group_by_length else "random",
         max_grad_norm=stage.max_grad_norm,
+        on_nonfinite=stage.on_nonfinite,
         eval_strategy="steps" if steps else "epoch",
         save_strategy="steps" if steps else "epoch",
         eval_steps=steps,
@@ -504,6 +508,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         "improvement_threshold": cfg.improvement_threshold,
         "started_from": started_from,
         **({"pseudo_labels": pseudo} if pseudo is not None else {}),
+        **({"skipped_steps": trainer.skipped_steps} if stage.on_nonfinite == "skip" else {}),
         "frozen_parameters": frozen,
         "total_parameters": total,
         "world_size": state.num_processes,

@@ -73,6 +73,7 @@ class StageTrainingArguments(TrainingArguments):
     # A non-finite training loss stops the stage (StageTrainer), so the Trainer's own per-step NaN filter,
     # which reads the loss back from the device every step, has nothing left to do.
     logging_nan_inf_filter: bool = False
+    on_nonfinite: str = field(default="stop", metadata={"help": "stop | skip: what a non-finite training loss does."})
     nonfinite_check_steps: int = field(
         default=25,
         metadata={"help": "On accelerators, how often (in steps) the non-finite-loss flag is read back; "
@@ -195,6 +196,7 @@ class StageTrainer(Trainer):
         if teacher_model is not None:
             self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
         self._n_params: int | None = None
+        self.skipped_steps = 0  # on_nonfinite: skip
         # our losses are per-batch means and never take ``num_items_in_batch``: skip the Trainer's per-step
         # count of label tokens over every batch (it exists for token-level LM losses)
         self.model_accepts_loss_kwargs = False
@@ -254,6 +256,8 @@ class StageTrainer(Trainer):
         labels = inputs.pop("labels")
         fn = self.train_loss_fn if model.training else self.eval_loss_fn
         extra = {key: inputs.pop(key) for key in getattr(fn, "label_keys", ())}  # more targets (multi-task)
+        if model.training and self.args.on_nonfinite == "skip":
+            self._snapshot_buffers(model)
         outputs = model(**inputs)
         logits = outputs["logits"]
         if getattr(fn, "takes_outputs", False):
@@ -263,8 +267,42 @@ class StageTrainer(Trainer):
         else:
             loss = (self.train_loss_fn if model.training else self.eval_loss_fn)(logits, labels)
         if model.training:
-            self._note_finite(loss.detach())
+            if self.args.on_nonfinite == "skip":
+                loss = self._skip_if_nonfinite(loss)
+            else:
+                self._note_finite(loss.detach())
         return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def _buffers_of(model: nn.Module) -> list[torch.Tensor]:
+        return [b for b in model.buffers() if b.numel()]
+
+    def _snapshot_buffers(self, model: nn.Module) -> None:
+        """``on_nonfinite: skip``: copy the model's buffers (BatchNorm statistics) before each training forward."""
+        self._snapshot_model = model
+        buffers = self._buffers_of(model)
+        if len(getattr(self, "_buffer_snapshot", ())) != len(buffers):
+            self._buffer_snapshot = [b.detach().clone() for b in buffers]
+            return
+        with torch.no_grad():
+            for saved, buffer in zip(self._buffer_snapshot, buffers):
+                saved.copy_(buffer)
+
+    def _skip_if_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        """``on_nonfinite: skip``: a non-finite loss is replaced by a zero that is not connected to the model,
+        so backward leaves every gradient of this batch unset and the optimizer (which skips parameters
+        without a gradient) makes no update from it. Needs the loss on the host every step."""
+        if torch.isfinite(loss.detach()):
+            return loss
+        # the forward pass already moved BatchNorm's running statistics towards the bad batch: undo it
+        with torch.no_grad():
+            for saved, buffer in zip(self._buffer_snapshot, self._buffers_of(self._snapshot_model)):
+                buffer.copy_(saved)
+        self.skipped_steps += 1
+        logger.warning("stage %d '%s': the training loss is %s at step %d; that batch was skipped (%d so far)",
+                       self.args.stage_index, self.args.stage_name, loss.item(), self.state.global_step + 1,
+                       self.skipped_steps)
+        return torch.zeros((), device=loss.device, dtype=loss.dtype, requires_grad=True)
 
     def _note_finite(self, loss: torch.Tensor) -> None:
         """Stop the stage on a non-finite training loss.

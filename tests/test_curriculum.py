@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -210,6 +211,40 @@ def test_nan_loss_stops_the_stage_and_keeps_earlier_ones(recipe, tmp_path, monke
     assert [s["status"] for s in run_json["stages"]] == ["finished", "pending", "pending"]
     assert not (out / "stage_2_augmentation").exists()
     AutoModel.from_pretrained(out / "stage_1_baseline")  # intact
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_nan_batch_is_skipped_when_configured(recipe, tmp_path, monkeypatch, policy):
+    # the third training batch of stage 2 carries a NaN input (past the data checks, as a numeric blow-up
+    # would): `skip` drops that batch alone and the stage finishes with finite weights; `stop` stops it
+    from hfstage.data.npz_pairs import PairCollator
+
+    real_call, calls = PairCollator.__call__, {"n": 0}
+
+    def poisoned(self, batch):
+        out = real_call(self, batch)
+        if self.augmentation:  # stage 2 (augmentation) only: its collator is the one with augmentations
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out["pixel_values"][0, 0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(PairCollator, "__call__", poisoned)
+    stages = [{"name": "baseline", "epochs": 1},
+              {"name": "augmentation", "epochs": 1, "augmentation": {"swap": 0.5}, "on_nonfinite": policy}]
+    cfg = load_config(recipe(stages=stages))
+    out = tmp_path / "run"
+    if policy == "stop":
+        with pytest.raises(StageError, match=r"stage 2 'augmentation'.*nan at step 3"):
+            run(cfg)
+        return
+    final = run(cfg)
+    assert final["status"] == "finished"
+    record = read(out / "stage_2_augmentation/stage.json")
+    assert record["skipped_steps"] == 1 and math.isfinite(record["metrics"]["eval_loss"])
+    weights = load_file(out / "stage_2_augmentation/model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert "that batch was skipped" in (out / "training.log").read_text()
 
 
 def test_disk_full_while_saving_a_stage_keeps_earlier_stages_and_resumes(recipe, tmp_path, monkeypatch):
