@@ -160,6 +160,14 @@ class _NonFiniteCheck(TrainerCallback):
         self.trainer.check_finite()
 
 
+def _is_dtensor(param) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(param, DTensor)
+
+
 def set_dropout(model: nn.Module, p: float | None) -> None:
     if p is None:
         return
@@ -196,6 +204,7 @@ class StageTrainer(Trainer):
         if teacher_model is not None:
             self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
         self._n_params: int | None = None
+        self._clip_params: list | None = None  # the parameters clipped directly (empty: accelerate's path)
         self.skipped_steps = 0  # on_nonfinite: skip
         # our losses are per-batch means and never take ``num_items_in_batch``: skip the Trainer's per-step
         # count of label tokens over every batch (it exists for token-level LM losses)
@@ -218,6 +227,26 @@ class StageTrainer(Trainer):
         finally:
             if not already:
                 gc.unfreeze()
+
+    def _clip_grad_norm(self, model):
+        """Gradient clipping straight through ``torch.nn.utils.clip_grad_norm_`` in the plain cases.
+
+        accelerate's ``clip_grad_norm_`` re-checks the torch version and walks every parameter looking
+        for DTensor gradients on each step (~0.4 ms/step measured on a small model, as much as the clipping
+        itself); for one process or DDP, with no DTensor parameters, it then does exactly this: unscale
+        (fp16) and clip. FSDP, DeepSpeed, XLA and tensor-parallel models keep accelerate's path.
+        """
+        from accelerate.utils import DistributedType
+
+        if self._clip_params is None:
+            params = [p for p in model.parameters() if p.requires_grad]
+            plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                                          DistributedType.MULTI_CPU)
+            self._clip_params = params if plain and not any(_is_dtensor(p) for p in params) else []
+        if not self._clip_params:
+            return super()._clip_grad_norm(model)
+        self.accelerator.unscale_gradients()
+        return torch.nn.utils.clip_grad_norm_(self._clip_params, self.args.max_grad_norm, foreach=True)
 
     def floating_point_ops(self, inputs) -> int:
         """The Trainer's FLOP estimate, with the parameter count walked once per stage instead of every step."""

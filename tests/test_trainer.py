@@ -87,3 +87,26 @@ def test_plan_prints_what_each_stage_changes(recipe, capsys):
 def test_every_shipped_recipe_plans(recipe_file, capsys):
     assert main(["plan", "--config", str(recipe_file)]) == 0
     assert "task " in capsys.readouterr().out
+
+
+def test_gradient_clipping_clips_and_reports_the_norm_before_clipping(tmp_path):
+    """StageTrainer clips through torch directly in the plain case; the result must be what
+    ``clip_grad_norm_`` gives: the pre-clip norm returned, the gradients scaled to max_grad_norm."""
+    from hfstage.data.npz_pairs import PairCollator
+
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    args = StageTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_grad_norm=1e-3,
+                                  loss="cross_entropy")
+    trainer = StageTrainer(model=model, args=args, data_collator=PairCollator())
+    batch = {"pixel_values": torch.randint(0, 255, (8, 2, 28, 28), dtype=torch.uint8),
+             "labels": torch.tensor([0, 1] * 4)}
+    inputs = PairCollator()(batch)
+    model.train()
+    trainer.compute_loss(model, dict(inputs)).backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    norm = trainer._clip_grad_norm(model)
+    assert float(norm) == pytest.approx(float(expected), rel=1e-5) and float(expected) > 1e-3
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert float(after) == pytest.approx(1e-3, rel=1e-3)
+    assert trainer._clip_params  # the direct path was taken (one process, no DTensor)
