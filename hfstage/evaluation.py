@@ -25,6 +25,7 @@ from transformers import AutoModel
 from transformers.trainer_utils import EvalPrediction
 
 from hfstage.checkpoint import (
+    atomic_write,
     atomic_write_json,
     atomic_write_text,
     fingerprint,
@@ -274,11 +275,10 @@ def write_confusion_png(cm: list[list[int]], classes: list[int], path: Path) -> 
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png"), binary=True)
+    finally:
+        plt.close(fig)
 
 
 def format_result(result: dict) -> str:

@@ -14,7 +14,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from hfstage.checkpoint import read_json, read_run_record
+from hfstage.checkpoint import atomic_write, read_json, read_run_record
 from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.reporting import format_number, format_table, lower_is_better
@@ -169,12 +169,13 @@ def archive(runs: list[str], out: str | Path) -> Path:
     out = Path(out)
     for path in runs:
         load_run(path)  # refuse anything that is not a run before writing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for path in runs:
-            tar.add(Path(path), arcname=Path(path).resolve().name)
-    tmp.replace(out)
+
+    def write(fh) -> None:
+        with tarfile.open(fileobj=fh, mode="w:gz") as tar:
+            for path in runs:
+                tar.add(Path(path), arcname=Path(path).resolve().name)
+
+    atomic_write(out, write, binary=True)
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
-from hfstage.checkpoint import atomic_write_json, read_json
+from hfstage.checkpoint import atomic_save_npy, atomic_write_json, read_json
 from hfstage.errors import ConfigError
 
 logger = logging.getLogger("hfstage")
@@ -106,13 +106,6 @@ def run_folds(cfg, config_file=None, callbacks=()) -> dict:
     return summary
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-    tmp.replace(path)
-
-
 def write_out_of_fold(cfg) -> dict:
     """Predict each fold's held-out part with its best stage; write oof.npy, test_probs.npy and cv.json."""
     from accelerate import Accelerator
@@ -157,12 +150,12 @@ def write_out_of_fold(cfg) -> dict:
         summary["test_accuracy_fold_mean_ensemble"] = float((test_pred == test_y).mean())
     if distributed_state().is_main_process:
         out = Path(cfg.output_dir)
-        _save_npy(out / "oof.npy", oof)
-        _save_npy(out / "oof_ids.npy", sample_ids(splits.train))
-        _save_npy(out / "oof_labels.npy", y)
+        atomic_save_npy(out / "oof.npy", oof)
+        atomic_save_npy(out / "oof_ids.npy", sample_ids(splits.train))
+        atomic_save_npy(out / "oof_labels.npy", y)
         if test_sum is not None:
-            _save_npy(out / "test_probs.npy", test_probs)
-            _save_npy(out / "test_ids.npy", sample_ids(splits.test))
+            atomic_save_npy(out / "test_probs.npy", test_probs)
+            atomic_save_npy(out / "test_ids.npy", sample_ids(splits.test))
         atomic_write_json(out / CV_JSON, {**summary, "config": cfg.to_dict()})
     accelerator.wait_for_everyone()
     return summary
