@@ -110,3 +110,28 @@ def test_gradient_clipping_clips_and_reports_the_norm_before_clipping(tmp_path):
     after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert float(after) == pytest.approx(1e-3, rel=1e-3)
     assert trainer._clip_params  # the direct path was taken (one process, no DTensor)
+
+
+def test_per_step_costs_removed_without_side_effects(tmp_path):
+    """accelerate's lomo_optim probe answers from a cache; the GC freeze of a stage is undone after it."""
+    import gc
+
+    from accelerate import optimizer as acc_optimizer
+
+    from hfstage.data.npz_pairs import PairCollator, PairDataset
+
+    assert hasattr(acc_optimizer.is_lomo_available, "cache_info")
+    acc_optimizer.is_lomo_available()
+    assert acc_optimizer.is_lomo_available.cache_info().hits + acc_optimizer.is_lomo_available.cache_info().misses >= 1
+    x = torch.randint(0, 255, (64, 2, 28, 28), dtype=torch.uint8).numpy()
+    y = torch.randint(0, 2, (64,)).numpy()
+    args = StageTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=3,
+                                  per_device_train_batch_size=16, save_strategy="no", disable_tqdm=True,
+                                  remove_unused_columns=False, label_names=["labels"])
+    trainer = StageTrainer(model=build_model(TINY), args=args, train_dataset=PairDataset(x, y),
+                           data_collator=PairCollator())
+    before = gc.get_freeze_count()
+    trainer.train()
+    assert gc.get_freeze_count() == before
+    assert trainer.model_accepts_loss_kwargs is False and trainer._n_params == trainer.model.num_parameters(
+        exclude_embeddings=True)
