@@ -149,7 +149,7 @@ class _NonFiniteCheck(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        every = max(int(getattr(args, "nonfinite_check_steps", 25)), 1)
+        every = max(args.nonfinite_check_steps, 1)
         if control.should_log or control.should_evaluate or control.should_save or state.global_step % every == 0:
             self.trainer.check_finite()
 
@@ -206,6 +206,8 @@ class StageTrainer(Trainer):
         self._n_params: int | None = None
         self._clip_params: list | None = None  # the parameters clipped directly (empty: accelerate's path)
         self.skipped_steps = 0  # on_nonfinite: skip
+        self._buffer_snapshot: list[torch.Tensor] = []  # on_nonfinite: skip, the buffers before this forward
+        self._snapshot_model: nn.Module | None = None
         # our losses are per-batch means and never take ``num_items_in_batch``: skip the Trainer's per-step
         # count of label tokens over every batch (it exists for token-level LM losses)
         self.model_accepts_loss_kwargs = False
@@ -236,9 +238,9 @@ class StageTrainer(Trainer):
         itself); for one process or DDP, with no DTensor parameters, it then does exactly this: unscale
         (fp16) and clip. FSDP, DeepSpeed, XLA and tensor-parallel models keep accelerate's path.
         """
-        from accelerate.utils import DistributedType
-
         if self._clip_params is None:
+            from accelerate.utils import DistributedType
+
             params = [p for p in model.parameters() if p.requires_grad]
             plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU,
                                                           DistributedType.MULTI_CPU)
@@ -310,7 +312,7 @@ class StageTrainer(Trainer):
         """``on_nonfinite: skip``: copy the model's buffers (BatchNorm statistics) before each training forward."""
         self._snapshot_model = model
         buffers = self._buffers_of(model)
-        if len(getattr(self, "_buffer_snapshot", ())) != len(buffers):
+        if len(self._buffer_snapshot) != len(buffers):
             self._buffer_snapshot = [b.detach().clone() for b in buffers]
             return
         with torch.no_grad():
