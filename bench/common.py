@@ -12,7 +12,7 @@ HEADER = """# Benchmarks
 
 Every figure below is written by a script under `bench/` from a real run (never typed in). Rerun a
 script to refresh its section; `--quick` is the smoke mode the tests use. Figures are ratios and
-medians measured in one process, because identical runs vary by up to +-15% on shared machines.
+medians measured side by side in one run, because identical runs vary by up to +-15% on shared machines.
 """
 
 

@@ -18,3 +18,59 @@ def cpu_only() -> bool:
 def distributed_state() -> PartialState:
     """The process group, initialised the same way the Trainer will (CPU gloo when there is no GPU)."""
     return PartialState(cpu=cpu_only())
+
+
+# glibc malloc settings for training (see ``tune_cpu_allocator``)
+MALLOC_TUNING_ENV = "HFSTAGE_MALLOC_TUNING"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold (64-bit)
+TRIM_THRESHOLD = 1 << 30
+_allocator_tuned: bool | None = None  # None: not decided yet in this process
+
+
+def tune_cpu_allocator() -> bool:
+    """Stop glibc's malloc from handing training's memory back to the kernel after every step.
+
+    A training step frees and reallocates the same activations and gradients each step. PyTorch's CPU
+    tensors come straight from ``malloc``, and glibc returns freed memory above its trim threshold to
+    the kernel (and serves large blocks with ``mmap``/``munmap``), so the next step page-faults all of
+    it back in, zero-filled: ~25,000 page faults and ~30% of a step for the quickstart's pair model on
+    the CPU (bench/overhead.py). Pinning the mmap threshold at 32 MiB (glibc's own dynamic ceiling)
+    and raising the trim threshold to 1 GiB keeps that memory in the process; blocks above 32 MiB are
+    still mapped and unmapped directly. The cost is that the process keeps up to its peak heap until it
+    exits, as the CUDA caching allocator does on a GPU.
+
+    Done once per process, only on glibc, and not when the user chose an allocator or its settings
+    (``LD_PRELOAD`` of jemalloc/tcmalloc/mimalloc, ``MALLOC_*_`` variables, ``GLIBC_TUNABLES`` with
+    ``glibc.malloc``) or set ``HFSTAGE_MALLOC_TUNING=0``. Returns whether the settings are in force.
+    """
+    global _allocator_tuned
+    if _allocator_tuned is not None:
+        return _allocator_tuned
+    import os
+    import platform
+
+    value = os.environ.get(MALLOC_TUNING_ENV, "1").strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        from hfstage.errors import ConfigError
+
+        raise ConfigError(f"environment variable {MALLOC_TUNING_ENV}={value!r}: expected 1 or 0")
+    preload = os.environ.get("LD_PRELOAD", "")
+    user_choice = (
+        value in ("0", "false", "no", "off")
+        or any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc"))
+        or any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
+        or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+    )
+    _allocator_tuned = False
+    if user_choice or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _allocator_tuned

@@ -133,5 +133,8 @@ def test_per_step_costs_removed_without_side_effects(tmp_path):
     before = gc.get_freeze_count()
     trainer.train()
     assert gc.get_freeze_count() == before
+    from hfstage import devices
+
+    assert devices._allocator_tuned is not None  # decided (and, on glibc, made) when the stage trained
     assert trainer.model_accepts_loss_kwargs is False and trainer._n_params == trainer.model.num_parameters(
         exclude_embeddings=True)
