@@ -103,6 +103,9 @@ def main(argv=None) -> float:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batches", type=int, default=30)
     args = parser.parse_args(argv)
+    from hfstage.devices import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as StageTrainer.train does: the step rate is the one hfstage trains at
     os.chdir(ROOT)
     tmp = Path(tempfile.mkdtemp())
     kinds = [k for k in KINDS if k != "audio" or shutil.which("espeak-ng")]
