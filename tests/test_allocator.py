@@ -43,8 +43,7 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def _churn(**env_overrides):
     env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
     env.update(env_overrides)
-    proc = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, env=env, timeout=120)
-    return proc
+    return subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_tuned_malloc_keeps_a_steps_memory_instead_of_faulting_it_back_in():
@@ -58,9 +57,29 @@ def test_tuned_malloc_keeps_a_steps_memory_instead_of_faulting_it_back_in():
     assert int(faults) < 30_000, (faults, default_faults)
 
 
-def test_users_own_allocator_choice_is_left_alone_and_bad_values_are_refused():
-    assert _churn(MALLOC_TRIM_THRESHOLD_="1000000").stdout.split()[0] == "False"
-    assert _churn(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000").stdout.split()[0] == "False"
-    proc = _churn(HFSTAGE_MALLOC_TUNING="maybe")
-    assert proc.returncode != 0
-    assert "environment variable HFSTAGE_MALLOC_TUNING='maybe': expected 1 or 0" in proc.stderr
+@pytest.mark.parametrize("env, tuned", [
+    ({}, True),
+    ({"HFSTAGE_MALLOC_TUNING": "off"}, False),
+    ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, False),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}, False),
+    ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, False),
+])
+def test_users_own_allocator_choice_is_left_alone(monkeypatch, env, tuned):
+    from hfstage import devices
+
+    for key in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(devices, "_allocator_tuned", None)  # decide again, as a fresh process would
+    assert devices.tune_cpu_allocator() is tuned
+
+
+def test_a_bad_tuning_value_is_refused(monkeypatch):
+    from hfstage import devices
+    from hfstage.errors import ConfigError
+
+    monkeypatch.setenv("HFSTAGE_MALLOC_TUNING", "maybe")
+    monkeypatch.setattr(devices, "_allocator_tuned", None)
+    with pytest.raises(ConfigError, match="environment variable HFSTAGE_MALLOC_TUNING='maybe': expected 1 or 0"):
+        devices.tune_cpu_allocator()
