@@ -171,7 +171,10 @@ def main(argv=None) -> float:
         conn.send((name, n, bf16))
         if not conn.poll(1800):
             raise RuntimeError(f"the {role} worker did not answer for {name}")
-        return conn.recv()
+        try:
+            return conn.recv()
+        except EOFError:  # the worker died; its traceback went to stderr above
+            raise RuntimeError(f"the {role} worker exited (code {proc.exitcode}) running {name}") from None
 
     results, ratios = {}, {}
     try:
@@ -193,7 +196,8 @@ def main(argv=None) -> float:
                                  for label in ("plain loop", "plain Trainer", "plain loop, hfstage's malloc settings")]
     finally:
         for conn, proc in workers.values():
-            conn.send(None)
+            if proc.is_alive():
+                conn.send(None)
             proc.join(30)
 
     lines = [f"{machine_line()}; {steps} steps of batch {BATCH}, {repeats} alternated rounds; pairs/s are "
