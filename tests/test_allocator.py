@@ -40,8 +40,13 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _allocator_choice(key: str) -> bool:
+    """Whether an environment variable is one of the allocator choices the tuning defers to."""
+    return key.startswith("MALLOC_") or key in ("GLIBC_TUNABLES", "LD_PRELOAD", "HFSTAGE_MALLOC_TUNING")
+
+
 def _churn(**env_overrides):
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
+    env = {k: v for k, v in os.environ.items() if not _allocator_choice(k)}
     env.update(env_overrides)
     return subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, env=env, timeout=120)
 
@@ -67,7 +72,7 @@ def test_tuned_malloc_keeps_a_steps_memory_instead_of_faulting_it_back_in():
 def test_users_own_allocator_choice_is_left_alone(monkeypatch, env, tuned):
     from hfstage import devices
 
-    for key in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
+    for key in [k for k in os.environ if _allocator_choice(k)]:
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
