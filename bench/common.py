@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: the machine line and the BENCHMARKS.md section writer."""
+"""Shared by the benchmark scripts: the machine line and the docs/benchmarks.md section writer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
 
 Every figure below is written by a script under `bench/` from a real run (never typed in). Rerun a
@@ -26,7 +26,7 @@ def machine_line() -> str:
 
 
 def update_benchmarks(key: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``key`` of BENCHMARKS.md."""
+    """Replace (or append) the section ``key`` of docs/benchmarks.md."""
     start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
     section = f"{start}\n## {title}\n\n{body}\n{end}"
@@ -35,6 +35,6 @@ def update_benchmarks(key: str, title: str, body: str) -> None:
         text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    tmp = BENCHMARKS.with_name(".BENCHMARKS.md.tmp")
+    tmp = BENCHMARKS.with_name(".benchmarks.md.tmp")
     tmp.write_text(text)
     tmp.replace(BENCHMARKS)

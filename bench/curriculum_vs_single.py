@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, update_benchmarks  # noqa: E402
 
 RECIPES = {
-    # name: (config, data folder, data description, BENCHMARKS.md section)
+    # name: (config, data folder, data description, docs/benchmarks.md section)
     "sign_5stage": ("configs/sign_5stage.yaml", "data/japanese_vowels", "JapaneseVowels (370 test clips)", "curriculum"),
     "quickstart": ("configs/quickstart.yaml", "data/mnist_pairs", "MNIST pairs (10,000 test pairs)", "curriculum_pairs"),
 }
@@ -37,11 +37,9 @@ METHODS = ("5-stage curriculum", "single stage")
 
 
 def best_test_accuracy(out: Path) -> float:
-    from hfstage.experiments import load_run, metric_of
+    from hfstage.run_dir import RunDir
 
-    run, records = load_run(out)
-    best = next(r for r in records if r["stage_index"] == run["best_stage"])
-    return metric_of(best, "test_accuracy")
+    return RunDir(out).best().metric("test_accuracy")
 
 
 def single_stage(cfg):

@@ -71,19 +71,17 @@ def measure(kind: str, data: Path, batches: int) -> dict:
     kept = list(itertools.islice(iter(loader), n))
     loader_rate = n * stage.batch_size / (time.perf_counter() - began)
 
-    from hfstage.losses import LOSSES
+    from hfstage.losses import build_loss
 
-    loss_fn = LOSSES.get(stage.loss).from_stage(stage)
-    if hasattr(loss_fn, "bind_model"):
-        loss_fn.bind_model(model)
+    loss_fn = build_loss(stage.loss, stage.label_smoothing)
+    loss_fn.bind_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(batch):
         batch = dict(batch)
         labels = batch.pop("labels")
-        extra = {k: batch.pop(k) for k in getattr(loss_fn, "label_keys", ())}
-        out = model(**batch)
-        loss = loss_fn(out, labels, **extra) if getattr(loss_fn, "takes_outputs", False) else loss_fn(out.logits, labels)
+        targets = {k: batch.pop(k) for k in loss_fn.label_keys}
+        loss = loss_fn(model(**batch), labels, **targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

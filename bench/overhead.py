@@ -11,7 +11,7 @@ first time it trains (``hfstage.devices.tune_cpu_allocator``), a process-wide se
 otherwise carry over to the baselines; the hfstage worker also runs the plain loop after that, so the
 table separates what hfstage's own code costs from what the allocator settings gain.
 
-    python bench/overhead.py            # 60 steps x 7 rounds, fp32 and bf16; updates BENCHMARKS.md
+    python bench/overhead.py            # 60 steps x 7 rounds, fp32 and bf16; updates docs/benchmarks.md
     python bench/overhead.py --quick    # smoke mode (a test runs it so the script does not rot)
 
 On a machine with a GPU the three run there (the plain loop moves each batch to the device itself,
@@ -145,7 +145,7 @@ def _worker(conn, x, y) -> None:
 
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke mode: few steps, one repeat, no BENCHMARKS.md")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: few steps, one repeat, no docs/benchmarks.md")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)

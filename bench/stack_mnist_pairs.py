@@ -2,7 +2,7 @@
 
 Trains (or resumes: finished runs are not retrained) five one-stage base models from
 ``configs/pairs_base.yaml`` that differ in seed, fusion head and width, stacks them with
-``--agreement``, writes the table into BENCHMARKS.md and prints
+``--agreement``, writes the table into docs/benchmarks.md and prints
 ``stack_gain_vs_best_single: <test accuracy of the saved meta-learner minus the best single>``.
 
     python bench/stack_mnist_pairs.py            # ~12 min on 2 CPU cores the first time

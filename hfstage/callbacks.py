@@ -22,7 +22,8 @@ class StageCallback(TrainerCallback):
         """Called before a stage's trainer is built. ``stage`` is its StageConfig (may be changed)."""
 
     def on_stage_end(self, stage_index: int, stage, run_config, record: dict, **kwargs):
-        """Called after a stage's files are written. ``record`` is what its stage.json holds."""
+        """Called after a stage's files are written. ``record`` is its ``run_dir.StageRecord`` (what its
+        stage.json holds)."""
 
 
 class TrainingLogCallback(StageCallback):

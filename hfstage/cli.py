@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict images with runs (folds, TTA) into a submission CSV, or with a fitted stack")
     p.add_argument("runs", nargs="*", help="with --images: runs (k-fold runs average their folds), stages or hf:// references")
     p.add_argument("--images", help="folder of images to predict (flat, or with class folders to also score them)")
-    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-8 (1-6 never flip; see README)")
+    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-8 (1-6 never flip; see docs/tasks/images.md)")
     p.add_argument("--proba", action="store_true", help="add one p_<class> probability column per class")
     p.add_argument("--stack", help="a folder written by `hfstage stack` (instead of runs and --images)")
     p.add_argument("--data", help="--stack: folder with the split file")
@@ -125,13 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="config tools")
     p.add_argument("--reference", action="store_true", required=True, help="print the config reference (Markdown)")
     p.add_argument("--update-readme", metavar="FILE",
-                   help="replace the text between the reference markers of FILE (README.md) instead of printing")
+                   help="replace the text between the reference markers of FILE (docs/config.md) instead of printing")
     return parser
 
 
 def _train(args) -> int:
     from hfstage.config import load_config
-    from hfstage.curriculum import run_seeds
+    from hfstage.sweeps import run_seeds
 
     cfg = load_config(args.config, args.overrides)
     run_seeds(cfg, config_file=args.config)
@@ -140,17 +140,15 @@ def _train(args) -> int:
 
 def _plan(args) -> int:
     from hfstage.config import load_config
-    from hfstage.curriculum import plan
+    from hfstage.plan import plan
 
     print(plan(load_config(args.config, args.overrides)))
     return 0
 
 
 def _prepare(args) -> int:
-    from hfstage.curriculum import setup_logging
     from hfstage.data.prepare import PREPARERS
 
-    setup_logging(None, True)
     preparer = PREPARERS.get(args.name, "prepare")
     flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
              "mnist-images": ("train_images", "val_images", "test_images")}
@@ -171,10 +169,8 @@ def _prepare(args) -> int:
 def _evaluate(args) -> int:
     import json
 
-    from hfstage.curriculum import setup_logging
     from hfstage.evaluation import evaluate_checkpoint, format_result
 
-    setup_logging(None, True)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.save_predictions, args.batch_size,
                                  args.out)
     from hfstage.devices import distributed_state
@@ -185,10 +181,8 @@ def _evaluate(args) -> int:
 
 
 def _stack(args) -> int:
-    from hfstage.curriculum import setup_logging
     from hfstage.stacking import format_stack, stack
 
-    setup_logging(None, True)
     result = stack(args.models, args.out, args.data, args.meta, args.folds, args.agreement, args.passthrough,
                    args.train_split, args.test_split, args.seed)
     print(format_stack(result))
@@ -197,11 +191,9 @@ def _stack(args) -> int:
 
 def _predict(args) -> int:
     from hfstage.checkpoint import atomic_write_text
-    from hfstage.curriculum import setup_logging
     from hfstage.errors import ConfigError
     from hfstage.stacking import predict_with_stack
 
-    setup_logging(None, True)
     if args.images or args.runs:
         if args.stack or not args.images or not args.runs or not args.out:
             raise ConfigError("predict: give RUN [RUN ...] --images DIR --out FILE.csv (or --stack DIR --data DIR)")
@@ -233,17 +225,15 @@ def _continue(args) -> int:
     if not args.run or not args.preset:
         raise ConfigError("continue: give a RUN folder and --preset (or --list to see what can be continued)")
     if args.run.startswith("hf://"):
-        from hfstage.curriculum import setup_logging
         from hfstage.hub import pull
 
         if not args.out:
             raise ConfigError(f"continue {args.run}: give --out DIR, the empty folder to pull the run into and continue in")
-        setup_logging(None, True)
         args.run = str(pull(args.run, args.out))
     elif args.out:
         raise ConfigError("continue: --out is for hf:// runs; a local run is continued in its own folder")
     cfg = experiments.continuation_config(args.run, args.preset, args.from_stage, args.overrides, args.data)
-    run(cfg, config_file=experiments.load_run(args.run)[0].get("config_file"))
+    run(cfg, config_file=experiments.load_run(args.run)[0].config_file)
     return 0
 
 
@@ -256,10 +246,8 @@ def _doctor(args) -> int:
 
 
 def _push(args) -> int:
-    from hfstage.curriculum import setup_logging
     from hfstage.hub import push
 
-    setup_logging(None, True)
     result = push(args.run, args.repo_id, args.stage, args.private, args.revision, args.create_pr, args.commit_message)
     print(f"{args.run} -> {result['repo_id']} @ {result['commit'][:12]}: {len(result['uploaded'])} file(s) uploaded, "
           f"{result['unchanged']} unchanged; stages {', '.join(result['stages'])}"
@@ -269,10 +257,8 @@ def _push(args) -> int:
 
 
 def _pull(args) -> int:
-    from hfstage.curriculum import setup_logging
     from hfstage.hub import pull
 
-    setup_logging(None, True)
     out = pull(args.name, args.out, args.stage, args.revision)
     print(f"{args.name} -> {out}")
     return 0
@@ -336,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from hfstage.log import setup_console
+
+    setup_console()
     try:
         return COMMANDS[args.command](args)
     except HfstageError as exc:

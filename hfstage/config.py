@@ -9,22 +9,29 @@ number (counted from 1, like the run folders ``stage_1_<name>``) or by its name:
 
 Unknown keys, wrong types and impossible values raise one :class:`ConfigError` naming the file, the
 key and the nearest valid key.
+
+Pluggable parts are mappings checked against their constructors: ``loss: focal`` or
+``loss: {type: focal, gamma: 3}`` (the loss class's arguments), ``teacher: runs/big`` or
+``teacher: {checkpoint: runs/big, alpha: 0.7}`` (the distillation loss's). An override can reach into
+either form: ``stages.5.loss.gamma=3``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 
+from hfstage.arguments import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, closest, coerce, type_name
 from hfstage.errors import ConfigError
-from hfstage.registry import closest
+from hfstage.losses import LOSSES, DistillationLoss, loss_spec
+from hfstage.losses.base import loss_arguments, takes_label_smoothing
 
 STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 SCHEDULERS = (
@@ -39,21 +46,59 @@ SCHEDULERS = (
 PRECISIONS = ("no", "bf16", "fp16")
 
 
-def _f(default=dataclasses.MISSING, help: str = "", check=None, factory=None):
+def _f(default=dataclasses.MISSING, help: str = "", check=None, factory=None, parse=None):
     """A dataclass field with a help text (for the reference) and an optional value check.
 
-    ``check`` is ``(predicate, "must be ...")``; the predicate gets the coerced value.
+    ``check`` is ``(predicate, "must be ...")``; the predicate gets the coerced value. ``parse(value, where)``
+    replaces the type coercion for fields whose value is checked elsewhere (a loss against its constructor).
     """
-    metadata = {"help": help, "check": check}
+    metadata = {"help": help, "check": check, "parse": parse}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-_POSITIVE = (lambda v: v > 0, "must be > 0")
-_NON_NEGATIVE = (lambda v: v >= 0, "must be >= 0")
-_FRACTION = (lambda v: 0 <= v < 1, "must be in [0, 1)")
-_AT_LEAST_ONE = (lambda v: v >= 1, "must be >= 1")
+_POSITIVE, _NON_NEGATIVE, _FRACTION, _AT_LEAST_ONE = POSITIVE, NON_NEGATIVE, FRACTION, AT_LEAST_ONE
+
+
+def teacher_spec(value: Any, where: str) -> dict[str, Any] | None:
+    """``teacher: PATH`` or ``{checkpoint: PATH, temperature: T, alpha: a}`` -> the mapping with defaults filled
+    (the distillation loss's constructor arguments)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"checkpoint": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a checkpoint (stage or run folder, hf:// reference) or a mapping with "
+                          f"'checkpoint', got {value!r}")
+    if not isinstance(value.get("checkpoint"), str) or not value["checkpoint"]:
+        raise ConfigError(f"{where}.checkpoint: missing; name the teacher's stage or run folder (or hf:// reference)")
+    args = {k: v for k, v in value.items() if k != "checkpoint"}
+    return {"checkpoint": value["checkpoint"], **loss_arguments(DistillationLoss, args, where, "teacher (distillation)",
+                                                                 ("hard_loss",))}
+
+
+# Stage fields that became arguments of a loss (or of distillation): name -> (where it lives now, example)
+MOVED_FIELDS = {
+    "focal_alpha": ("loss.alpha", "loss: {type: focal, alpha: V} (speech: loss: {type: ctc_mispronunciation, focal_alpha: V})"),
+    "focal_gamma": ("loss.gamma", "loss: {type: focal, gamma: V} (speech: loss: {type: ctc_mispronunciation, focal_gamma: V})"),
+    "arcface_margin": ("loss.margin", "loss: {type: arcface, margin: V}"),
+    "ctc_weight": ("loss.ctc_weight", "loss: {type: ctc_mispronunciation, ctc_weight: V}"),
+    "error_weight": ("loss.error_weight", "loss: {type: ctc_mispronunciation, error_weight: V}"),
+    "error_loss": ("loss.error_loss", "loss: {type: ctc_mispronunciation, error_loss: V}"),
+    "error_pos_weight": ("loss.pos_weight", "loss: {type: ctc_mispronunciation, pos_weight: V}"),
+    "distill_temperature": ("teacher.temperature", "teacher: {checkpoint: PATH, temperature: V}"),
+    "distill_alpha": ("teacher.alpha", "teacher: {checkpoint: PATH, alpha: V}"),
+}
+# where each moved field's value goes when a run saved by an older hfstage is read: loss type -> {old: new}
+_MOVED_BY_LOSS = {
+    "focal": {"focal_alpha": "alpha", "focal_gamma": "gamma"},
+    "arcface": {"arcface_margin": "margin"},
+    "ctc_mispronunciation": {"ctc_weight": "ctc_weight", "error_weight": "error_weight", "error_loss": "error_loss",
+                             "error_pos_weight": "pos_weight", "focal_alpha": "focal_alpha", "focal_gamma": "focal_gamma"},
+}
+# mapping-valued stage fields, with the key their one-word shorthand stands for
+_SHORTHANDS = {"loss": "type", "teacher": "checkpoint"}
 
 
 @dataclass
@@ -85,21 +130,13 @@ class StageConfig:
         "`skip` that batch (no update from it; logged and counted as `skipped_steps` in `stage.json`; one process only).",
         (lambda v: v in ("stop", "skip"), "must be stop or skip"),
     )
-    loss: str = _f("cross_entropy", "Training loss from the loss registry: `cross_entropy`, `focal` or `arcface` "
-                   "(needs `model.head: cosine`).")
-    label_smoothing: float = _f(0.0, "Label smoothing of the training loss.", _FRACTION)
-    focal_alpha: float = _f(1.0, "Focal loss weight alpha (a multiplier; 1 = unweighted).", _POSITIVE)
-    focal_gamma: float = _f(2.0, "Focal loss focusing exponent gamma (0 = cross-entropy).", _NON_NEGATIVE)
-    ctc_weight: float = _f(1.0, "Speech (loss `ctc_mispronunciation`): weight of the CTC phoneme loss.", _NON_NEGATIVE)
-    error_weight: float = _f(1.0, "Speech: weight of the mispronunciation-detection loss.", _NON_NEGATIVE)
-    error_loss: str = _f(
-        "bce", "Speech: mispronunciation loss, `bce` (weighted by `error_pos_weight`) or `focal` (`focal_alpha`, "
-        "`focal_gamma`).", (lambda v: v in ("bce", "focal"), "must be bce or focal"),
+    loss: dict[str, Any] = _f(
+        help="Training loss: a registered name (`cross_entropy`, `focal`, `arcface` (needs `model.head: cosine`), "
+        "`ctc_mispronunciation`) or a mapping `{type: focal, gamma: 2.0}` whose other keys are the loss's arguments "
+        "(see Losses below); saved with every argument filled in.",
+        factory=lambda: {"type": "cross_entropy"}, parse=loss_spec,
     )
-    error_pos_weight: float = _f(1.0, "Speech: BCE weight of the mispronounced (positive) phonemes.", _POSITIVE)
-    arcface_margin: float = _f(
-        0.5, "ArcFace additive angular margin m in radians (loss `arcface`).", (lambda v: 0 <= v < 1.5, "must be in [0, 1.5)")
-    )
+    label_smoothing: float = _f(0.0, "Label smoothing of the training loss (every loss that takes it).", _FRACTION)
     augmentation: dict[str, float] = _f(
         help="Training-time augmentations of the task, name -> strength (e.g. `{shift: 0.1, rotate: 10}`).",
         factory=dict,
@@ -124,13 +161,10 @@ class StageConfig:
     )
     head_lr: Optional[float] = _f(None, "Learning rate of everything but the encoder (default: `lr`).", _POSITIVE)
     dropout: Optional[float] = _f(None, "If set, the p of every dropout layer of the model for this stage.")
-    teacher: Optional[str] = _f(
-        None, "Distil from this saved stage or run (its best stage): the training loss becomes hard + soft teacher term."
-    )
-    distill_temperature: float = _f(4.0, "Softmax temperature T of the distillation term.", _POSITIVE)
-    distill_alpha: float = _f(
-        0.5, "Weight of the distillation term: (1 - a) * hard loss + a * T^2 * KL.",
-        (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    teacher: Optional[dict[str, Any]] = _f(
+        None, "Distil from a saved stage or run (its best stage), local or `hf://`: `teacher: PATH` or "
+        "`{checkpoint: PATH, temperature: 4.0, alpha: 0.5}`; the loss becomes (1 - alpha) * stage loss + "
+        "alpha * T^2 * KL(teacher/T || model/T).", parse=teacher_spec,
     )
     pseudo_labels: bool = _f(
         False,
@@ -241,74 +275,6 @@ class RunConfig:
 # Type coercion and validation
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert strings where YAML left numbers unparsed.
-
-    PyYAML reads ``1e-4`` as a string (YAML 1.1 wants a dot), so numeric fields accept numeric strings.
-    """
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        else:
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(out):
-            raise ConfigError(f"{where}: {out} is not allowed (a finite number is needed)")
-        return out
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, (str, int, float)) and item_tp is str:
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    raise TypeError(f"unsupported config type {tp}")  # a bug in this module, not user input
-
-
 def _build(cls, raw: Any, where: str):
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and bad values."""
     if raw is None:
@@ -321,12 +287,17 @@ def _build(cls, raw: Any, where: str):
     for key, value in raw.items():
         key_where = f"{where}.{key}" if where else str(key)
         if key not in fields:
+            if cls is StageConfig and key in MOVED_FIELDS:
+                new, example = MOVED_FIELDS[key]
+                raise ConfigError(f"{key_where}: loss parameters belong to the loss now: use {new}, i.e. "
+                                  f"{example.replace('V', yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip())}")
             raise ConfigError(f"{key_where}: unknown key{closest(key, fields)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, key_where)
             continue
-        coerced = _coerce(value, tp, key_where)
+        parse = fields[key].metadata.get("parse")
+        coerced = parse(value, key_where) if parse is not None else coerce(value, tp, key_where)
         check = fields[key].metadata.get("check")
         if check is not None and coerced is not None and not check[0](coerced):
             raise ConfigError(f"{key_where}: {coerced!r} {check[1]}")
@@ -346,12 +317,43 @@ def _check_stage_names(stages: list[StageConfig], where: str) -> None:
         if stage.init_from is not None:
             earlier = [s.name for s in stages[: i - 1]]
             ref = stage.init_from
-            if not (ref in earlier or (ref.isdigit() and 1 <= int(ref) < i)):
+            if stage_number(earlier, ref) is None:
                 raise ConfigError(
                     f"{where}.stages.{i}.init_from: {ref!r} is not an earlier stage (give its number or name: "
                     f"{', '.join(earlier) or 'there is none'})"
                 )
         seen.add(stage.name)
+        if stage.label_smoothing and not takes_label_smoothing(stage.loss["type"]):
+            raise ConfigError(f"{where}.stages.{i}.label_smoothing: loss '{stage.loss['type']}' takes no label "
+                              "smoothing; leave it at 0")
+
+
+def stage_number(names: list[str], token: str) -> int | None:
+    """The number (from 1) of the stage ``token`` names among ``names``: its number or its name; None if none."""
+    token = str(token)
+    if token.isdigit():
+        return int(token) if 1 <= int(token) <= len(names) else None
+    return names.index(token) + 1 if token in names else None
+
+
+def _with_shorthands(stage: dict[str, Any]) -> dict[str, Any]:
+    """``loss: focal`` -> ``loss: {type: focal}`` (and ``teacher: PATH`` likewise), so mappings can be merged."""
+    return {k: ({_SHORTHANDS[k]: v} if k in _SHORTHANDS and isinstance(v, str) else v) for k, v in stage.items()}
+
+
+def _merge_stage(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage's fields over the defaults block; a stage's ``loss``/``teacher`` mapping is completed from the
+    defaults' one when it does not name another ``type``/``checkpoint`` (``defaults: {loss: focal}`` and a stage
+    ``loss: {gamma: 3}`` give ``{type: focal, gamma: 3}``)."""
+    defaults, stage = _with_shorthands(defaults), _with_shorthands(stage)
+    merged = {**defaults, **stage}
+    for key, head in _SHORTHANDS.items():
+        base, own = defaults.get(key), stage.get(key)
+        if isinstance(base, dict) and isinstance(own, dict) and own.get(head, base.get(head)) == base.get(head):
+            merged[key] = {**base, **own} if key == "teacher" or head in base else own
+    if isinstance(merged.get("loss"), dict) and "type" not in merged["loss"]:
+        merged["loss"] = {"type": "cross_entropy", **merged["loss"]}
+    return merged
 
 
 def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
@@ -376,7 +378,7 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
     for i, stage in enumerate(raw_stages, 1):
         if not isinstance(stage, dict):
             raise ConfigError(f"{source}: stages.{i}: expected a mapping of stage fields, got {stage!r}")
-        stages.append(_build(StageConfig, {**defaults, **stage}, f"{source}: stages.{i}"))
+        stages.append(_build(StageConfig, _merge_stage(defaults, stage), f"{source}: stages.{i}"))
     raw["stages"] = []
     cfg = _build(RunConfig, raw, f"{source}:")
     cfg.stages = stages
@@ -427,15 +429,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def _stage_position(stages: list, token: str, where: str) -> int:
     names = [s.get("name") if isinstance(s, dict) else None for s in stages]
-    if token.lstrip("-").isdigit():
-        number = int(token)
-        if not 1 <= number <= len(stages):
-            raise ConfigError(
-                f"{where}: there is no stage {number}; stages are numbered 1 to {len(stages)} (as in the run folders)"
-            )
+    number = stage_number(names, token)
+    if number is not None:
         return number - 1
-    if token in names:
-        return names.index(token)
+    if token.lstrip("-").isdigit():
+        raise ConfigError(
+            f"{where}: there is no stage {int(token)}; stages are numbered 1 to {len(stages)} (as in the run folders)"
+        )
     raise ConfigError(f"{where}: no stage named {token!r}{closest(token, [n for n in names if n])}")
 
 
@@ -454,6 +454,8 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
             if token == "stages":
                 raise ConfigError(f"{where}: the config has no stages to override")
             node[token] = {}
+        if token in _SHORTHANDS and isinstance(node[token], str):  # stages.5.loss.gamma=3 over `loss: focal`
+            node[token] = {_SHORTHANDS[token]: node[token]}
         node = node[token]
     last = path[-1]
     if isinstance(node, list):
@@ -494,11 +496,34 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    """Rebuild a RunConfig from ``RunConfig.to_dict()`` output (as saved in run.json)."""
+    """Rebuild a RunConfig from ``RunConfig.to_dict()`` output (as saved in run.json), upgrading a config saved
+    by an older hfstage (see ``upgrade_saved_stage``)."""
     data = dict(data)
     data["quick_test"] = False  # already applied to the saved stages and data
+    if isinstance(data.get("defaults"), dict):
+        data["defaults"] = upgrade_saved_stage(data["defaults"])
+    if isinstance(data.get("stages"), list):
+        data["stages"] = [upgrade_saved_stage(s) if isinstance(s, dict) else s for s in data["stages"]]
     cfg = build_run_config(data, source)
     return cfg
+
+
+def upgrade_saved_stage(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage config saved before losses owned their parameters (flat ``focal_gamma``, ``distill_alpha`` ...),
+    in today's form: the values of its own loss move into the ``loss`` mapping, the distillation ones into
+    ``teacher``; the rest had no effect on that stage and are dropped. Recipes are never upgraded silently:
+    ``load_config`` refuses the old fields with the new form."""
+    old = {k: v for k, v in stage.items() if k in MOVED_FIELDS}
+    if not old:
+        return stage
+    stage = {k: v for k, v in stage.items() if k not in MOVED_FIELDS}
+    if isinstance(stage.get("loss"), str):
+        moved = _MOVED_BY_LOSS.get(stage["loss"], {})
+        stage["loss"] = {"type": stage["loss"], **{new: old[k] for k, new in moved.items() if k in old}}
+    if isinstance(stage.get("teacher"), str):
+        moved = {"distill_temperature": "temperature", "distill_alpha": "alpha"}
+        stage["teacher"] = {"checkpoint": stage["teacher"], **{new: old[k] for k, new in moved.items() if k in old}}
+    return stage
 
 
 # --------------------------------------------------------------------------------------------------
@@ -522,11 +547,21 @@ def reference_markdown() -> str:
     parts = []
     for title, cls in (("Run (top level)", RunConfig), ("`data`", DataConfig), ("Stage (`defaults` and each of `stages`)", StageConfig)):
         hints = typing.get_type_hints(cls)
-        parts.append(f"### {title}\n\n| field | type | default | meaning |\n|---|---|---|---|")
+        parts.append(f"## {title}\n\n| field | type | default | meaning |\n|---|---|---|---|")
         for f in dataclasses.fields(cls):
-            tp = _type_name(hints[f.name]).replace("|", "or")
+            tp = type_name(hints[f.name]).replace("|", "or")
             parts.append(f"| `{f.name}` | {tp} | {_default_text(f)} | {f.metadata.get('help', '')} |")
         parts.append("")
+    parts.append("## Losses (`loss: NAME` or `loss: {type: NAME, argument: value}`)\n\n"
+                 "| loss | arguments (default) | what it is |\n|---|---|---|")
+    for name in LOSSES.names():
+        cls = LOSSES.get(name)
+        args = loss_spec(name, "loss")
+        shown = ", ".join(f"`{k}` ({v})" for k, v in args.items() if k != "type") or "-"
+        smoothing = " Takes the stage's `label_smoothing`." if takes_label_smoothing(name) else ""
+        summary = " ".join((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
+        parts.append(f"| `{name}` | {shown} | {summary}{smoothing} |")
+    parts.append(f"\nDistillation (`teacher:`) takes `checkpoint` plus {', '.join(f'`{k}` ({v})' for k, v in teacher_spec('x', 'teacher').items() if k != 'checkpoint')}.\n")
     return "\n".join(parts)
 
 
@@ -534,6 +569,4 @@ def init_stage_index(stages: list[StageConfig], stage: StageConfig) -> int | Non
     """The number (from 1) of the stage ``stage.init_from`` names, or None when it is unset."""
     if stage.init_from is None:
         return None
-    if stage.init_from.isdigit():
-        return int(stage.init_from)
-    return [s.name for s in stages].index(stage.init_from) + 1
+    return stage_number([s.name for s in stages], stage.init_from)

@@ -42,7 +42,7 @@ def tune_cpu_allocator() -> bool:
     32 MiB threshold and ~1,000-2,700 with 1 GiB (~6-10% faster steps, +5% peak RSS). The cost is that
     the process keeps up to its peak heap until it exits, as the CUDA caching allocator does on a GPU.
 
-    Done once per process, only on glibc, and not when the user chose an allocator or its settings
+    Done once per process, only on glibc, and not when an allocator or its settings were chosen explicitly
     (``LD_PRELOAD`` of jemalloc/tcmalloc/mimalloc, ``MALLOC_*_`` variables, ``GLIBC_TUNABLES`` with
     ``glibc.malloc``) or set ``HFSTAGE_MALLOC_TUNING=0``. Returns whether the settings are in force.
     """

@@ -6,7 +6,7 @@ with code 2 before anything is written.
 
 
 class HfstageError(Exception):
-    """Base class: a problem with the user's input, reported without a traceback."""
+    """Base class: a problem with the input, reported without a traceback."""
 
     exit_code = 2
 

@@ -11,32 +11,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoModel
+from transformers import AutoConfig
 from transformers.trainer_utils import EvalPrediction
 
-from hfstage.checkpoint import (
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
-    fingerprint,
-    read_json,
-    read_run_record,
-)
-from hfstage.config import DataConfig, config_from_dict
+from hfstage.checkpoint import atomic_write, atomic_write_json, atomic_write_text, fingerprint
+from hfstage.config import DataConfig
 from hfstage.devices import cpu_only
-from hfstage.errors import CheckpointError, ConfigError
-from hfstage.losses.cross_entropy import CrossEntropyLoss
+from hfstage.errors import ConfigError
+from hfstage.losses import CrossEntropyLoss
 from hfstage.reporting import format_table, versions
+from hfstage.resolve import Checkpoint, resolve_checkpoint
 from hfstage.tasks import TASKS
 
 logger = logging.getLogger("hfstage")
@@ -44,87 +36,10 @@ logger = logging.getLogger("hfstage")
 SPLIT_FIELDS = {"train": "train_file", "val": "eval_file", "eval": "eval_file", "test": "test_file"}
 
 
-@dataclass
-class Checkpoint:
-    """A saved stage and what it was trained on."""
-
-    stage_dir: Path
-    task: str
-    data: DataConfig
-    stage_record: dict
-    reference: str | None = None  # hf://OWNER/NAME@<commit>/stage_<N>_<name> when it came from the Hub
-
-    def load_model(self):
-        """The stage's model; a Hub stage through ``from_pretrained(repo, subfolder=, revision=)`` and its cache."""
-        if self.reference is None:
-            return AutoModel.from_pretrained(self.stage_dir)
-        from hfstage.hub import parse_reference
-
-        ref = parse_reference(self.reference)
-        return AutoModel.from_pretrained(ref.repo_id, subfolder=ref.stage, revision=ref.revision)
-
-    @property
-    def eval_dir(self) -> Path:
-        """``eval/`` beside a local stage; ``./eval/<owner>--<name>/<stage>`` for a Hub stage (never the cache)."""
-        if self.reference is None:
-            return self.stage_dir / "eval"
-        from hfstage.hub import parse_reference
-
-        ref = parse_reference(self.reference)
-        return Path("eval") / ref.repo_id.replace("/", "--") / ref.stage
-
-
-def resolve_checkpoint(path: str | Path) -> Checkpoint:
-    """A stage folder, a run folder (meaning its best stage), or an ``hf://`` reference to either."""
-    text = str(path)
-    if text.startswith("hf://"):
-        from hfstage.hub import resolve
-
-        local, pinned = resolve(text)
-        checkpoint = resolve_checkpoint(local)
-        if "/stage_" not in pinned.rsplit("@", 1)[-1]:
-            pinned = f"{pinned}/{checkpoint.stage_dir.name}"
-        checkpoint.reference = pinned
-        return checkpoint
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    run_dir = None
-    if (path / "run.json").is_file():
-        run_dir = path
-        best = read_run_record(path / "run.json").get("best_stage_dir")
-        if not best:
-            raise CheckpointError(f"{path / 'run.json'}: the run has no finished kept stage to evaluate (best_stage_dir)")
-        path = path / best
-    elif (path.parent / "run.json").is_file():
-        run_dir = path.parent
-    for name in ("config.json", "model.safetensors", "stage.json"):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: missing {name}; not a saved stage")
-    stage_record = _read(path / "stage.json")
-    if run_dir is not None:
-        cfg = config_from_dict(read_run_record(run_dir / "run.json")["config"], str(run_dir / "run.json"))
-        task, data = cfg.task, cfg.data
-    elif "task" in stage_record and "data" in stage_record:
-        task, data = stage_record["task"], DataConfig(**stage_record["data"])
-    else:
-        raise CheckpointError(f"{path / 'stage.json'}: records no task/data and there is no run.json beside it")
-    return Checkpoint(stage_dir=path, task=task, data=data, stage_record=stage_record)
-
-
-def _read(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-
-
 def checkpoint_task(checkpoint: Checkpoint):
     """The checkpoint's task, told the model's class names (so every split maps them to the same ids)."""
     task = TASKS.get(checkpoint.task, "task")()
     if hasattr(task, "bind"):
-        from transformers import AutoConfig
-
         task.bind(AutoConfig.from_pretrained(checkpoint.stage_dir))
     return task
 
@@ -196,7 +111,7 @@ def _record(checkpoint, split, file, sha256, samples, metrics, began, world_size
     """What ``eval/<split>.json`` holds."""
     return {
         "checkpoint": checkpoint.reference or str(checkpoint.stage_dir),
-        "stage_name": checkpoint.stage_record.get("stage_name"),
+        "stage_name": checkpoint.stage_record.stage_name,
         "task": checkpoint.task,
         "split": split,
         "data_file": str(file),

@@ -14,25 +14,24 @@ import tarfile
 import time
 from pathlib import Path
 
-from hfstage.checkpoint import atomic_write, read_json, read_run_record
-from hfstage.curriculum import RUN_JSON, STAGE_JSON, format_stage_table
+import yaml
+
+from hfstage.arguments import closest
+from hfstage.checkpoint import atomic_write
+from hfstage.config import RunConfig, apply_override, build_run_config, stage_number, upgrade_saved_stage
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.reporting import format_number, format_table, lower_is_better
+from hfstage.run_dir import RUN_JSON, RunDir, RunRecord, StageRecord, format_stage_table
 
 DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
 SPEECH_METRICS = ("eval_loss", "eval_per", "eval_error_f1", "test_per", "test_error_f1")
 
 
-def load_run(path: str | Path) -> tuple[dict, list[dict]]:
+def load_run(path: str | Path) -> tuple[RunRecord, list[StageRecord]]:
     """(run.json, the stage.json of every finished stage in order)."""
-    path = Path(path)
-    run = read_run_record(path / RUN_JSON)
-    records = []
-    for stage in run.get("stages", []):
-        stage_json = path / stage["dir"] / STAGE_JSON
-        if stage.get("status") == "finished" and stage_json.is_file():
-            records.append(read_json(stage_json))
-    return run, records
+    folder = RunDir(path)
+    run = folder.read()
+    return run, folder.records(run)
 
 
 def find_runs(folder: str | Path) -> list[Path]:
@@ -44,21 +43,16 @@ def find_runs(folder: str | Path) -> list[Path]:
     return sorted(p.parent for p in folder.rglob(RUN_JSON) if not any(part.startswith(".") for part in p.parts))
 
 
-def metric_of(record: dict, name: str):
-    """A stage's metric by name (``eval_*`` from its metrics, ``test_*`` from its test metrics)."""
-    return record.get("metrics", {}).get(name, record.get("test_metrics", {}).get(name))
-
-
 def list_runs_table(folder: str | Path) -> str:
     rows = [("run", "status", "stages", "best_stage", "metric", "value", "test_accuracy", "updated_at")]
     for path in find_runs(folder):
         run, records = load_run(path)
-        best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
-        metric = run.get("metric_for_best_model", "eval_loss")
+        best = run.best_of(records)
+        metric = run.metric_for_best_model
         rows.append((
-            str(path), run.get("status", "?"), f"{len(records)}/{len(run.get('stages', []))}",
-            run.get("best_stage_dir") or "-", metric, format_number(metric_of(best, metric)) if best else "-",
-            format_number(metric_of(best, "test_accuracy")) if best else "-", run.get("updated_at", "-"),
+            str(path), run.status, f"{len(records)}/{len(run.stages)}", run.best_stage_dir or "-", metric,
+            format_number(best.metric(metric)) if best else "-",
+            format_number(best.metric("test_accuracy")) if best else "-", run.updated_at or "-",
         ))
     if len(rows) == 1:
         return f"no runs under {folder}"
@@ -67,16 +61,17 @@ def list_runs_table(folder: str | Path) -> str:
 
 def show_run(path: str | Path) -> str:
     run, records = load_run(path)
-    lines = [f"{path}: {run.get('status')}, task {run['config'].get('task')}, model {run['config']['model'].get('type')}, "
-             f"world size {run.get('world_size')}, tracked {run.get('metric_for_best_model')}"]
+    lines = [f"{path}: {run.status}, task {run.config.get('task')}, model {run.config['model'].get('type')}, "
+             f"world size {run.world_size}, tracked {run.metric_for_best_model}"]
     if not records:
         return lines[0] + "\nno finished stage yet"
-    lines.append(format_stage_table(records, run.get("best_stage")))
+    lines.append(format_stage_table(records, run.best_stage))
     params = [("stage", "description", "frozen/total", "steps", "samples/s")]
     for r in records:
-        params.append((f"{r['stage_index']} {r['stage_name']}", r.get("stage_description") or "-",
-                       f"{r.get('frozen_parameters', 0)}/{r.get('total_parameters', '?')}", str(r.get("global_steps", "-")),
-                       str(r.get("train_samples_per_second", "-"))))
+        params.append((f"{r.stage_index} {r.stage_name}", r.stage_description or "-",
+                       f"{r.frozen_parameters}/{r.total_parameters if r.total_parameters is not None else '?'}",
+                       str(r.global_steps if r.global_steps is not None else "-"),
+                       str(r.train_samples_per_second if r.train_samples_per_second is not None else "-")))
     lines.append(format_table(params))
     return "\n\n".join(lines)
 
@@ -86,12 +81,11 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
     entries = []
     for path in paths:
         run, records = load_run(path)
-        best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
-        entries.append((path, run, best))
-    speech = any(best and "eval_per" in best.get("metrics", {}) for _, _, best in entries)
+        entries.append((path, run, run.best_of(records)))
+    speech = any(best and "eval_per" in best.metrics for _, _, best in entries)
     metrics = list(metrics or (SPEECH_METRICS if speech else DEFAULT_METRICS))
     header = ("run", "best_stage", *metrics)
-    values = [[metric_of(best, m) if best else None for m in metrics] for _, _, best in entries]
+    values = [[best.metric(m) if best else None for m in metrics] for _, _, best in entries]
     marks = []
     for j, m in enumerate(metrics):
         column = [v[j] for v in values if isinstance(v[j], (int, float))]
@@ -100,7 +94,7 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
     rows = [header]
     for (path, run, best), vals in zip(entries, values):
         cells = [format_number(v) + ("*" if v is not None and v == marks[j] and len(entries) > 1 else "") for j, v in enumerate(vals)]
-        rows.append((str(path), run.get("best_stage_dir") or "-", *cells))
+        rows.append((str(path), run.best_stage_dir or "-", *cells))
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf).writerows(rows)
@@ -112,18 +106,18 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
     return format_table(rows) + "\n* best value of the column (lowest for losses and error rates)"
 
 
-def _run_score(run: dict, records: list[dict]) -> float | None:
+def _run_score(run: RunRecord, records: list[StageRecord]) -> float | None:
     """The tracked metric of the run's best stage, oriented so that larger is better."""
-    metric = run.get("metric_for_best_model", "eval_loss")
-    best = next((r for r in records if r["stage_index"] == run.get("best_stage")), None)
-    value = metric_of(best, metric) if best else None
+    metric = run.metric_for_best_model
+    best = run.best_of(records)
+    value = best.metric(metric) if best else None
     if not isinstance(value, (int, float)):
         return None
     return -value if lower_is_better(metric) else value
 
 
-def _age_days(run: dict, path: Path) -> float:
-    stamp = run.get("updated_at")
+def _age_days(run: RunRecord, path: Path) -> float:
+    stamp = run.updated_at
     try:
         when = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else (path / RUN_JSON).stat().st_mtime
     except ValueError:
@@ -136,10 +130,10 @@ def cleanup_plan(folder: str | Path, days_old: float | None = None, keep_best: i
     """Runs to delete, with the reason; the best ``keep_best`` runs of every (task, model type) group stay."""
     if keep_best < 0:
         raise ConfigError(f"--keep-best: {keep_best} must be >= 0")
-    groups: dict[tuple[str, str], list[tuple[Path, dict, float | None]]] = {}
+    groups: dict[tuple[str, str], list[tuple[Path, RunRecord, float | None]]] = {}
     for path in find_runs(folder):
         run, records = load_run(path)
-        key = (run["config"].get("task", "?"), run["config"].get("model", {}).get("type", "?"))
+        key = (run.config.get("task", "?"), run.config.get("model", {}).get("type", "?"))
         groups.setdefault(key, []).append((path, run, _run_score(run, records)))
     doomed = []
     for (task, model_type), members in sorted(groups.items()):
@@ -180,14 +174,12 @@ def archive(runs: list[str], out: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Continue training from a saved stage (S1's continue_training.py, as one more curriculum stage)
+# Continue training from a saved stage, as one more curriculum stage
 
 PRESETS_FILE = Path(__file__).resolve().parent / "presets" / "continue.yaml"
 
 
 def load_presets() -> dict[str, dict]:
-    import yaml
-
     return yaml.safe_load(PRESETS_FILE.read_text())
 
 
@@ -196,11 +188,11 @@ def continuable_table(folder: str | Path) -> str:
     rows = [("run", "stage", "kept", "metric", "value")]
     for path in find_runs(folder):
         run, records = load_run(path)
-        metric = run.get("metric_for_best_model", "eval_loss")
+        metric = run.metric_for_best_model
         for r in records:
-            best = " (best)" if r["stage_index"] == run.get("best_stage") else ""
-            rows.append((str(path), f"{r['stage_index']} {r['stage_name']}{best}", "yes" if r["kept"] else "no",
-                         metric, format_number(metric_of(r, metric))))
+            best = " (best)" if r.stage_index == run.best_stage else ""
+            rows.append((str(path), f"{r.stage_index} {r.stage_name}{best}", "yes" if r.kept else "no",
+                         metric, format_number(r.metric(metric))))
     if len(rows) == 1:
         return f"no finished stages under {folder}"
     presets = ", ".join(load_presets())
@@ -208,42 +200,43 @@ def continuable_table(folder: str | Path) -> str:
 
 
 def continuation_config(run_path: str | Path, preset: str, from_stage: str | None = None,
-                        overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None):
+                        overrides: list[str] | tuple[str, ...] = (), data_dir: str | None = None) -> RunConfig:
     """The run's config with one more stage: the source stage's settings, then the preset, then overrides."""
-    from hfstage.config import apply_override, build_run_config
-    from hfstage.registry import closest
-
     run_path = Path(run_path)
     run, records = load_run(run_path)
     if not records:
         raise CheckpointError(f"{run_path}: no finished stage to continue from")
     if from_stage is None:
-        source = next((r for r in records if r["stage_index"] == run.get("best_stage")), records[-1])
+        source = run.best_of(records) or records[-1]
     else:
-        source = next((r for r in records if str(r["stage_index"]) == from_stage or r["stage_name"] == from_stage), None)
+        number = stage_number([s.stage_name for s in run.stages], from_stage)
+        source = next((r for r in records if r.stage_index == number), None)
         if source is None:
-            names = ", ".join(f"{r['stage_index']} {r['stage_name']}" for r in records)
+            names = ", ".join(f"{r.stage_index} {r.stage_name}" for r in records)
             raise CheckpointError(f"{run_path}: --from {from_stage!r} is not a finished stage (finished: {names})")
     presets = load_presets()
     if preset not in presets:
         raise ConfigError(f"--preset: unknown preset {preset!r}{closest(preset, presets)}; choose one of {', '.join(presets)}")
     chosen = dict(presets[preset])
-    stage = {k: v for k, v in source["stage_config"].items() if k not in ("name", "description", "init_from")}
+    saved_stage = upgrade_saved_stage(source.stage_config)
+    stage = {k: v for k, v in saved_stage.items() if k not in ("name", "description", "init_from")}
     lr_scale = chosen.pop("lr_scale", 1.0)
-    stage["lr"] = source["stage_config"]["lr"] * lr_scale
+    stage["lr"] = saved_stage["lr"] * lr_scale
     description = chosen.pop("description", preset)
     stage.update(chosen)
-    taken = {s["stage_name"] for s in run["stages"]}
+    taken = {s.stage_name for s in run.stages}
     name = preset if preset not in taken else next(f"{preset}_{i}" for i in range(2, 1000) if f"{preset}_{i}" not in taken)
-    stage.update(name=name, description=f"{description} (from stage {source['stage_index']} {source['stage_name']})",
-                 init_from=str(source["stage_index"]))
+    stage.update(name=name, description=f"{description} (from stage {source.stage_index} {source.stage_name})",
+                 init_from=str(source.stage_index))
     holder = {"stages": [stage]}
     for text in overrides:
         apply_override(holder, f"stages.1.{text}")
-    raw = dict(run["config"])
+    raw = dict(run.config)
     raw["stages"] = [*raw["stages"], holder["stages"][0]]
     raw["output_dir"] = str(run_path)  # the folder given, wherever the run was made
     raw["quick_test"] = False  # already applied to the saved stages
     if data_dir is not None:
         raw["data"] = {**raw["data"], "path": data_dir}
+    raw["defaults"] = upgrade_saved_stage(raw.get("defaults") or {})
+    raw["stages"][:-1] = [upgrade_saved_stage(s) for s in raw["stages"][:-1]]
     return build_run_config(raw, str(run_path / RUN_JSON))

@@ -28,6 +28,9 @@ from torch.utils.data import DataLoader
 
 from hfstage.checkpoint import atomic_write_json, atomic_write_text
 from hfstage.errors import CheckpointError, ConfigError
+from hfstage.hub.refs import is_reference
+from hfstage.resolve import Checkpoint, fold_checkpoints, resolve_checkpoint
+from hfstage.run_dir import RunDir
 
 logger = logging.getLogger("hfstage")
 
@@ -63,11 +66,8 @@ def tta_view(x: torch.Tensor, name: str) -> torch.Tensor:
     }[name]()
 
 
-def expand_models(references: list[str]) -> list[tuple[str, object]]:
+def expand_models(references: list[str]) -> list[tuple[str, Checkpoint]]:
     """(reference, Checkpoint) per model: a k-fold run expands to its folds' best stages."""
-    from hfstage.evaluation import resolve_checkpoint
-    from hfstage.folds import fold_checkpoints
-
     models = []
     for ref in references:
         folded = fold_checkpoints(ref)
@@ -91,7 +91,6 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
         load_image_list,
     )
     from hfstage.devices import cpu_only
-    from hfstage.folds import load_cv
 
     if not 1 <= tta <= len(TTA_VIEWS):
         raise ConfigError(f"--tta {tta}: must be 1 to {len(TTA_VIEWS)} (views: {', '.join(TTA_VIEWS)})")
@@ -136,7 +135,7 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
         "submission": str(out), "images": str(images), "samples": len(dataset), "skipped_images": dataset.skipped,
         "tta": list(views), "models": [ref for ref, _ in models],
         "cv": {ref: {k: v for k, v in cv.items() if k != "config"}
-               for ref in references if not ref.startswith("hf://") and (cv := load_cv(ref)) is not None},
+               for ref in references if not is_reference(ref) and (cv := RunDir(ref).load_cv()) is not None},
         "seconds": round(time.time() - began, 3), "predicted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     labelled = dataset.y >= 0

@@ -1,5 +1,5 @@
 """Pseudo-labels: a stage with ``pseudo_labels: true`` adds confidently predicted unlabelled images to its
-training data (S4's pseudo-label stage).
+training data.
 
 Before the stage trains, the model it starts from predicts every image of ``data.unlabeled_file``; those
 whose top class probability is at least ``pseudo_threshold`` join the training split with that class

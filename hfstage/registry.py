@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from hfstage.arguments import closest
 from hfstage.errors import ConfigError
 
 T = TypeVar("T")
-
-
-def closest(name: str, choices) -> str:
-    """Return ' (did you mean 'x'?)' for the nearest valid choice, or '' when nothing is close."""
-    choices = [str(c) for c in choices]
-    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-    if not match and len(str(name)) >= 3:  # a prefix or a part: 'pairs' -> 'pair_classification'
-        stem = str(name).rstrip("s").lower()
-        match = [c for c in choices if stem in c.lower()][:1]
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 class Registry(Generic[T]):

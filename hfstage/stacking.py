@@ -1,6 +1,6 @@
 """Stack base models with a meta-learner: ``hfstage stack`` and ``hfstage predict --stack``.
 
-The user's S2 procedure: every base model predicts the validation split (data none of them trained
+Every base model predicts the validation split (data none of them trained
 on); a meta-learner (LightGBM or logistic regression) is trained on those predictions and scored by
 stratified k-fold cross-validation on that split, then refitted on all of it and scored on the test
 split. The same folds and the same test split score the simple ensembles it must beat: each base
@@ -9,7 +9,7 @@ model, the best single model (chosen on validation), the mean of probabilities a
 A base model's predictions on data it trained on would leak its training fit into the meta-learner,
 so ``stack`` compares data fingerprints and refuses, naming the model.
 
-Base models trained with ``folds`` contribute their saved out-of-fold probabilities instead (S4): when
+Base models trained with ``folds`` contribute their saved out-of-fold probabilities instead: when
 every base model is a k-fold run, the meta-learner trains on the training split's out-of-fold
 predictions. Binary tasks give one feature per model, multi-class tasks one per model and class.
 """
@@ -31,14 +31,10 @@ from hfstage.checkpoint import (
     read_json,
 )
 from hfstage.errors import CheckpointError, ConfigError
-from hfstage.evaluation import (
-    Checkpoint,
-    predict,
-    predictions_csv,
-    resolve_checkpoint,
-    split_path,
-)
+from hfstage.evaluation import checkpoint_task, predict, predictions_csv, split_path
+from hfstage.folds import labels_of
 from hfstage.reporting import format_table
+from hfstage.resolve import Checkpoint, fold_checkpoints, resolve_checkpoint
 
 logger = logging.getLogger("hfstage")
 
@@ -66,8 +62,6 @@ class BaseModel:
 
 
 def resolve_base(reference: str) -> BaseModel:
-    from hfstage.folds import fold_checkpoints
-
     folded = fold_checkpoints(reference)
     if folded is not None:
         return BaseModel(reference, *folded)
@@ -76,7 +70,7 @@ def resolve_base(reference: str) -> BaseModel:
 
 def train_fingerprint(base: BaseModel) -> str:
     """SHA-256 of the data the base model trained on (recorded at training time, or recomputed)."""
-    recorded = base.checkpoint.stage_record.get("train_data_sha256")
+    recorded = base.checkpoint.stage_record.train_data_sha256
     if recorded:
         return recorded
     path = Path(base.checkpoint.data.path) / base.checkpoint.data.train_file
@@ -276,8 +270,6 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     the training split (``oof.npy``); otherwise every base model predicts ``train_split`` (k-fold runs
     through the mean of their folds: none of them trained on it).
     """
-    from hfstage.evaluation import checkpoint_task
-
     if meta not in META_LEARNERS:
         raise ConfigError(f"--meta: unknown meta-learner {meta!r}; choose one of {', '.join(META_LEARNERS)}")
     if folds < 2:
@@ -352,8 +344,6 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
 
 
 def _labels(dataset) -> np.ndarray:
-    from hfstage.folds import labels_of
-
     return labels_of(dataset)
 
 
@@ -401,8 +391,6 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
     stack_dir = Path(stack_dir)
     if not (stack_dir / META_JSON).is_file():
         raise CheckpointError(f"{stack_dir}: no {META_JSON}; not a folder written by `hfstage stack`")
-    from hfstage.evaluation import checkpoint_task
-
     meta = read_json(stack_dir / META_JSON)
     bases = [resolve_base(b["reference"]) if b.get("kfold") else
              BaseModel(b["reference"], [resolve_checkpoint(b.get("hub") or (b.get("stage_dirs") or [b.get("stage_dir")])[0])])

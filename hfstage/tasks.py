@@ -74,7 +74,7 @@ class PairClassificationTask:
         return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
-        """Arguments the model's config takes from the data (not from the user)."""
+        """Arguments the model's config takes from the data (not from the recipe)."""
         return {"image_size": list(splits.train.image_size)}
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
@@ -207,7 +207,7 @@ class ImageClassificationTask(MultiClassDecisions):
                 "label2id": {c: i for i, c in enumerate(classes)}}
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
-        images.check_image_augmentation(stage.augmentation, where, stage.loss)
+        images.check_image_augmentation(stage.augmentation, where, stage.loss["type"])
         for name, factor in stage.class_augmentation.items():
             if factor < 0:
                 raise ConfigError(f"{where}.class_augmentation.{name}: {factor} must be >= 0")
@@ -229,7 +229,7 @@ class ImageClassificationTask(MultiClassDecisions):
 
 @TASKS.register("speech_assessment")
 class SpeechAssessmentTask:
-    """Clips + canonical phonemes -> CTC phonemes and per-phoneme mispronunciation (S3).
+    """Clips + canonical phonemes -> CTC phonemes and per-phoneme mispronunciation.
 
     ``data.path`` holds ``metadata.jsonl``; ``train_file``/``eval_file``/``test_file`` name its ``split``
     values. The phoneme vocabulary comes from the training split and is saved, as a ``Wav2Vec2Processor``,
@@ -329,8 +329,9 @@ class SpeechAssessmentTask:
         return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[audio.PAD]}
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
-        if stage.loss != "ctc_mispronunciation":
-            raise ConfigError(f"{where}.loss: speech_assessment trains with loss ctc_mispronunciation, not {stage.loss}")
+        if stage.loss["type"] != "ctc_mispronunciation":
+            raise ConfigError(f"{where}.loss: speech_assessment trains with loss ctc_mispronunciation, not "
+                              f"{stage.loss['type']}")
         audio.check_audio_augmentation(stage.augmentation, where)
         _no_class_augmentation(self, stage, where)
 

@@ -1,27 +1,27 @@
 """``StageTrainer``: a ``transformers.Trainer`` that trains one curriculum stage.
 
 Following TRL, the trainer has its own ``TrainingArguments`` subclass holding what a stage adds
-(loss and its parameters, freeze patterns, per-group learning-rate multipliers) and overrides only
-``compute_loss`` and ``create_optimizer``; the loop, devices, precision and checkpointing stay the
-Trainer's and accelerate's.
+(the loss, per-group learning-rate multipliers, distillation) and overrides only ``compute_loss`` and
+``create_optimizer``; the loop, devices, precision and checkpointing stay the Trainer's and
+accelerate's. Freezing, dropout and parameter groups are ``surgery.py``'s.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import gc
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hfstage.devices import cpu_only, distributed_state, tune_cpu_allocator  # noqa: F401  (re-exported)
-from hfstage.errors import ConfigError, StageError
-from hfstage.losses import LOSSES
-from hfstage.losses.cross_entropy import CrossEntropyLoss
-from hfstage.losses.distillation import DistillationLoss
+from hfstage.devices import tune_cpu_allocator
+from hfstage.errors import StageError
+from hfstage.losses import CrossEntropyLoss, DistillationLoss, build_loss
+from hfstage.surgery import parameter_groups
 
 logger = logging.getLogger("hfstage")
 
@@ -35,8 +35,6 @@ def _cache_accelerate_lomo_probe() -> None:
     model on a GPU. Whether a package is installed does not change while a process trains, so the
     answer is cached; the rest of accelerate's behaviour is untouched.
     """
-    import functools
-
     from accelerate import accelerator as acc_accelerator
     from accelerate import optimizer as acc_optimizer
 
@@ -46,8 +44,6 @@ def _cache_accelerate_lomo_probe() -> None:
             module.is_lomo_available = functools.cache(probe)
 
 
-_cache_accelerate_lomo_probe()
-
 
 @dataclass
 class StageTrainingArguments(TrainingArguments):
@@ -55,21 +51,14 @@ class StageTrainingArguments(TrainingArguments):
 
     stage_name: str = field(default="stage", metadata={"help": "Name of the stage, for messages and logs."})
     stage_index: int = field(default=1, metadata={"help": "Number of the stage in its curriculum (from 1)."})
-    loss: str = field(default="cross_entropy", metadata={"help": "Training loss from the loss registry."})
+    loss: Any = field(default="cross_entropy", metadata={
+        "help": "Training loss: a registered loss name or a mapping {type: NAME, argument: value, ...}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the training loss."})
-    focal_alpha: float = field(default=1.0, metadata={"help": "Focal loss multiplier alpha."})
-    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss exponent gamma."})
-    arcface_margin: float = field(default=0.5, metadata={"help": "ArcFace angular margin (radians)."})
-    ctc_weight: float = field(default=1.0, metadata={"help": "Speech: weight of the CTC phoneme loss."})
-    error_weight: float = field(default=1.0, metadata={"help": "Speech: weight of the mispronunciation loss."})
-    error_loss: str = field(default="bce", metadata={"help": "Speech: bce (weighted) or focal."})
-    error_pos_weight: float = field(default=1.0, metadata={"help": "Speech: BCE weight of mispronounced phonemes."})
-    freeze_patterns: list[str] = field(default_factory=list, metadata={"help": "Parameter-name globs to freeze."})
     lr_multipliers: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Parameter-name glob -> learning-rate multiplier."}
     )
-    distill_temperature: float = field(default=4.0, metadata={"help": "Distillation temperature."})
-    distill_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term."})
+    distillation: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "With a teacher model: the arguments of DistillationLoss (temperature, alpha)."})
     # A non-finite training loss stops the stage (StageTrainer), so the Trainer's own per-step NaN filter,
     # which reads the loss back from the device every step, has nothing left to do.
     logging_nan_inf_filter: bool = False
@@ -79,67 +68,6 @@ class StageTrainingArguments(TrainingArguments):
         metadata={"help": "On accelerators, how often (in steps) the non-finite-loss flag is read back; "
                   "also at every log, evaluation and save. On the CPU every step is checked."},
     )
-
-
-def matching(names: list[str], pattern: str) -> list[str]:
-    """Names matching a glob (a leading ``!`` of a freeze exclusion is ignored here)."""
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern.removeprefix("!"))]
-
-
-def frozen_names(names: list[str], patterns: list[str]) -> list[str]:
-    """Names matched by a freeze pattern and by no ``!`` exclusion (``[backbone.*, '!backbone.fc.*']``)."""
-    keep = [p[1:] for p in patterns if p.startswith("!")]
-    freeze_ = [p for p in patterns if not p.startswith("!")]
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in freeze_)
-            and not any(fnmatch.fnmatchcase(n, k) for k in keep)]
-
-
-def freeze(model: nn.Module, patterns: list[str], where: str) -> int:
-    """Freeze parameters matching any pattern; put fully frozen modules in eval mode for good.
-
-    A frozen backbone's BatchNorm would otherwise keep updating its running statistics every time the
-    Trainer calls ``model.train()``. Returns the number of frozen parameters (elements).
-    """
-    if not patterns:
-        return 0
-    names = [n for n, _ in model.named_parameters()]
-    for pattern in patterns:
-        if not matching(names, pattern):
-            raise ConfigError(
-                f"{where}.freeze_patterns: {pattern!r} matches no parameter (names look like {', '.join(names[:3])})"
-            )
-    chosen = set(frozen_names(names, patterns))
-    frozen = 0
-    for name, param in model.named_parameters():
-        if name in chosen:
-            param.requires_grad_(False)
-            frozen += param.numel()
-    for module in _topmost_frozen_modules(model):
-        module.register_forward_pre_hook(_keep_eval)
-    return frozen
-
-
-def _keep_eval(module: nn.Module, _inputs) -> None:
-    if module.training:
-        module.eval()
-
-
-def _topmost_frozen_modules(model: nn.Module) -> list[nn.Module]:
-    def all_frozen(m: nn.Module) -> bool:
-        params = list(m.parameters())
-        return bool(params) and not any(p.requires_grad for p in params)
-
-    found = []
-
-    def visit(m: nn.Module) -> None:
-        for child in m.children():
-            if all_frozen(child):
-                found.append(child)
-            else:
-                visit(child)
-
-    visit(model)
-    return found
 
 
 class _NonFiniteCheck(TrainerCallback):
@@ -168,14 +96,6 @@ def _is_dtensor(param) -> bool:
     return isinstance(param, DTensor)
 
 
-def set_dropout(model: nn.Module, p: float | None) -> None:
-    if p is None:
-        return
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.p = p
-
-
 class StageTrainer(Trainer):
     """Trains one stage: the stage's loss in training, plain cross-entropy for ``eval_loss``.
 
@@ -195,14 +115,14 @@ class StageTrainer(Trainer):
             teacher_model.eval().requires_grad_(False)
         # evaluation (also the evaluations inside training) must never see training augmentation
         self.eval_data_collator = eval_data_collator or self.data_collator
+        _cache_accelerate_lomo_probe()
         a = self.args
-        self.train_loss_fn = LOSSES.get(a.loss, f"stage '{a.stage_name}': loss").from_stage(a)
-        if hasattr(self.train_loss_fn, "bind_model"):
-            self.train_loss_fn.bind_model(self.model)
+        self.train_loss_fn = build_loss(a.loss, a.label_smoothing, f"stage '{a.stage_name}': loss")
+        self.train_loss_fn.bind_model(self.model)
         # eval_loss: plain cross-entropy, or the loss's own unweighted form (multi-task losses)
-        self.eval_loss_fn = self.train_loss_fn.evaluation() if hasattr(self.train_loss_fn, "evaluation") else CrossEntropyLoss()
+        self.eval_loss_fn = self.train_loss_fn.evaluation() or CrossEntropyLoss()
         if teacher_model is not None:
-            self.train_loss_fn = DistillationLoss(self.train_loss_fn, a.distill_temperature, a.distill_alpha)
+            self.train_loss_fn = DistillationLoss(self.train_loss_fn, **a.distillation)
         self._n_params: int | None = None
         self._clip_params: list | None = None  # the parameters clipped directly (empty: accelerate's path)
         self.skipped_steps = 0  # on_nonfinite: skip
@@ -289,17 +209,14 @@ class StageTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         fn = self.train_loss_fn if model.training else self.eval_loss_fn
-        extra = {key: inputs.pop(key) for key in getattr(fn, "label_keys", ())}  # more targets (multi-task)
+        targets = {key: inputs.pop(key) for key in fn.label_keys}  # more targets (multi-task)
         if model.training and self.args.on_nonfinite == "skip":
             self._snapshot_buffers(model)
         outputs = model(**inputs)
-        logits = outputs["logits"]
-        if getattr(fn, "takes_outputs", False):
-            loss = fn(outputs, labels, **extra)
-        elif model.training and self.teacher_model is not None:
-            loss = self.train_loss_fn(logits, labels, self._teacher_logits(inputs, logits))
+        if model.training and self.teacher_model is not None:
+            loss = fn(outputs, labels, self._teacher_outputs(inputs, outputs), **targets)
         else:
-            loss = (self.train_loss_fn if model.training else self.eval_loss_fn)(logits, labels)
+            loss = fn(outputs, labels, **targets)
         if model.training:
             if self.args.on_nonfinite == "skip":
                 loss = self._skip_if_nonfinite(loss)
@@ -371,16 +288,18 @@ class StageTrainer(Trainer):
             f"the stage was stopped and earlier stages are intact (lower the lr, enable max_grad_norm, or check the data)"
         )
 
-    def _teacher_logits(self, inputs, student_logits):
+    def _teacher_outputs(self, inputs, student_outputs):
         teacher = self.teacher_model
+        student_logits = student_outputs["logits"]
         if next(teacher.parameters()).device != student_logits.device:
             teacher.to(student_logits.device)
         with torch.no_grad():
-            out = teacher(**inputs)["logits"]
-        if out.shape != student_logits.shape:
+            out = teacher(**inputs)
+        if out["logits"].shape != student_logits.shape:
             raise StageError(
                 f"stage {self.args.stage_index} '{self.args.stage_name}': the teacher's logits have shape "
-                f"{tuple(out.shape)} but the model's have {tuple(student_logits.shape)}; distil between models of one task"
+                f"{tuple(out['logits'].shape)} but the model's have {tuple(student_logits.shape)}; distil between "
+                "models of one task and architecture family"
             )
         return out
 
@@ -389,26 +308,10 @@ class StageTrainer(Trainer):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         if self.optimizer is None:
-            names = [n for n, p in opt_model.named_parameters() if p.requires_grad]
-            for pattern in self.args.lr_multipliers:
-                if not matching(names, pattern):
-                    raise ConfigError(
-                        f"stage '{self.args.stage_name}'.lr_multipliers: {pattern!r} matches no trainable parameter"
-                    )
-            decay = set(self.get_decay_parameter_names(opt_model))
-            groups: dict[tuple[float, bool], list] = {}
-            for name, param in opt_model.named_parameters():
-                if not param.requires_grad:
-                    continue
-                mult = next(
-                    (m for pat, m in self.args.lr_multipliers.items() if fnmatch.fnmatchcase(name, pat)), 1.0
-                )
-                groups.setdefault((mult, name in decay), []).append(param)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             base_lr = optimizer_kwargs.pop("lr", self.args.learning_rate)
-            param_groups = [
-                {"params": params, "lr": base_lr * mult, "weight_decay": self.args.weight_decay if has_decay else 0.0}
-                for (mult, has_decay), params in groups.items()
-            ]
+            param_groups = parameter_groups(opt_model, self.args.lr_multipliers,
+                                            set(self.get_decay_parameter_names(opt_model)), base_lr,
+                                            self.args.weight_decay, f"stage '{self.args.stage_name}'")
             self.optimizer = optimizer_cls(param_groups, lr=base_lr, **optimizer_kwargs)
         return self.optimizer

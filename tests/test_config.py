@@ -63,7 +63,15 @@ def test_quick_test_sets_one_epoch_and_subsets(tmp_path):
         ("stages.1.lr=inf", "stages.1.lr: inf is not allowed"),
         ("improvement_threshold=nan", "improvement_threshold: nan is not allowed"),
         ("stages.1.label_smoothing=1.0", "stages.1.label_smoothing: 1.0 must be in [0, 1)"),
-        ("stages.1.focal_gamma=-2", "must be >= 0"),
+        ("stages.1.loss={type: focal, gamma: -2}", "stages.1.loss.gamma: -2.0 must be >= 0"),
+        ("stages.1.loss.gamma=2", "stages.1.loss.gamma: unknown argument of loss 'cross_entropy'; it takes no arguments"),
+        ("stages.1.loss={type: focal, gama: 2}", "stages.1.loss.gama: unknown argument of loss 'focal' (did you mean 'gamma'?); it takes: alpha, gamma"),
+        ("stages.1.focal_gamma=3", "use loss.gamma, i.e. loss: {type: focal, gamma: 3}"),
+        ("defaults.distill_alpha=0.7", "use teacher.alpha"),
+        ("stages.1.loss.label_smoothing=0.1", "label smoothing is a stage field"),
+        ("stages.1.loss={type: ctc_mispronunciation, pos_weight: 0}", "stages.1.loss.pos_weight: 0.0 must be > 0"),
+        ("stages.1.teacher.alpha=0.5", "stages.1.teacher.checkpoint: missing"),
+        ("stages.1.teacher={checkpoint: runs/x, alpha: 2}", "stages.1.teacher.alpha: 2.0 must be in [0, 1]"),
         ("stages.1.batch_size=2.5", "stages.1.batch_size: expected an integer"),
         ("quick_test=maybe", "quick_test: expected true or false"),
         ("stages.3.lr=1", "there is no stage 3; stages are numbered 1 to 2"),
@@ -131,14 +139,14 @@ def test_reference_lists_every_field():
             assert f"| `{f.name}` |" in text
 
 
-def test_readme_reference_is_current():
+def test_docs_config_reference_is_current():
     from pathlib import Path
 
     from hfstage.cli import REFERENCE_END, REFERENCE_START
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    current = readme.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
-    assert current == reference_markdown().strip(), "run `make reference` to regenerate the README's config reference"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    current = page.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
+    assert current == reference_markdown().strip(), "run `make reference` to regenerate docs/config.md"
 
 
 def test_init_from_must_name_an_earlier_stage(tmp_path):

@@ -19,7 +19,8 @@ from transformers import AutoModel, TrainerCallback
 import hfstage  # noqa: F401  (registers the Auto classes)
 from hfstage.cli import main
 from hfstage.config import build_run_config, load_config
-from hfstage.curriculum import best_kept, decide_kept, latest_kept, run
+from hfstage.curriculum import run
+from hfstage.run_dir import StageRecord, best_kept, decide_kept, latest_kept
 from hfstage.errors import ConfigError, StageError
 
 STAGE_KEYS = {"stage_index", "stage_name", "stage_description", "stage_config", "metrics", "training_time_s", "kept",
@@ -39,7 +40,7 @@ def cfg_with(threshold: float, metric: str = "eval_loss"):
 
 
 def rec(i, value, kept=True, key="eval_loss"):
-    return {"stage_index": i, "stage_name": f"s{i}", "kept": kept, "metrics": {key: value}}
+    return StageRecord(stage_index=i, stage_name=f"s{i}", kept=kept, metrics={key: value})
 
 
 def test_first_stage_is_always_kept():
@@ -70,15 +71,15 @@ def test_accuracy_is_greater_is_better():
 def test_best_kept_ignores_stages_not_kept():
     cfg = cfg_with(0.0)
     records = [rec(1, 0.5), rec(2, 0.1, kept=False), rec(3, 0.4)]
-    assert best_kept(cfg, records)["stage_index"] == 3
+    assert best_kept(cfg, records).stage_index == 3
     # the reference for the next stage is the best KEPT stage (0.4), not the skipped 0.1
     assert decide_kept(cfg, records, {"eval_loss": 0.3})[0]
 
 
 def test_next_stage_starts_from_the_latest_kept_stage():
     records = [rec(1, 0.5), rec(2, 0.6), rec(3, 0.1, kept=False)]
-    assert latest_kept(records)["stage_index"] == 2  # kept (threshold < 0) though worse than stage 1
-    assert best_kept(cfg_with(-1), records)["stage_index"] == 1  # ... while the run's best stage is 1
+    assert latest_kept(records).stage_index == 2  # kept (threshold < 0) though worse than stage 1
+    assert best_kept(cfg_with(-1), records).stage_index == 1  # ... while the run's best stage is 1
 
 
 def test_unknown_tracked_metric_is_a_config_error():
@@ -124,8 +125,8 @@ def test_quick_curriculum_writes_the_run_layout(recipe, pair_data, tmp_path, cap
     assert records[1]["started_from"] == "stage_1_baseline"
     assert records[2]["started_from"] == "stage_2_augmentation"  # threshold -1: every stage chains on
     assert records[2]["stage_config"]["label_smoothing"] == 0.1
-    best = best_kept(load_config(path), records)
-    assert run_json["best_stage"] == best["stage_index"]
+    best = best_kept(load_config(path), [StageRecord.from_dict(r, "stage.json") for r in records])
+    assert run_json["best_stage"] == best.stage_index
 
     # AutoModel rebuilds every stage, and its predictions reproduce the saved metrics
     for r in records:
@@ -239,7 +240,7 @@ def test_a_nan_batch_is_skipped_when_configured(recipe, tmp_path, monkeypatch, p
             run(cfg)
         return
     final = run(cfg)
-    assert final["status"] == "finished"
+    assert final.status == "finished"
     record = read(out / "stage_2_augmentation/stage.json")
     assert record["skipped_steps"] == 1 and math.isfinite(record["metrics"]["eval_loss"])
     weights = load_file(out / "stage_2_augmentation/model.safetensors")
@@ -282,7 +283,7 @@ def test_disk_full_while_saving_a_stage_keeps_earlier_stages_and_resumes(recipe,
     AutoModel.from_pretrained(out / "stage_1_baseline")  # intact
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
     final = run(load_config(recipe()))  # space freed: the same command resumes and finishes
-    assert final["status"] == "finished" and [s["status"] for s in final["stages"]] == ["finished"] * 3
+    assert final.status == "finished" and [s.status for s in final.stages] == ["finished"] * 3
 
 
 KILL_SCRIPT = """
@@ -413,10 +414,11 @@ def test_seeds_train_one_run_per_seed(recipe, tmp_path, capsys):
 
 def test_distillation_stage_learns_from_a_teacher_run(recipe, finished_run, pair_data, tmp_path, capsys):
     path = recipe(stages=[{"name": "baseline", "epochs": 1},
-                          {"name": "distil", "epochs": 1, "teacher": str(finished_run), "distill_alpha": 0.7}])
+                          {"name": "distil", "epochs": 1, "teacher": {"checkpoint": str(finished_run), "alpha": 0.7}}])
     assert main(["train", "--config", str(path)]) == 0
     record = read(tmp_path / "run/stage_2_distil/stage.json")
-    assert record["stage_config"]["teacher"] == str(finished_run) and record["kept"] is True
+    assert record["stage_config"]["teacher"] == {"checkpoint": str(finished_run), "temperature": 4.0, "alpha": 0.7}
+    assert record["kept"] is True
     bad = write_recipe(tmp_path / "bad.yaml", pair_data, tmp_path / "other",
                        [{"name": "distil", "epochs": 1, "teacher": str(tmp_path / "nowhere")}])
     assert main(["train", "--config", str(bad)]) == 2

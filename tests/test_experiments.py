@@ -147,3 +147,31 @@ def test_a_run_from_a_newer_hfstage_is_refused_everywhere(finished_run, tmp_path
     with pytest.raises(ConfigError, match="newer hfstage"):
         run(config_from_dict({**record["config"], "output_dir": str(run_dir)}, "run.json"))
     assert (run_dir / "run.json").read_bytes() == before
+
+
+OLD_FLAT_LOSS_FIELDS = {"focal_alpha": 1.0, "focal_gamma": 3.0, "arcface_margin": 0.5, "ctc_weight": 1.0,
+                        "error_weight": 1.0, "error_loss": "bce", "error_pos_weight": 1.0, "distill_temperature": 4.0,
+                        "distill_alpha": 0.5}
+
+
+def test_a_run_saved_with_flat_loss_fields_resumes_evaluates_and_continues(recipe, tmp_path, capsys):
+    """Runs written before losses owned their parameters (``loss: focal`` + ``focal_gamma: 3`` in run.json and
+    stage.json) are read in today's form: the same recipe, written the new way, resumes them."""
+    one = [{"name": "baseline", "epochs": 1, "loss": {"type": "focal", "gamma": 3.0}}]
+    assert main(["train", "--config", str(recipe(stages=one))]) == 0
+    out = tmp_path / "run"
+    run_json, stage_json = out / "run.json", out / "stage_1_baseline/stage.json"
+    run, stage = json.loads(run_json.read_text()), json.loads(stage_json.read_text())
+    for saved in (run["config"]["stages"][0], stage["stage_config"]):  # as the older hfstage wrote them
+        saved.update(loss="focal", teacher=None, **OLD_FLAT_LOSS_FIELDS)
+    run_json.write_text(json.dumps(run))
+    stage_json.write_text(json.dumps(stage))
+    assert main(["evaluate", str(out)]) == 0
+    two = [*one, {"name": "more", "epochs": 1}]
+    assert main(["train", "--config", str(recipe(stages=two))]) == 0  # not "a different run"
+    assert json.loads(stage_json.read_text()) == stage  # stage 1 was not retrained
+    assert (out / "stage_2_more/stage.json").is_file()
+    assert main(["continue", str(out), "--from", "1", "--preset", "fine_tune"]) == 0
+    continued = json.loads((out / "stage_3_fine_tune/stage.json").read_text())
+    assert continued["stage_config"]["loss"] == {"type": "focal", "alpha": 1.0, "gamma": 3.0}
+    assert continued["stage_config"]["teacher"] is None

@@ -79,7 +79,7 @@ def assert_stage_1_intact_and_resumable(out, recipe_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".stage")]  # no half-written stage
     AutoModel.from_pretrained(out / "stage_1_baseline")
     final = run(load_config(recipe_path))  # the same command resumes and finishes
-    assert final["status"] == "finished" and [s["status"] for s in final["stages"]] == ["finished"] * 3
+    assert final.status == "finished" and [s.status for s in final.stages] == ["finished"] * 3
 
 
 def test_read_only_folder_while_saving_a_stage(tmpfs, pair_data, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from conftest import write_recipe
 
 from hfstage.config import load_config
-from hfstage.curriculum import run_seeds
+from hfstage.sweeps import run_seeds
 from hfstage.errors import ConfigError
 from hfstage.evaluation import resolve_checkpoint
 from hfstage.folds import fold_indices

@@ -146,7 +146,7 @@ def test_push_during_training_lands_every_stage(hub, pair_data, tmp_path, capsys
     path = write_recipe(tmp_path / "recipe.yaml", pair_data, tmp_path / "run", STAGES,
                         push_to_hub=True, hub_repo_id="tester/live", hub_private=True)
     final = run(load_config(path))
-    dirs = [s["dir"] for s in final["stages"]]
+    dirs = [s.dir for s in final.stages]
     api = HfApi()
     assert api.model_info("tester/live").private
     assert {t.name for t in api.list_repo_refs("tester/live").tags} == {stage_tag(d) for d in dirs}

@@ -74,10 +74,10 @@ def test_two_stage_run_head_only_then_full_and_reload(image_data, tmp_path):
     cfg = json.loads((out / "stage_1_warmup" / "config.json").read_text())
     assert cfg["model_type"] == "hfstage_timm" and cfg["id2label"]["3"] == "3" and cfg["image_size"] == 32
     assert type(model) is type(build_model(TINY_TIMM, num_labels=10))
-    assert final["stages"][1]["status"] == "finished"
+    assert final.stages[1].status == "finished"
     result = evaluate_checkpoint(out, split="test", save_predictions=True)
     assert result["samples"] == 50 and 0 <= result["metrics"]["accuracy"] <= 1
-    rows = (out / final["best_stage_dir"] / "eval" / "test_predictions.csv").read_text().splitlines()
+    rows = (out / final.best_stage_dir / "eval" / "test_predictions.csv").read_text().splitlines()
     assert rows[0].startswith("id,label,prediction,probability,p_0") and len(rows) == 51
 
 
@@ -168,7 +168,7 @@ def test_pseudo_label_stage_adds_exactly_the_confident_images(image_data, tmp_pa
 
 def test_two_folds_then_a_submission_with_tta(image_data, tmp_path, capsys):
     from hfstage import cli
-    from hfstage.curriculum import run_seeds
+    from hfstage.sweeps import run_seeds
     from hfstage.predict import TTA_VIEWS, tta_view
 
     path = image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", [{"name": "base", "epochs": 1}], folds=2)
@@ -215,13 +215,13 @@ def test_two_folds_then_a_submission_with_tta(image_data, tmp_path, capsys):
 
 
 def test_arcface_stage_and_mixup_stage_train(image_data, tmp_path):
-    stages = [{"name": "arc", "epochs": 1, "loss": "arcface", "arcface_margin": 0.3},
+    stages = [{"name": "arc", "epochs": 1, "loss": {"type": "arcface", "margin": 0.3}},
               {"name": "mix", "epochs": 1, "augmentation": {"mixup": 0.4, "cutmix": 1.0}, "batch_size": 31}]
     final = run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages,
                                          model={**TINY_TIMM, "head": "cosine", "cosine_scale": 16})))
-    assert [s["status"] for s in final["stages"]] == ["finished", "finished"]
+    assert [s.status for s in final.stages] == ["finished", "finished"]
     record = json.loads((tmp_path / "run" / "stage_1_arc" / "stage.json").read_text())
-    assert record["stage_config"]["loss"] == "arcface" and np.isfinite(record["metrics"]["eval_loss"])
+    assert record["stage_config"]["loss"] == {"type": "arcface", "margin": 0.3} and np.isfinite(record["metrics"]["eval_loss"])
     with pytest.raises(ConfigError, match="stages.1 \\(a\\).loss: loss arcface needs a cosine classifier"):
         run(load_config(image_recipe(tmp_path / "b.yaml", image_data, tmp_path / "b",
                                      [{"name": "a", "epochs": 1, "loss": "arcface"}])))

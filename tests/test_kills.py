@@ -19,20 +19,32 @@ from hfstage.evaluation import evaluate_checkpoint
 KILLS = 20
 
 
+def _seconds(command: list[str], env: dict) -> float:
+    began = time.monotonic()
+    subprocess.run(command, env=env, capture_output=True, check=True, timeout=600)
+    return time.monotonic() - began
+
+
 @pytest.mark.slow
-def test_random_kills_always_resume(recipe, tmp_path):
+def test_random_kills_always_resume(recipe, pair_data, tmp_path):
     # checkpoints every 4 steps, so kills land while training, while checkpoints, stages and run.json are written
+    from conftest import write_recipe
+
     stages = [{"name": n, "epochs": 1, "eval_steps": 4} for n in ("baseline", "second", "third")]
     path = recipe(stages=stages, logging_steps=2)
     env = {k: v for k, v in os.environ.items()}
     command = [sys.executable, "-m", "hfstage", "train", "--config", str(path)]
+    # kill times follow this machine's speed: start-up (interpreter, imports, model) and the whole run, timed here
+    startup = _seconds([sys.executable, "-m", "hfstage", "plan", "--config", str(path)], env)
+    timed = write_recipe(tmp_path / "timed.yaml", pair_data, tmp_path / "timed", stages, logging_steps=2)
+    training = max(_seconds([*command[:-1], str(timed)], env) - startup, 1.0)
     rng = random.Random(0)
     kills, finished_before_kill = 0, False
     for _ in range(KILLS):
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            # the interpreter and imports take ~4 s here; kill anywhere from start-up to the last stage
-            proc.wait(timeout=rng.uniform(2.5, 7.0))
+            # anywhere from half-way through start-up to a third of the way through the training left
+            proc.wait(timeout=rng.uniform(0.5 * startup, startup + 0.35 * training))
             assert proc.returncode == 0, proc.stderr.read()[-3000:]
             finished_before_kill = True
             break
@@ -73,11 +85,16 @@ def test_kills_during_pushes_resume_and_the_hub_ends_up_equal_to_the_run(hub, pa
     hub.delay.update(commit=0.6, preupload=0.3)
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     command = [sys.executable, "-m", "hfstage", "train", "--config", str(path)]
+    # deadlines follow this machine's speed: start-up and a whole run with its pushes, timed here
+    startup = _seconds([sys.executable, "-m", "hfstage", "plan", "--config", str(path)], env)
+    timed = write_recipe(tmp_path / "timed.yaml", pair_data, tmp_path / "timed", stages, push_to_hub=True,
+                         hub_repo_id="tester/timed")
+    training = max(_seconds([*command[:-1], str(timed)], env) - startup, 1.0)
     rng = random.Random(1)
     kills, mid_push = 0, 0
     for attempt in range(6):
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + rng.uniform(4.0, 10.0)
+        deadline = time.monotonic() + rng.uniform(0.5 * startup, startup + 0.5 * training)
         wait_for_push = attempt % 2 == 0
         while proc.poll() is None and time.monotonic() < deadline:
             if wait_for_push and hub.in_flight.get("commit", 0) + hub.in_flight.get("preupload", 0):

@@ -127,3 +127,96 @@ def test_cross_entropy_with_soft_targets_from_mixup():
     eps = 0.1
     smoothed = soft * (1 - eps) + eps / 3
     assert CrossEntropyLoss(eps)(logits, soft).item() == pytest.approx(-(smoothed * logp).sum(1).mean().item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses own their parameters: the recipe's `loss:` reaches the loss the trainer builds
+
+
+def _trainer_loss(cfg, tmp_path):
+    from hfstage.models import build_model
+    from hfstage.trainer import StageTrainer, StageTrainingArguments
+
+    stage = cfg.stages[0]
+    args = StageTrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none", loss=stage.loss,
+                                  label_smoothing=stage.label_smoothing)
+    model = build_model({"type": "pair_cnn", "channels": [4], "feat_dim": 8, "hidden_dim": 8})
+    return StageTrainer(model=model, args=args).train_loss_fn
+
+
+@pytest.mark.parametrize("recipe_loss, alpha", [
+    ("loss: focal", 1.0),  # the name only: the override reaches into its defaults
+    ("loss: {type: focal, gamma: 2.0, alpha: 0.5}", 0.5),  # the mapping form
+    ("defaults: {loss: focal}", 1.0),  # the loss comes from the defaults block
+])
+def test_stage_loss_override_reaches_the_focal_loss(tmp_path, recipe_loss, alpha):
+    from hfstage.config import load_config
+
+    on_stage = not recipe_loss.startswith("defaults")
+    path = tmp_path / "r.yaml"
+    path.write_text(f"{'' if on_stage else recipe_loss}\nstages:\n  - name: a\n    {recipe_loss if on_stage else ''}\n")
+    cfg = load_config(path, ["stages.1.loss.gamma=3"])
+    assert cfg.stages[0].loss == {"type": "focal", "alpha": alpha, "gamma": 3.0}
+    loss = _trainer_loss(cfg, tmp_path)
+    logits, labels = torch.tensor([1.0, 0.3]), torch.tensor([1, 0])
+    p1, p2 = sigmoid(1.0), 1 - sigmoid(0.3)
+    expected = alpha * ((1 - p1) ** 3 * -math.log(p1) + (1 - p2) ** 3 * -math.log(p2)) / 2
+    assert loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_label_smoothing_is_a_stage_field_every_loss_receives(tmp_path):
+    from hfstage.config import load_config
+
+    path = tmp_path / "r.yaml"
+    path.write_text("stages:\n  - {name: a, loss: {type: focal, gamma: 0.0}, label_smoothing: 0.2}\n")
+    loss = _trainer_loss(load_config(path), tmp_path)
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    assert loss(logits, labels).item() == pytest.approx(CrossEntropyLoss(0.2)(logits, labels).item(), rel=1e-6)
+
+
+def test_old_flat_loss_fields_are_refused_with_the_new_form(recipe, capsys):
+    from hfstage.cli import main
+
+    assert main(["plan", "--config", str(recipe()), "stages.1.focal_gamma=3"]) == 2
+    err = capsys.readouterr().err
+    assert "stages.1.focal_gamma: loss parameters belong to the loss now: use loss.gamma" in err
+    assert "loss: {type: focal, gamma: 3}" in err
+
+
+def test_plan_shows_every_loss_with_its_arguments(recipe, capsys):
+    from hfstage.cli import main
+
+    assert main(["plan", "--config", str(recipe()), "stages.1.loss={type: focal, gamma: 1.5}",
+                 "stages.2.loss=focal"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "focal(alpha=1,gamma=1.5)" in next(line for line in lines if line.startswith("1 "))
+    assert "focal(alpha=1,gamma=2)" in next(line for line in lines if line.startswith("2 "))
+    assert "cross_entropy(label_smoothing=0.1)" in next(line for line in lines if line.startswith("3 "))
+
+
+def test_distillation_wraps_the_speech_loss():
+    """One call convention: the speech loss's frame posteriors (real frames only) and error logits are distilled."""
+    from hfstage.losses.distillation import DistillationLoss
+    from hfstage.losses.speech import CTCMispronunciationLoss
+
+    torch.manual_seed(0)
+    outputs = {"logits": torch.randn(2, 6, 5), "output_lengths": torch.tensor([6, 4]),
+               "error_logits": torch.randn(2, 3)}
+    labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
+    error_labels = torch.tensor([[0, 1, 0], [1, -100, -100]])
+    speech = CTCMispronunciationLoss()
+    hard = speech(outputs, labels, error_labels).item()
+    loss = DistillationLoss(speech, temperature=2.0, alpha=0.4)
+    assert loss.label_keys == ("error_labels",)
+    # a teacher that agrees with the model leaves only the hard term
+    assert loss(outputs, labels, outputs, error_labels=error_labels).item() == pytest.approx(0.6 * hard, rel=1e-6)
+    teacher = {k: v.clone() for k, v in outputs.items()}
+    teacher["logits"][1, 4:] += 10.0  # padded frames of the second clip: never distilled
+    assert loss(outputs, labels, teacher, error_labels=error_labels).item() == pytest.approx(0.6 * hard, rel=1e-6)
+    teacher["error_logits"][0, 1] += 3.0  # a real canonical phoneme: distilled, by hand
+    t = 2.0
+    s = torch.tensor([0.0, outputs["error_logits"][0, 1].item()]) / t
+    q = torch.tensor([0.0, teacher["error_logits"][0, 1].item()]) / t
+    kl = (q.softmax(0) * (q.log_softmax(0) - s.log_softmax(0))).sum().item() / 4  # batchmean over 4 real phonemes
+    expected = 0.6 * hard + 0.4 * t * t * kl
+    assert loss(outputs, labels, teacher, error_labels=error_labels).item() == pytest.approx(expected, rel=1e-5)

@@ -1,4 +1,4 @@
-"""Speech (S3): data with exact labels, the four heads, CTC decoding/PER, the multi-task loss, the recipe."""
+"""Speech: data with exact labels, the four heads, CTC decoding/PER, the multi-task loss, the recipe."""
 
 from __future__ import annotations
 
@@ -207,11 +207,17 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     assert result["metrics"]["loss"] == pytest.approx(record["metrics"]["eval_loss"], rel=1e-3)
     rows = (out / best / "eval" / "val_predictions.csv").read_text().splitlines()
     assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels" and len(rows) == 1 + 6 * 2
+    # distillation wraps the speech loss: one more stage, taught by the run's best stage
+    assert main(["continue", str(out), "--preset", "fine_tune", f"teacher={out}", "epochs=1"]) == 0
+    distilled = json.loads((out / "stage_4_fine_tune" / "stage.json").read_text())
+    assert distilled["stage_config"]["teacher"] == {"checkpoint": str(out), "temperature": 4.0, "alpha": 0.5}
+    assert distilled["stage_config"]["loss"]["type"] == "ctc_mispronunciation" and distilled["global_steps"] > 0
+    assert math.isfinite(distilled["metrics"]["eval_loss"]) and "eval_per" in distilled["metrics"]
 
 
 def test_encoder_and_head_learning_rates():
     from hfstage.config import StageConfig
-    from hfstage.curriculum import with_encoder_lr
+    from hfstage.surgery import with_encoder_lr
     from hfstage.errors import ConfigError
 
     model = build_model(TINY, vocab_size=5)

@@ -158,7 +158,7 @@ def test_stack_of_kfold_runs_uses_their_out_of_fold_predictions(pair_data, tmp_p
     from conftest import write_recipe
 
     from hfstage.config import load_config
-    from hfstage.curriculum import run_seeds
+    from hfstage.sweeps import run_seeds
 
     runs = []
     for seed in (0, 1):

@@ -10,7 +10,8 @@ import torch
 from hfstage.cli import main
 from hfstage.errors import ConfigError
 from hfstage.models import build_model
-from hfstage.trainer import StageTrainer, StageTrainingArguments, freeze, set_dropout
+from hfstage.surgery import freeze, set_dropout
+from hfstage.trainer import StageTrainer, StageTrainingArguments
 
 TINY = {"type": "pair_cnn", "channels": [4, 8], "feat_dim": 16, "hidden_dim": 16}
 
@@ -77,7 +78,7 @@ def test_plan_prints_what_each_stage_changes(recipe, capsys):
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["#", "name", "epochs", "lr", "scheduler", "loss"]
     row3 = next(line for line in lines if line.startswith("3 "))
-    assert "focal(a=1,g=2,ls=0.1)" in row3 and "dropout=0.3" in row3
+    assert "focal(alpha=1,gamma=2,label_smoothing=0.1)" in row3 and "dropout=0.3" in row3
     frozen, total = row3.split()[6].split("/")
     assert 0 < int(frozen) < int(total)
     assert "shift=0.1,swap=0.5" in next(line for line in lines if line.startswith("2 "))

@@ -208,7 +208,7 @@ def scaled_augmentation(augmentation: dict[str, float], factor: float) -> dict[s
 
 def class_transforms(model_config, augmentation: dict[str, float], per_class: dict[str, float], where: str) -> dict:
     """label id -> training transform for the classes ``class_augmentation`` names."""
-    from hfstage.registry import closest
+    from hfstage.arguments import closest
 
     ids = {str(k): int(v) for k, v in (model_config.label2id or {}).items()}
     out = {}

@@ -1,18 +1,13 @@
-"""Training losses, one per module, registered by name.
+"""Training losses, one per module, registered by name (``losses/base.py`` holds the registry and the
+one call convention, ``loss(outputs, labels, **targets)``).
 
-Every loss takes ``(logits, labels)``; a loss that needs the model (ArcFace: its cosine scale) has
-``bind_model(model)``, called by the trainer. Logits of shape ``(N,)`` (or ``(N, 1)``) are one binary logit
-per sample with labels in {0, 1}; logits of shape ``(N, C)`` are C-class scores with integer labels.
+Logits of shape ``(N,)`` (or ``(N, 1)``) are one binary logit per sample with labels in {0, 1}; logits of
+shape ``(N, C)`` are C-class scores with integer labels.
 """
 
-from hfstage.registry import Registry
+from hfstage.losses import arcface, cross_entropy, focal, speech  # noqa: F401  (registers the losses)
+from hfstage.losses.base import LOSSES, StageLoss, build_loss, describe, loss_spec
+from hfstage.losses.cross_entropy import CrossEntropyLoss
+from hfstage.losses.distillation import DistillationLoss
 
-LOSSES: Registry = Registry("loss")
-
-from hfstage.losses import arcface, cross_entropy, focal, speech  # noqa: E402,F401  (registers the losses)
-
-
-def build_loss(stage):
-    """The training loss a stage asks for, with the stage's parameters."""
-    cls = LOSSES.get(stage.loss, f"stage '{stage.name}': loss")
-    return cls.from_stage(stage)
+__all__ = ["LOSSES", "CrossEntropyLoss", "DistillationLoss", "StageLoss", "build_loss", "describe", "loss_spec"]

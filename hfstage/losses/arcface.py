@@ -17,23 +17,23 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from hfstage.errors import ConfigError
-from hfstage.losses import LOSSES
+from hfstage.losses.base import LOSSES, StageLoss, logits_of
 
 
 @LOSSES.register("arcface")
-class ArcFaceLoss(nn.Module):
+class ArcFaceLoss(StageLoss):
+    """Cross-entropy over ``s * cos(theta + m)`` for the target class; ``loss: {type: arcface, margin: 0.5}``."""
+
+    bound_from_model = ("scale",)  # the cosine head's own scale
+    checks = {"margin": (lambda v: 0 <= v < 1.5, "must be in [0, 1.5)")}
+
     def __init__(self, margin: float = 0.5, scale: float | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.margin = margin
         self.scale = scale
         self.label_smoothing = label_smoothing
-
-    @classmethod
-    def from_stage(cls, stage) -> "ArcFaceLoss":
-        return cls(margin=stage.arcface_margin, label_smoothing=stage.label_smoothing)
 
     def bind_model(self, model) -> None:
         """Take the cosine head's scale ``s`` from the model being trained."""
@@ -41,7 +41,8 @@ class ArcFaceLoss(nn.Module):
             raise ConfigError("loss arcface needs a cosine classifier: set model.head: cosine")
         self.scale = float(model.config.cosine_scale)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs, labels: torch.Tensor, **targets) -> torch.Tensor:
+        logits = logits_of(outputs)
         if self.scale is None:
             raise ConfigError("loss arcface: the model's cosine scale is unknown (bind_model was not called)")
         s, m = self.scale, self.margin

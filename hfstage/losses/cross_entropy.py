@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from hfstage.losses import LOSSES
+from hfstage.losses.base import LOSSES, StageLoss, logits_of
 
 
 def as_binary_logits(logits: torch.Tensor) -> torch.Tensor | None:
@@ -25,18 +24,15 @@ def as_binary_logits(logits: torch.Tensor) -> torch.Tensor | None:
 
 
 @LOSSES.register("cross_entropy")
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(StageLoss):
     """``-sum_k q_k log p_k`` averaged over the batch, with ``q`` the (smoothed) target distribution."""
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
 
-    @classmethod
-    def from_stage(cls, stage) -> "CrossEntropyLoss":
-        return cls(label_smoothing=stage.label_smoothing)
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs, labels: torch.Tensor, **targets) -> torch.Tensor:
+        logits = logits_of(outputs)
         binary = as_binary_logits(logits)
         if binary is not None:
             targets = labels.float() * (1 - self.label_smoothing) + self.label_smoothing / 2

@@ -7,23 +7,25 @@ pairs are already right). The loss down-weights well-classified samples:
 
 where ``p_t`` is the predicted probability of the true class and CE the (optionally label-smoothed)
 cross-entropy of the sample. ``gamma = 0`` and ``alpha = 1`` give plain cross-entropy. ``alpha`` is
-a plain multiplier as in the user's S2 system (alpha=1, gamma=2), not RetinaNet's class-balance
-weight.
+a plain multiplier (the recipes use alpha=1, gamma=2), not RetinaNet's class-balance weight.
+In a recipe: ``loss: {type: focal, alpha: 1.0, gamma: 2.0}``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from hfstage.losses import LOSSES
+from hfstage.arguments import NON_NEGATIVE, POSITIVE
+from hfstage.losses.base import LOSSES, StageLoss, logits_of
 from hfstage.losses.cross_entropy import as_binary_logits
 
 
 @LOSSES.register("focal")
-class FocalLoss(nn.Module):
+class FocalLoss(StageLoss):
     """``alpha * (1 - p_t)^gamma * CE`` averaged over the batch."""
+
+    checks = {"alpha": POSITIVE, "gamma": NON_NEGATIVE}
 
     def __init__(self, alpha: float = 1.0, gamma: float = 2.0, label_smoothing: float = 0.0):
         super().__init__()
@@ -31,11 +33,8 @@ class FocalLoss(nn.Module):
         self.gamma = gamma
         self.label_smoothing = label_smoothing
 
-    @classmethod
-    def from_stage(cls, stage) -> "FocalLoss":
-        return cls(alpha=stage.focal_alpha, gamma=stage.focal_gamma, label_smoothing=stage.label_smoothing)
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs, labels: torch.Tensor, **targets) -> torch.Tensor:
+        logits = logits_of(outputs)
         eps = self.label_smoothing
         binary = as_binary_logits(logits)
         if binary is not None:

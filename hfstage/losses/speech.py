@@ -1,27 +1,33 @@
-"""The multi-task loss of pronunciation assessment (S3):
+"""The multi-task loss of pronunciation assessment:
 
     ctc_weight * CTC(phonemes spoken) + error_weight * (weighted BCE or focal)(mispronounced per canonical phoneme)
 
 CTC (Graves et al., 2006) aligns the frame-level phoneme logits to the phonemes actually spoken without
 a forced alignment; the error term is a binary loss over the canonical phonemes (padding ignored).
-``error_pos_weight`` up-weights the rarer mispronounced phonemes; ``error_loss: focal`` uses
+``pos_weight`` up-weights the rarer mispronounced phonemes; ``error_loss: focal`` uses
 ``focal_alpha * (1 - p_t)^focal_gamma * BCE`` instead. ``eval_loss`` is the same sum with weights 1
-and plain BCE, so stages with different weights are compared on one scale.
+and plain BCE, so stages with different weights are compared on one scale. In a recipe:
+``loss: {type: ctc_mispronunciation, error_weight: 2.0, pos_weight: 2.0}``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from hfstage.losses import LOSSES
+from hfstage.arguments import NON_NEGATIVE, POSITIVE
+from hfstage.losses.base import LOSSES, StageLoss
 
 
 @LOSSES.register("ctc_mispronunciation")
-class CTCMispronunciationLoss(nn.Module):
-    takes_outputs = True  # needs the model's outputs (CTC logits, frame lengths, error logits)
+class CTCMispronunciationLoss(StageLoss):
+    """``ctc_weight * CTC + error_weight * (weighted BCE or focal)`` of the mispronounced canonical phonemes."""
+
     label_keys = ("error_labels",)
+    bound_from_model = ("blank",)  # the vocabulary's padding token, never a recipe's choice
+    checks = {"ctc_weight": NON_NEGATIVE, "error_weight": NON_NEGATIVE, "pos_weight": POSITIVE,
+              "focal_alpha": POSITIVE, "focal_gamma": NON_NEGATIVE,
+              "error_loss": (lambda v: v in ("bce", "focal"), "must be bce or focal")}
 
     def __init__(self, ctc_weight: float = 1.0, error_weight: float = 1.0, error_loss: str = "bce",
                  pos_weight: float = 1.0, focal_alpha: float = 1.0, focal_gamma: float = 2.0, blank: int = 0):
@@ -29,12 +35,7 @@ class CTCMispronunciationLoss(nn.Module):
         self.ctc_weight, self.error_weight, self.error_loss = ctc_weight, error_weight, error_loss
         self.pos_weight, self.focal_alpha, self.focal_gamma, self.blank = pos_weight, focal_alpha, focal_gamma, blank
 
-    @classmethod
-    def from_stage(cls, stage) -> "CTCMispronunciationLoss":
-        return cls(stage.ctc_weight, stage.error_weight, stage.error_loss, stage.error_pos_weight, stage.focal_alpha,
-                   stage.focal_gamma)
-
-    def evaluation(self) -> "CTCMispronunciationLoss":
+    def evaluation(self) -> CTCMispronunciationLoss:
         return CTCMispronunciationLoss(blank=self.blank)
 
     def ctc(self, logits: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,3 +58,11 @@ class CTCMispronunciationLoss(nn.Module):
     def forward(self, outputs, labels: torch.Tensor, error_labels: torch.Tensor) -> torch.Tensor:
         ctc = self.ctc(outputs["logits"], outputs["output_lengths"], labels)
         return self.ctc_weight * ctc + self.error_weight * self.errors(outputs["error_logits"], error_labels)
+
+    def distillation_logits(self, outputs, student_outputs, error_labels: torch.Tensor) -> list[torch.Tensor]:
+        """The phoneme scores of every real frame (``(frames, V)``) and the error logit of every canonical
+        phoneme (``(phonemes,)``): a teacher's frame posteriors and error probabilities are both distilled."""
+        logits = outputs["logits"]
+        lengths = student_outputs["output_lengths"].to(logits.device)
+        frames = torch.arange(logits.shape[1], device=logits.device)[None, :] < lengths[:, None]
+        return [logits[frames], outputs["error_logits"][error_labels >= 0]]

@@ -3,7 +3,7 @@
 - SE (Hu et al., 2018): channel attention from globally average-pooled features.
 - CBAM (Woo et al., 2018): channel attention from average- and max-pooled features, then spatial
   attention from a 7x7 convolution over the channel-pooled maps.
-- ResNet (He et al., 2016): ``blocks`` residual blocks per stage (S2 uses [3, 3, 3]), basic blocks or
+- ResNet (He et al., 2016): ``blocks`` residual blocks per stage (e.g. [3, 3, 3]), basic blocks or
   bottlenecks (1x1 -> 3x3 -> 1x1 at a quarter of the width); each stage after the first halves the size.
 - FPN (Lin et al., 2017): the same ResNet stages with a feature pyramid -- each stage's output is
   projected to a common width (1x1), the coarser level is upsampled and added (top-down), a 3x3

@@ -4,7 +4,7 @@ The encoder (``encoder: cnn`` or ``resnet``, with ``width_mult``, optional SE or
 for the ResNet, ``layers`` (residual blocks per stage) and ``use_bottleneck``) is built in ``encoders.py``.
 
 The encoder embeds each image; the head fuses the two embeddings with symmetric and/or ordered
-operations and outputs one logit (1 = the pair matches). The fusion operations (S2's six, plus sum):
+operations and outputs one logit (1 = the pair matches). The fusion operations:
 
 - ``diff``: ``|a - b|``            - ``product``: ``a * b``          - ``sum``: ``a + b``
 - ``cosine``: cosine similarity    - ``l2``: Euclidean distance      - ``concat``: ``[a, b]`` (ordered)
@@ -12,7 +12,7 @@ operations and outputs one logit (1 = the pair matches). The fusion operations (
 
 All but ``concat`` are symmetric in the two images. With ``use_fusion: false`` the chosen features
 are concatenated into one MLP head; with ``use_fusion: true`` every operation gets its own head and
-their logits are mixed by learned, softmax-normalised weights (S2's adaptive fusion).
+their logits are mixed by learned, softmax-normalised weights (adaptive fusion).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hfstage.models import MODELS
+from hfstage.models.base import MODELS
 from hfstage.models.encoders import FPN, conv_block, resnet
 
 FUSIONS = ("diff", "product", "sum", "concat", "cosine", "l2", "residual")

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hfstage.models import MODELS
+from hfstage.models.base import MODELS
 
 ARCHS = ("cnn", "gru", "lstm", "transformer")
 

@@ -1,4 +1,4 @@
-"""Pronunciation assessment (S3): a wav2vec2 encoder with a CTC phoneme head and a mispronunciation head.
+"""Pronunciation assessment: a wav2vec2 encoder with a CTC phoneme head and a mispronunciation head.
 
 ``model: {type: speech, head: simple|transformer|cross|hierarchical, encoder: {...Wav2Vec2Config...}}``.
 Outputs ``logits`` (CTC over the phoneme vocabulary, per audio frame) and ``error_logits`` (one per
@@ -30,7 +30,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from hfstage.errors import ConfigError
-from hfstage.models import MODELS
+from hfstage.models.base import MODELS
 
 HEADS = ("simple", "transformer", "cross", "hierarchical")
 TINY_ENCODER = {

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from hfstage.errors import ConfigError
-from hfstage.models import MODELS
+from hfstage.models.base import MODELS
 
 
 class TimmClassifierConfig(PretrainedConfig):
@@ -37,7 +37,7 @@ class TimmClassifierConfig(PretrainedConfig):
         import timm
 
         if not timm.is_model(backbone):
-            from hfstage.registry import closest
+            from hfstage.arguments import closest
 
             raise ValueError(f"backbone {backbone!r} is not a timm model{closest(backbone, timm.list_models())}")
         if image_size < 8:
