@@ -4,9 +4,9 @@
    training pairs (same model, batch and evaluation set): the epoch time should grow linearly, so
    ``t(kx) / (k * t(1x))`` should be ~1.
 2. In a fresh process per size: peak RSS growth while loading the split with hfstage's loader and
-   iterating one epoch of its DataLoader, divided by the size of the decoded arrays. About 1 means the
-   data is held once (``.npz`` members are compressed, so they cannot be memory-mapped; they must not
-   be copied again either).
+   iterating one epoch of its DataLoader, divided by the size of the decoded arrays. The split is
+   memory-mapped from the ``datasets`` cache, so an epoch that reads every sample maps each page once
+   (shared with other processes, and given back under memory pressure): about 1, never a copy more.
 
 The last line is ``worst_epoch_time_linearity: <max of t(kx) / (k * t(1x))>``.
 
@@ -47,7 +47,9 @@ data = task.load_split(sys.argv[1])
 for batch in DataLoader(data, batch_size=256, shuffle=True, collate_fn=collate):
     pass
 peak = status("VmHWM:")
-print(json.dumps({"rss_growth_mb": (peak - before) / 1024, "array_mb": data.x.numel() * data.x.element_size() / 2**20}))
+images = data.images
+print(json.dumps({"rss_growth_mb": (peak - before) / 1024,
+                  "array_mb": len(data) * int(np.prod(images.shape)) * images.dtype.itemsize / 2**20}))
 """
 
 

@@ -194,10 +194,18 @@ class StageConfig:
 class DataConfig:
     """Where the task's data lives and how much of it to use."""
 
-    path: str = _f("data/mnist_pairs", "Folder holding the split files.")
-    train_file: str = _f("train.npz", "Training split, relative to `path`.")
-    eval_file: str = _f("val.npz", "Validation split used for stage metrics and keep/skip decisions.")
-    test_file: Optional[str] = _f("test_public.npz", "Held-out test split reported at the end; null to skip.")
+    path: str = _f("data/mnist_pairs", "Folder of the split files; or (pairs, sequences) a `datasets` source: a "
+                   "`save_to_disk` folder, a folder of parquet/arrow/csv/json files, or `hf://datasets/OWNER/NAME[@REV]`.")
+    config: Optional[str] = _f(None, "The configuration of a `datasets` source (`load_dataset(path, config)`).")
+    columns: dict[str, str] = _f(
+        help="Task field -> column of a `datasets` source (pairs: `pair` or `image_a`/`image_b`, `label`; sequences: "
+        "`features`, `lengths`, `label`), e.g. `{label: is_same}`.", factory=dict,
+    )
+    train_file: str = _f("train.npz", "Training split: a file under `path`, or a `datasets` split (default there: `train`).")
+    eval_file: str = _f("val.npz", "Validation split used for stage metrics and keep/skip decisions (`datasets`: "
+                        "`validation`).")
+    test_file: Optional[str] = _f("test_public.npz", "Held-out test split reported at the end; null to skip "
+                                  "(`datasets`: `test`, skipped when the source has none).")
     max_train_samples: Optional[int] = _f(None, "Use only the first N training samples.")
     max_eval_samples: Optional[int] = _f(None, "Use only the first N validation and test samples.")
     num_workers: int = _f(0, "DataLoader worker processes.", _NON_NEGATIVE)

@@ -24,8 +24,9 @@ from typing import Sequence
 from transformers import EarlyStoppingCallback, set_seed
 
 from hfstage.callbacks import StageCallback, TrainingLogCallback
-from hfstage.checkpoint import RunLock, fingerprint
+from hfstage.checkpoint import RunLock
 from hfstage.config import RunConfig, StageConfig, init_stage_index
+from hfstage.data.sources import split_fingerprint, split_ref
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError, StageError
 from hfstage.folds import fold_splits
@@ -46,19 +47,22 @@ from hfstage.run_dir import (
     stage_dirname,
 )
 from hfstage.surgery import freeze, set_dropout, with_encoder_lr
-from hfstage.tasks import TASKS
+from hfstage.tasks import TASKS, Splits
 from hfstage.trainer import StageTrainer, StageTrainingArguments
 
 logger = logging.getLogger("hfstage")
 
 
-def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> RunRecord:
-    """Run (or resume) the whole curriculum; returns the final run.json record."""
+def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = (),
+        splits: Splits | None = None) -> RunRecord:
+    """Run (or resume) the whole curriculum; returns the final run.json record. ``splits``: the data, when it does
+    not come from ``cfg.data`` (``hfstage.train`` with datasets passed in)."""
     state = distributed_state()
     main = state.is_main_process
     folder = RunDir(cfg.output_dir)
     task = TASKS.get(cfg.task, "task")()
-    splits = task.load_splits(cfg.data)
+    if splits is None:
+        splits = task.load_splits(cfg.data)
     if cfg.fold is not None:
         splits = fold_splits(splits, cfg)
     set_seed(cfg.seed)
@@ -129,8 +133,9 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
         logger.info("run %s: %d stages, %d finished, world size %d", folder, len(cfg.stages), len(records),
                     state.num_processes)
     state.wait_for_everyone()
-    train_sha256 = (task.train_fingerprint(cfg.data) if hasattr(task, "train_fingerprint")  # once per run
-                    else fingerprint(Path(cfg.data.path) / cfg.data.train_file))
+    train_sha256 = (splits.train_sha256 or  # once per run
+                    (task.train_fingerprint(cfg.data) if hasattr(task, "train_fingerprint")
+                     else split_fingerprint(split_ref(cfg.data, cfg.data.train_file, "data.train_file"))))
     try:
         for index, stage in enumerate(cfg.stages, 1):
             if index <= len(records):

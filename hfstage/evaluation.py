@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig
 from transformers.trainer_utils import EvalPrediction
 
-from hfstage.checkpoint import atomic_write, atomic_write_json, atomic_write_text, fingerprint
+from hfstage.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from hfstage.config import DataConfig
+from hfstage.data.sources import SplitRef, source_kind, split_fingerprint, split_ref
 from hfstage.devices import cpu_only
 from hfstage.errors import ConfigError
 from hfstage.losses import CrossEntropyLoss
@@ -37,20 +38,24 @@ SPLIT_FIELDS = {"train": "train_file", "val": "eval_file", "eval": "eval_file", 
 
 
 def checkpoint_task(checkpoint: Checkpoint):
-    """The checkpoint's task, told the model's class names (so every split maps them to the same ids)."""
+    """The checkpoint's task, told the model's class names (so every split maps them to the same ids) and the
+    run's ``data.columns``."""
     task = TASKS.get(checkpoint.task, "task")()
+    if hasattr(task, "columns"):  # the data set's column names, as the run mapped them
+        task.columns = dict(checkpoint.data.columns)
     if hasattr(task, "bind"):
         task.bind(AutoConfig.from_pretrained(checkpoint.stage_dir))
     return task
 
 
-def split_path(data: DataConfig, split: str) -> Path:
-    """``train``/``val``/``test`` name the run's split files; any other NAME means ``NAME.npz``."""
+def split_path(data: DataConfig, split: str) -> SplitRef:
+    """``train``/``val``/``test`` name the run's splits; any other NAME means ``NAME.npz`` in a folder of hfstage's
+    own files, or the split NAME of a ``datasets`` source."""
     field = SPLIT_FIELDS.get(split)
-    name = getattr(data, field) if field else f"{split}.npz"
+    name = getattr(data, field) if field else (split if source_kind(data) else f"{split}.npz")
     if name is None:
         raise ConfigError(f"--split {split}: the run has no {field}")
-    return Path(data.path) / name
+    return split_ref(data, name, f"--split {split}")
 
 
 def predict(accelerator: Accelerator, checkpoint: Checkpoint, task, dataset, batch_size: int = 512):
@@ -83,7 +88,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     file = split_path(checkpoint.data, split)
     task = checkpoint_task(checkpoint)
     if hasattr(task, "evaluate_stage"):  # tasks with their own outputs and metrics (speech)
-        return _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out)
+        return _evaluate_own(task, checkpoint, file.path, split, accelerator, save_predictions, batch_size, out)
     dataset = task.load_split(file, f"--split {split}")
     began = time.time()
     logits, label_tensor = predict(accelerator, checkpoint, task, dataset, batch_size)
@@ -94,7 +99,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     metrics.update(task.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=label_tensor.numpy())))
     preds, probs = task.decide(logits.numpy())
     labels = label_tensor.numpy()
-    result = _record(checkpoint, split, file, fingerprint(file), len(labels), metrics, began, accelerator.num_processes)
+    result = _record(checkpoint, split, file, split_fingerprint(file), len(labels), metrics, began,
+                     accelerator.num_processes)
     if accelerator.is_main_process:
         eval_dir = Path(out) if out else checkpoint.eval_dir
         atomic_write_json(eval_dir / f"{split}.json", result)

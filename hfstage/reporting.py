@@ -23,10 +23,10 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import hfstage
+    from hfstage.version import __version__
 
     return {
-        "hfstage": hfstage.__version__,
+        "hfstage": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -27,9 +27,9 @@ from hfstage.checkpoint import (
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
-    fingerprint,
     read_json,
 )
+from hfstage.data.sources import SplitRef, split_fingerprint, split_ref
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.evaluation import checkpoint_task, predict, predictions_csv, split_path
 from hfstage.folds import labels_of
@@ -73,18 +73,19 @@ def train_fingerprint(base: BaseModel) -> str:
     recorded = base.checkpoint.stage_record.train_data_sha256
     if recorded:
         return recorded
-    path = Path(base.checkpoint.data.path) / base.checkpoint.data.train_file
-    if not path.exists():
+    data = base.checkpoint.data
+    ref = split_ref(data, data.train_file, "data.train_file")
+    if not ref.dataset and not ref.path.exists():
         raise CheckpointError(
-            f"{base.reference}: its stage.json records no training-data fingerprint and {path} is gone, so a leak "
+            f"{base.reference}: its stage.json records no training-data fingerprint and {ref.path} is gone, so a leak "
             "cannot be ruled out; retrain it with this hfstage version or restore its training file"
         )
-    return fingerprint(path)
+    return split_fingerprint(ref)
 
 
-def check_no_leak(bases: list[BaseModel], files: dict[str, Path]) -> dict[str, str]:
+def check_no_leak(bases: list[BaseModel], files: dict[str, SplitRef]) -> dict[str, str]:
     """Refuse in-sample predictions; returns each base model's training-data fingerprint by reference."""
-    prints = {split: fingerprint(path) for split, path in files.items()}
+    prints = {split: split_fingerprint(ref) for split, ref in files.items()}
     seen_by = {}
     for base in bases:
         seen = seen_by[base.reference] = train_fingerprint(base)

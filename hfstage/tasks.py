@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from hfstage.config import DataConfig, StageConfig
 from hfstage.data import audio, images, npz_pairs, npz_sequences
+from hfstage.data.sources import SplitRef, dataset_fingerprint, has_split, native_only, open_split, run_split_refs
 from hfstage.errors import ConfigError, DataError
 from hfstage.metrics import classification_metrics
 from hfstage.registry import Registry
@@ -26,6 +27,7 @@ class Splits:
     train: Dataset
     eval: Dataset
     test: Dataset | None
+    train_sha256: str | None = None  # what the training data was, when it came from Python objects (hfstage.train)
 
 
 def load_split_files(task, data: DataConfig) -> tuple[Path, dict[str, str | None], dict[str, Dataset]]:
@@ -41,37 +43,71 @@ def load_split_files(task, data: DataConfig) -> tuple[Path, dict[str, str | None
     return root, files, sets
 
 
+def load_array_splits(task, data: DataConfig) -> dict[str, Dataset]:
+    """The run's train/eval/test splits for the array tasks (pairs, sequences), by config field; a ``datasets``
+    source without a ``test`` split runs without one unless ``data.test_file`` names it."""
+    task.columns = dict(data.columns)
+    sets = {}
+    for field, ref in run_split_refs(data).items():
+        if ref is None:
+            continue
+        if ref.dataset and field == "test_file" and data.test_file == DataConfig.test_file and not has_split(ref):
+            continue
+        limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
+        sets[field] = task.load_split(ref, ref.where, limit)
+    return sets
+
+
+def as_split_ref(split: SplitRef | Path, field: str) -> SplitRef:
+    return split if isinstance(split, SplitRef) else SplitRef(str(Path(split).parent), Path(split).name, field)
+
+
 def _no_class_augmentation(task, stage: StageConfig, where: str) -> None:
     if stage.class_augmentation:
         raise ConfigError(f"{where}.class_augmentation: class-wise augmentation strength is for image_classification, "
                           f"not {task.name}")
 
 
-def _limit(x: np.ndarray, y: np.ndarray, n: int | None):
-    return (x, y) if n is None else (x[:n], y[:n])
-
-
 @TASKS.register("pair_classification")
 class PairClassificationTask:
-    """Same/different image pairs from ``.npz`` files; one logit per pair; binary metrics."""
+    """Same/different image pairs (``.npz`` files or any ``datasets`` source); one logit per pair; binary metrics."""
 
     name = "pair_classification"
 
-    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> npz_pairs.PairDataset:
-        """One split file, validated; ``field`` names the config field in error messages."""
-        x, y = npz_pairs.load_pair_arrays(path, field)
-        return npz_pairs.PairDataset(*_limit(x, y, limit))
+    def __init__(self):
+        self.columns: dict[str, str] = {}  # data.columns
+
+    def load_split(self, split: SplitRef | Path, field: str = "data", limit: int | None = None) -> npz_pairs.PairDataset:
+        """One split, validated; ``field`` names the config field in error messages."""
+        ref = as_split_ref(split, field)
+        if ref.dataset:
+            return npz_pairs.PairDataset.from_dataset(open_split(ref), self.columns, f"{ref} ({field})", limit)
+        dataset = npz_pairs.npz_as_dataset(ref.path, field)
+        return npz_pairs.PairDataset.from_dataset(dataset, {}, f"{ref.path} ({field})", limit, checked=True)
 
     def load_splits(self, data: DataConfig) -> Splits:
-        root, files, sets = load_split_files(self, data)
+        sets = load_array_splits(self, data)
         train = sets["train_file"]
+        refs = run_split_refs(data)
         for field, ds in sets.items():
-            if ds.x.shape[1:] != train.x.shape[1:]:
-                raise DataError(
-                    f"{root / files[field]}: key 'x' has images of shape {tuple(ds.x.shape[2:])} but "
-                    f"{root / data.train_file} has {tuple(train.x.shape[2:])} (data.{field})"
-                )
+            if ds.image_size != train.image_size:
+                what = f"column {self.columns.get('pair', 'pair')!r}" if refs[field].dataset else "key 'x'"
+                raise DataError(f"{refs[field]}: {what} has images of shape {ds.image_size} but {refs['train_file']} "
+                                f"has {train.image_size} (data.{field})")
         return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
+
+    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
+        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
+        self.columns = dict(data.columns)
+        sets = [None if ds is None else npz_pairs.PairDataset.from_dataset(
+                    ds, self.columns, name, limit)
+                for name, ds, limit in (("train_dataset", train, data.max_train_samples),
+                                        ("eval_dataset", eval_set, data.max_eval_samples),
+                                        ("test_dataset", test, data.max_eval_samples))]
+        for name, ds in zip(("eval_dataset", "test_dataset"), sets[1:]):
+            if ds is not None and ds.image_size != sets[0].image_size:
+                raise DataError(f"{name}: images of shape {ds.image_size} but train_dataset has {sets[0].image_size}")
+        return Splits(*sets, train_sha256=dataset_fingerprint(train))
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
         """Arguments the model's config takes from the data (not from the recipe)."""
@@ -116,35 +152,75 @@ class MultiClassDecisions:
 
 @TASKS.register("sequence_classification")
 class SequenceClassificationTask(MultiClassDecisions):
-    """Padded feature clips from ``.npz`` files; C-class logits; macro-averaged metrics."""
+    """Feature clips (``.npz`` files or any ``datasets`` source); C-class logits; macro-averaged metrics."""
 
     name = "sequence_classification"
 
-    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> npz_sequences.SequenceDataset:
-        a = npz_sequences.load_sequence_arrays(path, field)
-        n = len(a["y"]) if limit is None else limit
-        return npz_sequences.SequenceDataset(a["x"][:n], a["y"][:n], a["lengths"][:n], a.get("classes"))
+    def __init__(self):
+        self.columns: dict[str, str] = {}  # data.columns
+        self.classes: list[str] | None = None  # the training split's class names, for string labels
+
+    def bind(self, model_config) -> None:
+        """Use a trained model's classes for string labels of the splits loaded next."""
+        names = getattr(model_config, "id2label", None) or {}
+        if names and not all(str(v).startswith("LABEL_") for v in names.values()):
+            self.classes = [names[i] for i in range(len(names))]
+
+    def load_split(self, split: SplitRef | Path, field: str = "data",
+                   limit: int | None = None) -> npz_sequences.SequenceDataset:
+        ref = as_split_ref(split, field)
+        if ref.dataset:
+            return npz_sequences.SequenceDataset.from_dataset(open_split(ref), self.columns, f"{ref} ({field})",
+                                                              self.classes, limit)
+        dataset = npz_sequences.npz_as_dataset(ref.path, field)
+        return npz_sequences.SequenceDataset.from_dataset(dataset, {}, f"{ref.path} ({field})", None, limit,
+                                                          checked=True)
 
     def load_splits(self, data: DataConfig) -> Splits:
-        root, files, sets = load_split_files(self, data)
-        train = sets["train_file"]
+        self.classes = None
+        refs = run_split_refs(data)
+        self.columns = dict(data.columns)
+        train = self.load_split(refs["train_file"], "data.train_file", data.max_train_samples)
+        self.classes = train.classes
+        sets = {"train_file": train, **{f: s for f, s in load_array_splits(self, data).items() if f != "train_file"}}
         n_classes = self.num_labels(train)
         for field, ds in sets.items():
-            where = root / files[field]
-            if ds.x.shape[2] != train.x.shape[2]:
-                raise DataError(f"{where}: key 'x' has {ds.x.shape[2]} features per frame but "
-                                f"{root / data.train_file} has {train.x.shape[2]} (data.{field})")
+            where = refs[field]
+            x, y = ((f"column {self.columns.get(f, f)!r}" for f in ("features", "label")) if where.dataset
+                    else ("key 'x'", "key 'y'"))
+            if ds.feature_dim != train.feature_dim:
+                raise DataError(f"{where}: {x} has {ds.feature_dim} features per frame but {refs['train_file']} has "
+                                f"{train.feature_dim} (data.{field})")
             if int(ds.y.max()) >= n_classes:
-                raise DataError(f"{where}: key 'y' has class {int(ds.y.max())}, outside the {n_classes} classes "
+                raise DataError(f"{where}: {y} has class {int(ds.y.max())}, outside the {n_classes} classes "
                                 f"of the training split (data.{field})")
         return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
+
+    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
+        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
+        self.columns, self.classes = dict(data.columns), None
+        first = npz_sequences.SequenceDataset.from_dataset(train, self.columns, "train_dataset", None,
+                                                          data.max_train_samples)
+        self.classes = first.classes
+        rest = [None if ds is None else npz_sequences.SequenceDataset.from_dataset(
+                    ds, self.columns, name, self.classes, data.max_eval_samples)
+                for name, ds in (("eval_dataset", eval_set), ("test_dataset", test))]
+        for name, ds in zip(("eval_dataset", "test_dataset"), rest):
+            if ds is not None and ds.feature_dim != first.feature_dim:
+                raise DataError(f"{name}: {ds.feature_dim} features per frame but train_dataset has {first.feature_dim}")
+            if ds is not None and int(ds.y.max()) >= self.num_labels(first):
+                raise DataError(f"{name}: class {int(ds.y.max())}, outside the {self.num_labels(first)} classes of "
+                                "train_dataset")
+        return Splits(first, *rest, train_sha256=dataset_fingerprint(train))
 
     @staticmethod
     def num_labels(train) -> int:
         return len(train.classes) if train.classes else int(train.y.max()) + 1
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
-        return {"input_dim": int(splits.train.x.shape[2]), "num_labels": self.num_labels(splits.train)}
+        classes = splits.train.classes
+        names = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}} if classes else {}
+        return {"input_dim": splits.train.feature_dim, "num_labels": self.num_labels(splits.train), **names}
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
         npz_sequences.check_sequence_augmentation(stage.augmentation, where)
@@ -171,11 +247,13 @@ class ImageClassificationTask(MultiClassDecisions):
         """Use a trained model's classes (``id2label``) for the splits loaded next."""
         self.classes = [model_config.id2label[i] for i in range(model_config.num_labels)]
 
-    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> images.ImageDataset:
+    def load_split(self, path: SplitRef | Path, field: str = "data", limit: int | None = None) -> images.ImageDataset:
+        path = as_split_ref(path, field).path
         listed = images.load_image_list(path, field, self.classes, self.skip_bad)
         return images.ImageDataset(listed, limit)
 
     def load_splits(self, data: DataConfig) -> Splits:
+        native_only(data, self.name)
         self.skip_bad = data.skip_bad_images
         root = Path(data.path)
         train = self.load_split(root / data.train_file, "data.train_file", data.max_train_samples)
@@ -244,7 +322,8 @@ class SpeechAssessmentTask:
         self.vocab: dict[str, int] | None = None
         self.processor = None
 
-    def load_split(self, path: Path, field: str = "data", limit: int | None = None) -> audio.AudioDataset:
+    def load_split(self, path: SplitRef | Path, field: str = "data", limit: int | None = None) -> audio.AudioDataset:
+        path = as_split_ref(path, field).path
         clips = audio.load_clips(Path(path).parent, Path(path).name, field)
         if self.vocab is None:
             self.vocab = audio.build_vocabulary(clips)
@@ -253,6 +332,7 @@ class SpeechAssessmentTask:
     def load_splits(self, data: DataConfig) -> Splits:
         import tempfile
 
+        native_only(data, self.name)
         root, files, sets = load_split_files(self, data)
         with tempfile.TemporaryDirectory() as tmp:
             self.processor = audio.make_processor(self.vocab, Path(tmp))

@@ -173,8 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
             return "create", None, []
         if parts[:2] == ["api", "validate-yaml"]:
             return "validate", None, []
-        if parts[:2] == ["api", "models"] and len(parts) >= 4:
-            repo_id = f"{parts[2]}/{parts[3]}"
+        if parts[:2] in (["api", "models"], ["api", "datasets"]) and len(parts) >= 4:
+            # dataset repositories live beside model repositories under "datasets/OWNER/NAME"
+            repo_id = ("datasets/" if parts[1] == "datasets" else "") + f"{parts[2]}/{parts[3]}"
             rest = parts[4:]
             if not rest:
                 return "info", repo_id, ["main"]
@@ -182,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
                      "commit": "commit", "tag": "tag", "branch": "branch", "refs": "refs"}
             if rest[0] in names:
                 return names[rest[0]], repo_id, rest[1:]
+        if len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve":
+            return "resolve", f"datasets/{parts[1]}/{parts[2]}", parts[4:]
         if len(parts) >= 5 and parts[2] == "resolve":
             return "resolve", f"{parts[0]}/{parts[1]}", parts[3:]
         raise LookupError
@@ -213,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return self._error(401, "Invalid credentials in Authorization header")
         req = json.loads(body or b"{}")
-        repo_id = f"{req.get('organization') or USER}/{req['name']}"
+        repo_id = ("datasets/" if req.get("type") == "dataset" else "") + f"{req.get('organization') or USER}/{req['name']}"
         url = f"{self.hub.url}/{repo_id}"
         if repo_id in self.hub.repos:
             return self._send(409, {"error": "You already created this model repo", "url": url})

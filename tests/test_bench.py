@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("curriculum_vs_single.py", "curriculum_minus_single_test_accuracy", -1.0, 1.0),
     ("data_loading.py", "min_loader_to_step_ratio", 0.0, float("inf")),
     ("scaling.py", "worst_epoch_time_linearity", 0.0, float("inf")),
+    ("data_memory.py", "peak_rss_ratio_16x_vs_1x", 0.5, 1.25),
 ])
 def test_benchmark_quick_mode_prints_its_headline(script, headline, low, high):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,

@@ -36,3 +36,53 @@ def test_two_process_launch_trains_once_and_only_main_writes(recipe, tmp_path):
     assert log.count("stage 2 'augmentation' kept") == 1
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.json", "stage_1_baseline",
                                                      "stage_2_augmentation", "training.log"]
+
+
+SHARD_SCRIPT = """
+import json, sys
+from hfstage.config import DataConfig
+from hfstage.models import build_model
+from hfstage.tasks import TASKS
+from hfstage.trainer import StageTrainer, StageTrainingArguments
+
+task = TASKS.get("pair_classification")()
+splits = task.load_splits(DataConfig(path=sys.argv[1]))
+args = StageTrainingArguments(output_dir=sys.argv[2], use_cpu=True, report_to="none", per_device_train_batch_size=16,
+                              remove_unused_columns=False)
+model = build_model({"type": "pair_cnn", "channels": [4], "feat_dim": 8, "hidden_dim": 8})
+trainer = StageTrainer(model=model, args=args, train_dataset=splits.train, data_collator=task.collator(None, False))
+ids = []
+for batch in trainer.get_train_dataloader():  # the Trainer's own loader: sampler, sharding, accelerate
+    pixels = (batch["pixel_values"][:, 0, 0, :2] * 255).round().long()
+    ids += (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
+rank = trainer.accelerator.process_index
+open(f"{sys.argv[2]}/rank_{rank}.json", "w").write(json.dumps({"world": trainer.accelerator.num_processes, "ids": ids}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_over_a_datasets_source_read_disjoint_halves(tmp_path):
+    """A save_to_disk source whose images carry their row number: each of the 2 DDP processes reads its own
+    half of the epoch through the Trainer's loader, and together they read every row once."""
+    import datasets
+    import numpy as np
+
+    n = 320
+    x = np.zeros((n, 2, 8, 8), dtype=np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    features = datasets.Features({"pair": datasets.Array3D((2, 8, 8), "uint8"), "label": datasets.Value("int64")})
+    split = datasets.Dataset.from_dict({"pair": x, "label": np.arange(n) % 2}, features=features)
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(str(tmp_path / "data"))
+    script = tmp_path / "shards.py"
+    script.write_text(SHARD_SCRIPT)
+    (tmp_path / "out").mkdir()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs/cpu_ddp.yaml"), "--main_process_port", "0", str(script),
+           str(tmp_path / "data"), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    first, second = (set(r["ids"]) for r in ranks)
+    assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == n // 2 and not first & second
+    assert first | second == set(range(n))

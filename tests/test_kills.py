@@ -43,8 +43,8 @@ def test_random_kills_always_resume(recipe, pair_data, tmp_path):
     for _ in range(KILLS):
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            # anywhere from half-way through start-up to a third of the way through the training left
-            proc.wait(timeout=rng.uniform(0.5 * startup, startup + 0.35 * training))
+            # anywhere from a third of the way through start-up to a fifth of the way through the training left
+            proc.wait(timeout=rng.uniform(0.3 * startup, startup + 0.2 * training))
             assert proc.returncode == 0, proc.stderr.read()[-3000:]
             finished_before_kill = True
             break

@@ -1,8 +1,11 @@
-"""Paired images in ``.npz`` files: ``x`` (N, 2, H, W) and ``y`` (N,) with 1 = the pair matches.
+"""Paired images: ``.npz`` files with ``x`` (N, 2, H, W) and ``y`` (N,) (1 = the pair matches), or any
+``datasets`` source with a ``pair`` column (2 x H x W per row) or two image columns ``image_a``/``image_b``,
+and a ``label`` column (``data.columns`` maps these fields to other column names).
 
-``x`` is uint8 (0-255) or float in [0, 1]; it stays in its stored dtype in memory and is converted to
-float once per batch by :class:`PairCollator`, which also applies the stage's augmentations to the
-whole batch at once (one ``grid_sample`` call), so loading is never the bottleneck.
+Images are uint8 (0-255) or float in [0, 1]; they stay in their stored dtype, memory-mapped from the
+``datasets`` cache, and are converted to float once per batch by :class:`PairCollator`, which also applies
+the stage's augmentations to the whole batch at once (one ``grid_sample`` call), so loading is never the
+bottleneck.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, first_non_finite, read_npz
+from hfstage.data.arrow import ArrayColumn, scalar_column
+from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
 from hfstage.registry import Registry
 
@@ -45,33 +50,138 @@ def load_pair_arrays(path: str | Path, field: str = "data") -> tuple[np.ndarray,
         raise DataError(f"{path}: key 'y' must hold integers 0/1, got {y.dtype}")
     if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
         raise DataError(f"{path}: key 'y' holds NaN or Inf")
+    return x, check_binary_labels(y, f"{path}: key 'y'")
+
+
+def check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
     bad = ~np.isin(y, (0, 1))
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{path}: key 'y' must be 0 or 1; sample {i} has {y[i].item()!r}")
-    return x, y.astype(np.int64)
+        raise DataError(f"{where} must be 0 or 1; sample {i} has {y[i].item()!r}")
+    return y.astype(np.int64)
+
+
+def npz_as_dataset(path: str | Path, field: str = "data"):
+    """A pair ``.npz`` file as a ``datasets.Dataset`` (``pair``, ``label``), converted once into the cache."""
+    import datasets
+
+    def build():
+        x, y = load_pair_arrays(path, field)
+        features = datasets.Features({"pair": datasets.Array3D(tuple(x.shape[1:]), str(x.dtype)),
+                                      "label": datasets.Value("int64")})
+        return datasets.Dataset.from_dict({"pair": x, "label": y}, features=features)
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found ({field})")
+    return converted(Path(path), "pairs", build)
+
+
+class _InMemory:
+    """Arrays already in memory (tests, benchmarks), read like an ``ArrayColumn``."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x)
+        self.shape, self.dtype = self.x.shape[1:], self.x.dtype
+
+    def gather(self, indices) -> np.ndarray:
+        return self.x[np.asarray(indices, dtype=np.int64)]
+
+    def blocks(self):
+        yield self.x
+
+
+class _TwoImages:
+    """``image_a`` and ``image_b`` columns (H x W each) read as one pair column."""
+
+    def __init__(self, a: ArrayColumn, b: ArrayColumn, where: str):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise DataError(f"{where}: image_a and image_b differ ({a.shape} {a.dtype} vs {b.shape} {b.dtype})")
+        self.a, self.b = a, b
+        self.shape, self.dtype = (2, *a.shape), a.dtype
+
+    def gather(self, indices) -> np.ndarray:
+        return np.stack([self.a.gather(indices), self.b.gather(indices)], axis=1)
+
+    def blocks(self):
+        for a, b in zip(self.a.blocks(), self.b.blocks()):
+            yield np.stack([a, b], axis=1)
 
 
 class PairDataset(Dataset):
-    """Pairs held as tensors; ``__getitems__`` returns a whole batch with one indexing operation."""
+    """Pairs and their labels; ``__getitems__`` returns a whole batch with one gather.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
-        self.y = torch.from_numpy(np.ascontiguousarray(y))
+    Built from arrays in memory (``PairDataset(x, y)``) or from a ``datasets.Dataset``
+    (``PairDataset.from_dataset``), whose columns stay memory-mapped: every process reads only its batches.
+    """
+
+    def __init__(self, x, y: np.ndarray, limit: int | None = None):
+        self.images = x if hasattr(x, "gather") else _InMemory(x)
+        self.y = torch.from_numpy(np.array(y[:limit], dtype=np.int64))  # a copy: labels are small
+
+    @classmethod
+    def from_dataset(cls, dataset, columns: dict[str, str], where: str, limit: int | None = None,
+                     checked: bool = False) -> PairDataset:
+        """``dataset``'s ``pair`` column (or ``image_a`` and ``image_b``) and ``label`` column; values are checked
+        unless ``checked`` (an ``.npz`` converted by hfstage was checked when it was converted)."""
+        if "pair" in columns or column_of(dataset, "pair", columns, where, required=False):
+            images = ArrayColumn(dataset, column_of(dataset, "pair", columns, where), f"{where}: column 'pair'")
+            if len(images.shape) != 3 or images.shape[0] != 2:
+                raise DataError(f"{where}: column {columns.get('pair', 'pair')!r} must hold 2 x H x W images per row, "
+                                f"got rows of shape {images.shape}")
+        else:
+            a, b = (ArrayColumn(dataset, column_of(dataset, f, columns, where), f"{where}: column {f!r}")
+                    for f in ("image_a", "image_b"))
+            if len(a.shape) != 2:
+                raise DataError(f"{where}: column {columns.get('image_a', 'image_a')!r} must hold H x W images, "
+                                f"got rows of shape {a.shape}")
+            images = _TwoImages(a, b, where)
+        label = column_of(dataset, "label", columns, where)
+        y = scalar_column(dataset, label)
+        if not checked:
+            _check_images(images, where)
+            y = check_binary_labels(y, f"{where}: column {label!r}")
+        return cls(images, y, limit)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
+        return {"pixel_values": torch.from_numpy(self.images.gather([i])[0]), "labels": self.y[i]}
 
     def __getitems__(self, indices):
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return {"pixel_values": self.x[index], "labels": self.y[index]}
+        return {"pixel_values": torch.from_numpy(self.images.gather(indices)), "labels": self.y[torch.as_tensor(indices)]}
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.x.shape[-2:])
+        return tuple(self.images.shape[-2:])
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every pair, in memory (for ``stack --passthrough``)."""
+        return np.concatenate(list(self.images.blocks()))[: len(self)]
+
+
+def _check_images(images, where: str) -> None:
+    """uint8 images, or other integers within 0-255, or finite floats."""
+    if np.issubdtype(images.dtype, np.floating):
+        for start, block in _with_offsets(images.blocks()):
+            bad = first_non_finite(block)
+            if bad is not None:
+                raise DataError(f"{where}: images hold NaN or Inf (first at row {start + bad})")
+    elif images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer):
+            raise DataError(f"{where}: images must be uint8 or float, got {images.dtype}")
+        for start, block in _with_offsets(images.blocks()):
+            bad = ((block < 0) | (block > 255)).reshape(len(block), -1).any(axis=1)
+            if bad.any():
+                raise DataError(f"{where}: integer images must be within 0-255 (row {start + int(np.argmax(bad))})")
+
+
+def _with_offsets(blocks):
+    start = 0
+    for block in blocks:
+        yield start, block
+        start += len(block)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,7 +231,7 @@ class PairCollator:
         if isinstance(batch, list):  # a sampler that fetches one item at a time
             batch = {k: torch.stack([item[k] for item in batch]) for k in batch[0]}
         x = batch["pixel_values"]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = x.float().div_(255.0) if not x.is_floating_point() else x.float()
         if self.augmentation:
             x = augment_pairs(x, self.augmentation)
         return {"pixel_values": x, "labels": batch["labels"]}

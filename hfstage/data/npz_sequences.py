@@ -1,9 +1,12 @@
-"""Feature sequences in ``.npz`` files (keypoint or sensor clips, e.g. sign language), many classes.
+"""Feature sequences (keypoint or sensor clips, e.g. sign language), many classes.
 
-Keys: ``x`` float (N, T, F) padded clips; ``y`` int (N,) class ids in [0, C); optional ``lengths``
+``.npz`` keys: ``x`` float (N, T, F) padded clips; ``y`` int (N,) class ids in [0, C); optional ``lengths``
 int (N,) valid frames per clip (1..T; the rest is padding, default: all T); optional ``classes``
-(C,) class names. The collator builds an ``attention_mask`` from the lengths and applies the
-stage's augmentations to valid frames only, on whole batches.
+(C,) class names. Any ``datasets`` source works too, with a ``features`` column (T x F per row, or a list
+of frames of any length), an optional ``lengths`` column and a ``label`` column (ints, a ``ClassLabel``
+whose names become the classes, or strings); ``data.columns`` maps these fields to other column names.
+The collator builds an ``attention_mask`` from the lengths and applies the stage's augmentations to
+valid frames only, on whole batches.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, first_non_finite, read_npz
+from hfstage.data.arrow import ArrayColumn, RaggedColumn, is_ragged, scalar_column
+from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
 from hfstage.registry import Registry
 
@@ -63,24 +68,121 @@ def load_sequence_arrays(path: str | Path, field: str = "data") -> dict[str, np.
     return out
 
 
-class SequenceDataset(Dataset):
-    """Clips held as tensors; ``__getitems__`` returns a whole batch with one indexing operation."""
+def npz_as_dataset(path: str | Path, field: str = "data"):
+    """A sequence ``.npz`` file as a ``datasets.Dataset`` (``features``, ``lengths``, ``label``; class names as a
+    ``ClassLabel``), converted once into the cache."""
+    import datasets
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray, classes: np.ndarray | None = None):
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
-        self.y = torch.from_numpy(np.ascontiguousarray(y))
-        self.lengths = torch.from_numpy(np.ascontiguousarray(lengths))
+    def build():
+        a = load_sequence_arrays(path, field)
+        label = (datasets.ClassLabel(names=list(a["classes"])) if "classes" in a else datasets.Value("int64"))
+        features = datasets.Features({"features": datasets.Array2D(tuple(a["x"].shape[1:]), "float32"),
+                                      "lengths": datasets.Value("int64"), "label": label})
+        return datasets.Dataset.from_dict({"features": a["x"], "lengths": a["lengths"], "label": a["y"]},
+                                          features=features)
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found ({field})")
+    return converted(Path(path), "sequences", build)
+
+
+class _InMemory:
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x)
+        self.shape, self.dtype = self.x.shape[1:], self.x.dtype
+
+    def gather(self, indices) -> np.ndarray:
+        return self.x[np.asarray(indices, dtype=np.int64)]
+
+    def blocks(self):
+        yield self.x
+
+
+class SequenceDataset(Dataset):
+    """Clips and their labels; ``__getitems__`` returns a whole batch with one gather.
+
+    Built from arrays in memory (``SequenceDataset(x, y, lengths)``) or from a ``datasets.Dataset``
+    (``SequenceDataset.from_dataset``), whose columns stay memory-mapped.
+    """
+
+    def __init__(self, x, y: np.ndarray, lengths: np.ndarray, classes=None, limit: int | None = None):
+        self.frames = x if hasattr(x, "gather") else _InMemory(x)
+        self.y = torch.from_numpy(np.array(y[:limit], dtype=np.int64))  # copies: labels and lengths are small
+        self.lengths = torch.from_numpy(np.array(lengths[:limit], dtype=np.int64))
         self.classes = None if classes is None else [str(c) for c in classes]
+
+    @classmethod
+    def from_dataset(cls, dataset, columns: dict[str, str], where: str, classes: list[str] | None = None,
+                     limit: int | None = None, checked: bool = False) -> SequenceDataset:
+        """``dataset``'s ``features``, optional ``lengths`` and ``label`` columns. String labels are mapped with
+        ``classes`` (the training split's, when given)."""
+        column = column_of(dataset, "features", columns, where)
+        ragged = is_ragged(dataset, column)
+        reader = RaggedColumn(dataset, column, f"{where}: column {column!r}") if ragged else \
+            ArrayColumn(dataset, column, f"{where}: column {column!r}")
+        if len(reader.shape) != (1 if ragged else 2):
+            raise DataError(f"{where}: column {column!r} must hold T x F frames per row, got "
+                            f"{'frames' if ragged else 'rows'} of shape {reader.shape}")
+        if ragged:
+            lengths = reader.lengths
+        else:
+            t = reader.shape[0]
+            length_column = column_of(dataset, "lengths", columns, where, required=False)
+            lengths = scalar_column(dataset, length_column) if length_column else np.full(len(reader), t)
+            bad = (lengths < 1) | (lengths > t)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise DataError(f"{where}: column {length_column!r} must be in [1, {t}] (the padded length); row {i} "
+                                f"has {lengths[i]}")
+        label = column_of(dataset, "label", columns, where)
+        y = scalar_column(dataset, label)
+        names = getattr(dataset.features[label], "names", None)
+        if y.dtype.kind in "OUS":  # class names
+            known = classes or sorted(set(y.tolist()))
+            index = {c: i for i, c in enumerate(known)}
+            unknown = [v for v in y.tolist() if v not in index]
+            if unknown:
+                raise DataError(f"{where}: column {label!r} has class {unknown[0]!r}, not one of the training split's "
+                                f"classes ({', '.join(known)})")
+            y, names = np.asarray([index[v] for v in y.tolist()], dtype=np.int64), known
+        elif not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+            bad = int(np.argmax(y < 0)) if np.issubdtype(y.dtype, np.integer) else 0
+            raise DataError(f"{where}: column {label!r} must hold class ids >= 0 or class names; row {bad} has "
+                            f"{y[bad]!r}")
+        if not checked:
+            if not np.issubdtype(reader.dtype, np.floating):
+                raise DataError(f"{where}: column {column!r} must hold float features, got {reader.dtype}")
+            start = 0
+            for block in reader.blocks():
+                bad = first_non_finite(block)
+                if bad is not None:
+                    raise DataError(f"{where}: column {column!r} holds NaN or Inf (first at row {start + bad})")
+                start += len(block)
+        return cls(reader, y.astype(np.int64), lengths.astype(np.int64), names, limit)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i):
-        return {"input_values": self.x[i], "lengths": self.lengths[i], "labels": self.y[i]}
+        return {key: value[0] for key, value in self.__getitems__([i]).items()}
 
     def __getitems__(self, indices):
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"input_values": self.x[index], "lengths": self.lengths[index], "labels": self.y[index]}
+        frames = torch.from_numpy(self.frames.gather(indices))
+        if not frames.is_floating_point():
+            frames = frames.float()
+        return {"input_values": frames, "lengths": self.lengths[index], "labels": self.y[index]}
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.frames.shape[-1])
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every clip, in memory (for ``stack --passthrough``)."""
+        blocks = list(self.frames.blocks())
+        longest = max(b.shape[1] for b in blocks)
+        return np.concatenate([np.pad(b, ((0, 0), (0, longest - b.shape[1]), (0, 0))) for b in blocks])[: len(self)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""hfstage from Python: ``hfstage.train(config, train_dataset=..., eval_dataset=..., test_dataset=...)``.
+
+``config`` is a recipe file, a mapping of recipe fields, or a ``RunConfig``; ``overrides`` are ``key=value``
+strings as on the command line. Without datasets this is ``hfstage train``. With ``datasets.Dataset`` objects
+(pair and sequence tasks) the run trains on them instead of ``data.path``, with the same column rules and
+``data.columns`` as any ``datasets`` source; the run records ``data.path`` as ``<datasets passed to
+hfstage.train>`` and the training set's fingerprint, so stacking can still refuse leaks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from hfstage.callbacks import StageCallback
+from hfstage.config import RunConfig, apply_override, build_run_config, load_config
+from hfstage.curriculum import run
+from hfstage.errors import ConfigError
+from hfstage.sweeps import run_seeds
+from hfstage.tasks import TASKS
+
+PASSED_IN = "<datasets passed to hfstage.train>"
+
+
+def _config(config: str | Path | dict[str, Any] | RunConfig, overrides: Sequence[str]) -> tuple[RunConfig, str | None]:
+    if isinstance(config, RunConfig):
+        if overrides:
+            raise ConfigError("train: overrides apply to a recipe file or mapping; change the RunConfig itself")
+        return config, None
+    if isinstance(config, dict):
+        raw = {k: v for k, v in config.items()}
+        for text in overrides:
+            apply_override(raw, text)
+        return build_run_config(raw, "<config>"), None
+    return load_config(config, list(overrides)), str(config)
+
+
+def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, eval_dataset=None, test_dataset=None,
+          overrides: Sequence[str] = (), callbacks: Sequence[StageCallback] = ()):
+    """Run (or resume) a recipe. Returns the final run record (a list of them with ``seeds``, CV summaries with
+    ``folds``), like the command line's ``hfstage train``."""
+    cfg, config_file = _config(config, overrides)
+    if train_dataset is None and eval_dataset is None and test_dataset is None:
+        return run_seeds(cfg, config_file, callbacks)
+    if train_dataset is None or eval_dataset is None:
+        raise ConfigError("train: give train_dataset and eval_dataset together (test_dataset is optional)")
+    if cfg.folds or cfg.seeds:
+        raise ConfigError("train: folds and seeds read data.path; with datasets passed in, train one run per call")
+    task = TASKS.get(cfg.task, "task")()
+    if not hasattr(task, "splits_from_datasets"):
+        raise ConfigError(f"train: datasets passed in work for pair_classification and sequence_classification so far, "
+                          f"not {cfg.task}; point data.path at the data instead")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=PASSED_IN))
+    splits = task.splits_from_datasets(cfg.data, train_dataset, eval_dataset, test_dataset)
+    return run(cfg, config_file, callbacks, splits=splits)

@@ -1,0 +1,220 @@
+"""Where a split comes from: hfstage's own files, or any source 🤗 ``datasets`` reads.
+
+``data.path`` is one of
+
+- a folder of hfstage's own files (``train.npz`` ...): each file is converted once into a
+  ``datasets.Dataset`` in the ``datasets`` cache (``<HF_DATASETS_CACHE>/hfstage/``), named by the SHA-256
+  of its bytes, and memory-mapped from there by later runs and by every process of a run;
+- a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
+- a folder of parquet, arrow, csv or json(l) files (``load_dataset`` with the matching builder; file names
+  such as ``train-*.parquet`` / ``validation.csv`` name the splits);
+- ``hf://datasets/OWNER/NAME[@REVISION]`` (``data.config`` names a configuration), through the Hub client
+  and its cache (``HF_HUB_OFFLINE`` honoured).
+
+For the ``datasets`` sources ``data.train_file``/``eval_file``/``test_file`` name splits, and their
+default file names mean the splits ``train``/``validation``/``test``. ``data.columns`` maps the task's
+fields to the data set's columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from hfstage.checkpoint import fingerprint
+from hfstage.devices import distributed_state
+from hfstage.errors import ConfigError, DataError
+
+logger = logging.getLogger("hfstage")
+
+HUB_DATASETS = "hf://datasets/"
+TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+# the default file names of DataConfig, and the split each means for a `datasets` source
+DEFAULT_SPLITS = {"train.npz": "train", "val.npz": "validation", "test_public.npz": "test"}
+CONVERTED_FORMAT = 1  # bump when the layout of converted files changes: they are then converted again
+
+
+def _datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def source_kind(data) -> str | None:
+    """``hub``, ``disk`` (save_to_disk), ``files`` (parquet/arrow/csv/json), or None for hfstage's own files
+    (the training file ``data.train_file`` is there, or the speech layout's ``metadata.jsonl``/``.csv``)."""
+    if str(data.path).startswith(HUB_DATASETS):
+        return "hub"
+    folder = Path(data.path)
+    if not folder.is_dir():
+        return None
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return "disk"
+    if (folder / data.train_file).exists() or any((folder / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
+        return None
+    if any(p.suffix in TABLE_BUILDERS for p in folder.rglob("*") if p.is_file()):
+        return "files"
+    return None
+
+
+def native_only(data, task: str) -> None:
+    """Refuse a ``datasets`` source for a task that reads only its own layout so far."""
+    if source_kind(data) is not None:
+        raise ConfigError(f"data.path: {data.path} is a datasets source; {task} reads its own layout so far "
+                          "(datasets sources work for pair_classification and sequence_classification)")
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """One split of the run's data: a file of hfstage's own format, or a named split of a ``datasets`` source."""
+
+    source: str  # data.path
+    name: str  # the file name, or the split name
+    where: str  # the config field or flag it came from, for messages
+    config: str | None = None  # data.config
+    dataset: bool = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source) / self.name
+
+    def __str__(self) -> str:
+        return f"{self.source} [split {self.name}]" if self.dataset else str(self.path)
+
+
+def split_ref(data, name: str | None, where: str) -> SplitRef | None:
+    """The split a config field names (None stays None)."""
+    if name is None:
+        return None
+    if source_kind(data) is None:
+        return SplitRef(data.path, name, where)
+    return SplitRef(data.path, DEFAULT_SPLITS.get(name, name), where, data.config, dataset=True)
+
+
+def run_split_refs(data) -> dict[str, SplitRef | None]:
+    """The run's train/eval/test splits by config field (``train_file`` ...)."""
+    return {field: split_ref(data, getattr(data, field), f"data.{field}")
+            for field in ("train_file", "eval_file", "test_file")}
+
+
+_OPENED: dict[tuple, object] = {}  # (kind, path, config, files) -> DatasetDict, once per process
+
+
+def _open_source(ref: SplitRef):
+    datasets = _datasets()
+    kind = "hub" if ref.source.startswith(HUB_DATASETS) else "disk" if (
+        (Path(ref.source) / "dataset_dict.json").is_file() or (Path(ref.source) / "state.json").is_file()) else "files"
+    stamp = () if kind == "hub" else tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                                for p in Path(ref.source).rglob("*") if p.is_file()))
+    key = (kind, ref.source, ref.config, stamp)  # a folder whose files changed is read again
+    if key in _OPENED:
+        return _OPENED[key]
+    try:
+        if kind == "hub":
+            repo, _, revision = ref.source[len(HUB_DATASETS):].strip("/").partition("@")
+            opened = datasets.load_dataset(repo, ref.config, revision=revision or None)
+        elif kind == "disk":
+            opened = datasets.load_from_disk(ref.source)
+        else:
+            suffixes = {p.suffix for p in Path(ref.source).rglob("*") if p.suffix in TABLE_BUILDERS}
+            builders = {TABLE_BUILDERS[s] for s in suffixes}
+            if len(builders) > 1:
+                raise DataError(f"{ref.source}: holds {', '.join(sorted(suffixes))} files; keep one format per data folder")
+            opened = datasets.load_dataset(builders.pop(), data_dir=ref.source)
+    except (DataError, ConfigError):
+        raise
+    except Exception as exc:  # datasets and the Hub client raise many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{ref.source}: could not be read as a data set ({type(exc).__name__}: {first}) "
+                        f"(data.path)") from None
+    if isinstance(opened, datasets.Dataset):  # a single save_to_disk split
+        opened = datasets.DatasetDict({"train": opened})
+    _OPENED[key] = opened
+    return opened
+
+
+def open_split(ref: SplitRef):
+    """A named split of a ``datasets`` source, as a ``datasets.Dataset``."""
+    splits = _open_source(ref)
+    if ref.name not in splits:
+        raise DataError(f"{ref.source}: no split {ref.name!r} ({ref.where}); its splits: {', '.join(splits) or 'none'}")
+    return splits[ref.name]
+
+
+def has_split(ref: SplitRef) -> bool:
+    return ref.name in _open_source(ref)
+
+
+def split_fingerprint(ref: SplitRef) -> str:
+    """SHA-256 of a split's content: the file's bytes, or the bytes of the split's Arrow files (which data a model
+    saw, checkable later: stacking refuses leaks)."""
+    if not ref.dataset:
+        return fingerprint(ref.path)
+    return dataset_fingerprint(open_split(ref))
+
+
+def dataset_fingerprint(dataset) -> str:
+    """SHA-256 of a ``datasets.Dataset``'s content: the bytes of its Arrow files (and its row selection); for a
+    data set held in memory, of ``datasets``' own fingerprint of it."""
+    files = sorted(f["filename"] for f in dataset.cache_files)
+    if not files:
+        return hashlib.sha256(f"in-memory:{dataset._fingerprint}".encode()).hexdigest()
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(fingerprint(file).encode())
+    indices = getattr(dataset, "_indices", None)
+    if indices is not None:
+        digest.update(indices.column(0).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    return Path(_datasets().config.HF_DATASETS_CACHE) / "hfstage"
+
+
+def converted(path: Path, kind: str, build: Callable[[], object]):
+    """``build()``'s ``datasets.Dataset`` for the file ``path``, made once and memory-mapped from the cache after.
+
+    The cache entry is named by the file's SHA-256 and written to a temporary folder and renamed, so a killed
+    conversion never leaves a half-written entry, and concurrent runs (or processes) agree on one.
+    """
+    datasets = _datasets()
+    folder = cache_root() / f"{kind}-v{CONVERTED_FORMAT}-{fingerprint(path)[:32]}"
+    with distributed_state().main_process_first():  # the main process converts; the others then read its result
+        if not (folder / "state.json").is_file():
+            _convert(path, folder, build)
+    return datasets.load_from_disk(str(folder))
+
+
+def _convert(path: Path, folder: Path, build: Callable[[], object]) -> None:
+    """``build()`` saved to a temporary folder, then renamed to ``folder``."""
+    logger.debug("%s: converting into the datasets cache (once): %s", path, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        build().save_to_disk(str(staged))
+        os.replace(staged, folder)
+    except OSError:
+        if not (folder / "state.json").is_file():  # another run made it meanwhile: use that one
+            raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def column_of(dataset, field: str, columns: dict[str, str], where: str, required: bool = True) -> str | None:
+    """The data set's column for a task field (``data.columns.<field>`` or the field's own name)."""
+    column = columns.get(field, field)
+    if column in dataset.column_names:
+        return column
+    if not required and field not in columns:
+        return None
+    how = f"data.columns.{field}" if field in columns else f"the default; map it with data.columns.{field}"
+    raise DataError(f"{where}: no column {column!r} for {field} ({how}); its columns: "
+                    f"{', '.join(dataset.column_names)}")
