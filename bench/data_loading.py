@@ -98,7 +98,7 @@ def measure(kind: str, data: Path, batches: int) -> dict:
     arrow_vs_memory = None
     if in_memory is not None:  # load + step from the memory-mapped split vs from arrays in memory, alternated
         rates = {"arrow": [], "memory": []}
-        for _ in range(3):
+        for _ in range(5):
             for name, dataset in (("arrow", splits.train), ("memory", in_memory)):
                 loader = DataLoader(dataset, batch_size=stage.batch_size, shuffle=True, collate_fn=collate,
                                     num_workers=cfg.data.num_workers, drop_last=True)
@@ -157,7 +157,7 @@ def main(argv=None) -> float:
     print(table)
     if not args.quick:
         body = (f"{machine_line()}. Target: loader >= 3x the training step rate; loading and stepping from the "
-                "memory-mapped `datasets` split within 5% of the same arrays held in memory (median of 3 alternated "
+                "memory-mapped `datasets` split within 5% of the same arrays held in memory (median of 5 alternated "
                 f"rounds). `python bench/data_loading.py`\n\n```\n{table}\n```\n")
         update_benchmarks("data_loading", "Data loading vs training step (`bench/data_loading.py`)", body)
     print(f"min_loader_to_step_ratio: {worst:.3f}")

@@ -1,15 +1,22 @@
 """Reading the columns of a ``datasets.Dataset`` for training: batches gathered straight from Arrow.
 
-A split of any source is a ``datasets.Dataset``, its table memory-mapped from the ``datasets`` cache, so
-every process of a run reads the same pages and none holds a copy of the set. ``ArrayColumn`` views each
-Arrow chunk of a fixed-shape numeric column (``Array2D``/``Array3D`` features, fixed-size or regular
-nested lists) as a numpy array without copying, and gathers a batch of rows with one fancy index per chunk:
-tens of times faster than ``dataset[indices]``, which formats row by row (and widens uint8 to int64).
+A split of any source is a ``datasets.Dataset`` whose table lives in Arrow files of the ``datasets`` cache.
+``ArrayColumn`` reads a fixed-shape numeric column (``Array2D``/``Array3D`` features, fixed-size or regular
+nested lists) a batch of rows at a time, tens of times faster than ``dataset[indices]`` (which formats row
+by row and widens uint8 to int64):
+
+- for a table memory-mapped from a file, each row is read with ``pread`` at its offset in that file, into the
+  batch's own buffer. The file's pages stay in the kernel's page cache, shared by every process of a run,
+  and a process holds only its batches: touching rows through the memory map instead would map whole page
+  cache folios around each row (measured: 60 random batches over 1M pairs put 1.1 GB of the file into each
+  process's resident memory);
+- for a table in memory (``Dataset.from_dict``), rows are gathered from zero-copy numpy views of its chunks.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -66,8 +73,38 @@ def _flatten_regular(array: pa.Array, where: str) -> tuple[pa.Array, tuple[int, 
     return array, tuple(shape)
 
 
+def _file_mappings() -> list[tuple[int, int, int, str]] | None:
+    """(start, end, file offset, path) of this process's file mappings (Linux), or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    out = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            start, end = (int(v, 16) for v in parts[0].split("-"))
+            out.append((start, end, int(parts[2], 16), parts[5]))
+    return out
+
+
+def _unmap_pages(view: np.ndarray) -> None:
+    """``madvise(MADV_DONTNEED)`` over a view of a file mapping: its pages leave this process's resident memory
+    and stay in the page cache (a later access maps them again). Only on Linux, and never fails."""
+    import ctypes
+    import mmap
+
+    start = view.ctypes.data - view.ctypes.data % mmap.PAGESIZE
+    try:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(view.ctypes.data + view.nbytes - start), 4)
+    except (OSError, AttributeError):
+        pass
+
+
 class ArrayColumn:
-    """A numeric column of fixed shape per row, read as zero-copy numpy views of its Arrow chunks."""
+    """A numeric column of fixed shape per row: rows read from its Arrow file with ``pread``, or gathered from
+    zero-copy numpy views of its chunks when the table is in memory."""
 
     def __init__(self, dataset, column: str, where: str):
         self.where = where
@@ -91,6 +128,34 @@ class ArrayColumn:
         self.starts = np.asarray(starts)
         self.shape = shape
         self.dtype = self.views[0].dtype
+        self.row_bytes = math.prod(shape) * self.dtype.itemsize
+        self.files = self._locate_in_files()  # [(fd, offset of the chunk's first row)] or None
+
+    def _locate_in_files(self) -> list[tuple[int, int]] | None:
+        mappings = _file_mappings()
+        if not mappings:
+            return None
+        located, fds = [], {}
+        for view in self.views:
+            address = view.ctypes.data
+            found = next(((path, address - start + offset) for start, end, offset, path in mappings
+                          if start <= address and address + view.nbytes <= end), None)
+            if found is None:
+                return None  # held in memory, not mapped from a file
+            path, offset = found
+            if path not in fds:
+                try:
+                    fds[path] = os.open(path, os.O_RDONLY)
+                except OSError:
+                    return None
+            located.append((fds[path], offset))
+        probe = np.empty(self.shape, dtype=self.dtype)  # the file holds what the map shows (one row checked)
+        if os.preadv(located[0][0], [memoryview(probe).cast("B")], located[0][1]) != self.row_bytes or \
+                not np.array_equal(probe, self.views[0][0]):
+            return None
+        for view in self.views:  # rows are read with pread from now on: give back what finding them mapped
+            _unmap_pages(view)
+        return located
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else int(self.starts[-1])
@@ -100,6 +165,8 @@ class ArrayColumn:
         idx = np.asarray(indices, dtype=np.int64)
         if self.rows is not None:
             idx = self.rows[idx]
+        if self.files is not None:
+            return self._pread(idx)
         if len(self.views) == 1:
             return self.views[0][idx]
         chunk = np.searchsorted(self.starts, idx, side="right") - 1
@@ -109,13 +176,41 @@ class ArrayColumn:
             out[chosen] = self.views[c][idx[chosen] - int(self.starts[c])]
         return out
 
+    def _pread(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx),) + self.shape, dtype=self.dtype)
+        rows = memoryview(out.reshape(len(idx), -1)).cast("B")  # one writable byte row per sample
+        chunk = np.searchsorted(self.starts, idx, side="right") - 1
+        size = self.row_bytes
+        for i, (c, row) in enumerate(zip(chunk.tolist(), idx.tolist())):
+            fd, offset = self.files[c]
+            if os.preadv(fd, [rows[i * size:(i + 1) * size]], offset + (row - int(self.starts[c])) * size) != size:
+                raise DataError(f"{self.where}: the data file ended early (was it changed while training?)")
+        return out
+
     def blocks(self):
         """The whole column, chunk by chunk (in dataset order when the rows coincide with the table's)."""
-        if self.rows is None:
+        if self.rows is None and self.files is not None:
+            for c, view in enumerate(self.views):  # one chunk at a time in a buffer of its own: nothing stays mapped
+                yield self._pread(np.arange(int(self.starts[c]), int(self.starts[c + 1])))
+        elif self.rows is None:
             yield from self.views
         else:
             for start in range(0, len(self.rows), 4096):
                 yield self.gather(np.arange(start, min(start + 4096, len(self.rows))))
+
+
+class InMemoryColumn:
+    """Arrays already in memory (tests, benchmarks, in-memory comparisons), read like an ``ArrayColumn``."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x)
+        self.shape, self.dtype = self.x.shape[1:], self.x.dtype
+
+    def gather(self, indices) -> np.ndarray:
+        return self.x[np.asarray(indices, dtype=np.int64)]
+
+    def blocks(self):
+        yield self.x
 
 
 def scalar_column(dataset, column: str) -> np.ndarray:

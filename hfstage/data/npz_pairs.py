@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, first_non_finite, read_npz
-from hfstage.data.arrow import ArrayColumn, scalar_column
+from hfstage.data.arrow import ArrayColumn, InMemoryColumn, scalar_column
 from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
 from hfstage.registry import Registry
@@ -71,23 +71,8 @@ def npz_as_dataset(path: str | Path, field: str = "data"):
                                       "label": datasets.Value("int64")})
         return datasets.Dataset.from_dict({"pair": x, "label": y}, features=features)
 
-    if not Path(path).is_file():
-        raise DataError(f"{path}: file not found ({field})")
-    return converted(Path(path), "pairs", build)
+    return converted(Path(path), "pairs", build, field)
 
-
-class _InMemory:
-    """Arrays already in memory (tests, benchmarks), read like an ``ArrayColumn``."""
-
-    def __init__(self, x: np.ndarray):
-        self.x = np.ascontiguousarray(x)
-        self.shape, self.dtype = self.x.shape[1:], self.x.dtype
-
-    def gather(self, indices) -> np.ndarray:
-        return self.x[np.asarray(indices, dtype=np.int64)]
-
-    def blocks(self):
-        yield self.x
 
 
 class _TwoImages:
@@ -115,7 +100,7 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, x, y: np.ndarray, limit: int | None = None):
-        self.images = x if hasattr(x, "gather") else _InMemory(x)
+        self.images = x if hasattr(x, "gather") else InMemoryColumn(x)
         self.y = torch.from_numpy(np.array(y[:limit], dtype=np.int64))  # a copy: labels are small
 
     @classmethod

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, first_non_finite, read_npz
-from hfstage.data.arrow import ArrayColumn, RaggedColumn, is_ragged, scalar_column
+from hfstage.data.arrow import ArrayColumn, InMemoryColumn, RaggedColumn, is_ragged, scalar_column
 from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
 from hfstage.registry import Registry
@@ -81,21 +81,8 @@ def npz_as_dataset(path: str | Path, field: str = "data"):
         return datasets.Dataset.from_dict({"features": a["x"], "lengths": a["lengths"], "label": a["y"]},
                                           features=features)
 
-    if not Path(path).is_file():
-        raise DataError(f"{path}: file not found ({field})")
-    return converted(Path(path), "sequences", build)
+    return converted(Path(path), "sequences", build, field)
 
-
-class _InMemory:
-    def __init__(self, x: np.ndarray):
-        self.x = np.ascontiguousarray(x)
-        self.shape, self.dtype = self.x.shape[1:], self.x.dtype
-
-    def gather(self, indices) -> np.ndarray:
-        return self.x[np.asarray(indices, dtype=np.int64)]
-
-    def blocks(self):
-        yield self.x
 
 
 class SequenceDataset(Dataset):
@@ -106,7 +93,7 @@ class SequenceDataset(Dataset):
     """
 
     def __init__(self, x, y: np.ndarray, lengths: np.ndarray, classes=None, limit: int | None = None):
-        self.frames = x if hasattr(x, "gather") else _InMemory(x)
+        self.frames = x if hasattr(x, "gather") else InMemoryColumn(x)
         self.y = torch.from_numpy(np.array(y[:limit], dtype=np.int64))  # copies: labels and lengths are small
         self.lengths = torch.from_numpy(np.array(lengths[:limit], dtype=np.int64))
         self.classes = None if classes is None else [str(c) for c in classes]

@@ -179,12 +179,14 @@ def cache_root() -> Path:
     return Path(_datasets().config.HF_DATASETS_CACHE) / "hfstage"
 
 
-def converted(path: Path, kind: str, build: Callable[[], object]):
+def converted(path: Path, kind: str, build: Callable[[], object], field: str = "data"):
     """``build()``'s ``datasets.Dataset`` for the file ``path``, made once and memory-mapped from the cache after.
 
     The cache entry is named by the file's SHA-256 and written to a temporary folder and renamed, so a killed
     conversion never leaves a half-written entry, and concurrent runs (or processes) agree on one.
     """
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found ({field})")
     datasets = _datasets()
     folder = cache_root() / f"{kind}-v{CONVERTED_FORMAT}-{fingerprint(path)[:32]}"
     with distributed_state().main_process_first():  # the main process converts; the others then read its result
