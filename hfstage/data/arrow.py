@@ -73,8 +73,11 @@ def _flatten_regular(array: pa.Array, where: str) -> tuple[pa.Array, tuple[int, 
     return array, tuple(shape)
 
 
-def _file_mappings() -> list[tuple[int, int, int, str]] | None:
-    """(start, end, file offset, path) of this process's file mappings (Linux), or None."""
+_FILES: dict[tuple[str, int], int] = {}  # (path, inode) -> a read-only descriptor, shared by every column
+
+
+def _file_mappings() -> list[tuple[int, int, int, str, int]] | None:
+    """(start, end, file offset, path, inode) of this process's file mappings (Linux), or None."""
     try:
         with open("/proc/self/maps") as fh:
             lines = fh.read().splitlines()
@@ -85,7 +88,7 @@ def _file_mappings() -> list[tuple[int, int, int, str]] | None:
         parts = line.split(maxsplit=5)
         if len(parts) == 6 and parts[5].startswith("/"):
             start, end = (int(v, 16) for v in parts[0].split("-"))
-            out.append((start, end, int(parts[2], 16), parts[5]))
+            out.append((start, end, int(parts[2], 16), parts[5], int(parts[4])))
     return out
 
 
@@ -135,20 +138,24 @@ class ArrayColumn:
         mappings = _file_mappings()
         if not mappings:
             return None
-        located, fds = [], {}
+        located = []
         for view in self.views:
             address = view.ctypes.data
-            found = next(((path, address - start + offset) for start, end, offset, path in mappings
+            found = next(((path, inode, address - start + offset) for start, end, offset, path, inode in mappings
                           if start <= address and address + view.nbytes <= end), None)
             if found is None:
                 return None  # held in memory, not mapped from a file
-            path, offset = found
-            if path not in fds:
+            path, inode, offset = found
+            if (path, inode) not in _FILES:  # a file replaced at the same path has another inode
                 try:
-                    fds[path] = os.open(path, os.O_RDONLY)
+                    fd = os.open(path, os.O_RDONLY)
                 except OSError:
                     return None
-            located.append((fds[path], offset))
+                if os.fstat(fd).st_ino != inode:
+                    os.close(fd)
+                    return None
+                _FILES[(path, inode)] = fd
+            located.append((_FILES[(path, inode)], offset))
         probe = np.empty(self.shape, dtype=self.dtype)  # the file holds what the map shows (one row checked)
         if os.preadv(located[0][0], [memoryview(probe).cast("B")], located[0][1]) != self.row_bytes or \
                 not np.array_equal(probe, self.views[0][0]):
