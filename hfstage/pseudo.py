@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
+from hfstage.data.sources import source_kind
 from hfstage.errors import ConfigError
 
 logger = logging.getLogger("hfstage")
@@ -28,6 +29,9 @@ def check_pseudo_labels(cfg, task, stage, where: str) -> None:
                           "pseudo-labels are for image_classification")
     if cfg.data.unlabeled_file is None:
         raise ConfigError(f"{where}.pseudo_labels: set data.unlabeled_file, the folder of unlabelled images to label")
+    if source_kind(cfg.data) is not None:
+        raise ConfigError(f"{where}.pseudo_labels: data.unlabeled_file is a folder under data.path, which is a datasets "
+                          "source here; pseudo-labels read a local image folder so far")
 
 
 def add_pseudo_labels(cfg, task, stage, model, train):

@@ -43,13 +43,14 @@ def load_split_files(task, data: DataConfig) -> tuple[Path, dict[str, str | None
     return root, files, sets
 
 
-def load_array_splits(task, data: DataConfig) -> dict[str, Dataset]:
-    """The run's train/eval/test splits for the array tasks (pairs, sequences), by config field; a ``datasets``
-    source without a ``test`` split runs without one unless ``data.test_file`` names it."""
+def load_run_splits(task, data: DataConfig, fields=("train_file", "eval_file", "test_file")) -> dict[str, Dataset]:
+    """The run's splits named by ``fields`` (of data.train_file/eval_file/test_file), by field, through
+    ``task.load_split``; a ``datasets`` source without a ``test`` split runs without one unless ``data.test_file``
+    names it."""
     task.columns = dict(data.columns)
     sets = {}
     for field, ref in run_split_refs(data).items():
-        if ref is None:
+        if ref is None or field not in fields:
             continue
         if ref.dataset and field == "test_file" and data.test_file == DataConfig.test_file and not has_split(ref):
             continue
@@ -86,7 +87,7 @@ class PairClassificationTask:
         return npz_pairs.PairDataset.from_dataset(dataset, {}, f"{ref.path} ({field})", limit, checked=True)
 
     def load_splits(self, data: DataConfig) -> Splits:
-        sets = load_array_splits(self, data)
+        sets = load_run_splits(self, data)
         train = sets["train_file"]
         refs = run_split_refs(data)
         for field, ds in sets.items():
@@ -182,7 +183,7 @@ class SequenceClassificationTask(MultiClassDecisions):
         self.columns = dict(data.columns)
         train = self.load_split(refs["train_file"], "data.train_file", data.max_train_samples)
         self.classes = train.classes
-        sets = {"train_file": train, **{f: s for f, s in load_array_splits(self, data).items() if f != "train_file"}}
+        sets = {"train_file": train, **load_run_splits(self, data, ("eval_file", "test_file"))}
         n_classes = self.num_labels(train)
         for field, ds in sets.items():
             where = refs[field]
@@ -232,9 +233,11 @@ class SequenceClassificationTask(MultiClassDecisions):
 
 @TASKS.register("image_classification")
 class ImageClassificationTask(MultiClassDecisions):
-    """Images from class folders or a ``path,label`` CSV; any timm backbone; macro-averaged metrics.
+    """Images from class folders, a ``path,label`` CSV or any ``datasets`` source (``image`` and ``label``
+    columns); any timm backbone; macro-averaged metrics.
 
-    ``data.train_file``/``eval_file``/``test_file`` name folders (or CSV files) under ``data.path``.
+    ``data.train_file``/``eval_file``/``test_file`` name folders (or CSV files) under ``data.path``, or the
+    splits of a ``datasets`` source.
     """
 
     name = "image_classification"
@@ -242,19 +245,33 @@ class ImageClassificationTask(MultiClassDecisions):
     def __init__(self):
         self.classes: list[str] | None = None
         self.skip_bad = False
+        self.columns: dict[str, str] = {}  # data.columns
 
     def bind(self, model_config) -> None:
         """Use a trained model's classes (``id2label``) for the splits loaded next."""
         self.classes = [model_config.id2label[i] for i in range(model_config.num_labels)]
 
     def load_split(self, path: SplitRef | Path, field: str = "data", limit: int | None = None) -> images.ImageDataset:
-        path = as_split_ref(path, field).path
-        listed = images.load_image_list(path, field, self.classes, self.skip_bad)
+        ref = as_split_ref(path, field)
+        if ref.dataset:
+            return images.ImageDataset.from_dataset(open_split(ref), self.columns, f"{ref} ({field})", self.classes,
+                                                    limit, self.skip_bad)
+        listed = images.load_image_list(ref.path, field, self.classes, self.skip_bad)
         return images.ImageDataset(listed, limit)
 
     def load_splits(self, data: DataConfig) -> Splits:
-        native_only(data, self.name)
         self.skip_bad = data.skip_bad_images
+        self.columns = dict(data.columns)
+        refs = run_split_refs(data)
+        if refs["train_file"].dataset:
+            self.classes = None
+            train = self.load_split(refs["train_file"], "data.train_file", data.max_train_samples)
+            if len(train.classes) < 2:
+                raise DataError(f"{refs['train_file']}: {len(train.classes)} class(es); classification needs at least 2 "
+                                "(data.train_file)")
+            self.classes = train.classes
+            rest = load_run_splits(self, data, ("eval_file", "test_file"))
+            return Splits(train=train, eval=rest["eval_file"], test=rest.get("test_file"))
         root = Path(data.path)
         train = self.load_split(root / data.train_file, "data.train_file", data.max_train_samples)
         self.classes = train.classes

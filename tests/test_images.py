@@ -281,3 +281,38 @@ def test_class_wise_augmentation_is_for_images_only(pair_data, tmp_path):
     with pytest.raises(ConfigError, match="class_augmentation: class-wise augmentation strength is for "
                                           "image_classification, not pair_classification"):
         run(load_config(path))
+
+
+def test_images_from_parquet_with_their_own_columns_train_like_the_folders(image_data, tmp_path, capsys):
+    """The same images as parquet files (an Image column of PNG bytes, class names as strings, the user's own
+    column names) train to exactly the metrics of the class folders, and evaluate from the parquet split."""
+    import datasets
+
+    from hfstage import cli
+    from hfstage.data.images import list_image_folder
+
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        paths, labels, names = list_image_folder(image_data / split, "test")  # the order the folder path reads
+        rows = {"img": [{"bytes": Path(p).read_bytes(), "path": Path(p).name} for p in paths],
+                "digit": [names[i] for i in labels]}
+        features = datasets.Features({"img": datasets.Image(), "digit": datasets.Value("string")})
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{name}-00000-of-00001.parquet"))
+    stages = [{"name": "only", "epochs": 1}]
+    native = image_recipe(tmp_path / "n.yaml", image_data, tmp_path / "native", stages)
+    recipe = yaml.safe_load(image_recipe(tmp_path / "p.yaml", image_data, tmp_path / "parq", stages).read_text())
+    recipe["data"] = {"path": str(folder), "columns": {"image": "img", "label": "digit"}, "test_file": "test"}
+    parq = tmp_path / "p.yaml"
+    parq.write_text(yaml.safe_dump(recipe))
+    metrics = []
+    for path, out in ((native, "native"), (parq, "parq")):
+        assert cli.main(["train", "--config", str(path)]) == 0
+        record = json.loads((tmp_path / out / "stage_1_only/stage.json").read_text())
+        metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
+                        if "runtime" not in k and "per_second" not in k})
+    assert metrics[0] == metrics[1] and "test_accuracy" in metrics[1]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "parq"), "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metrics"]["accuracy"] == pytest.approx(metrics[1]["test_accuracy"], abs=1e-9)

@@ -161,15 +161,15 @@ def test_sequences_of_any_length_with_string_labels_from_json_lines(tmp_path, ca
     assert result["metrics"]["accuracy"] == pytest.approx(record["test_metrics"]["test_accuracy"], abs=1e-9)
 
 
-def test_images_and_speech_refuse_a_datasets_source_clearly(pair_data, tmp_path, capsys):
+def test_speech_refuses_a_datasets_source_clearly(pair_data, tmp_path, capsys):
     data = write_parquet_pairs(tmp_path / "parquet", pair_data, splits=("train",))
-    recipe = {"task": "image_classification", "output_dir": str(tmp_path / "run"), "data": {"path": str(data)},
-              "model": {"type": "timm", "backbone": "test_efficientnet", "image_size": 32}, "stages": [{"name": "a"}]}
+    recipe = {"task": "speech_assessment", "output_dir": str(tmp_path / "run"), "data": {"path": str(data)},
+              "model": {"type": "speech"}, "stages": [{"name": "a", "loss": "ctc_mispronunciation"}]}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["train", "--config", str(path)]) == 2
-    assert "image_classification reads its own layout so far" in capsys.readouterr().err
-    assert os.listdir(tmp_path) == ["parquet", "r.yaml"] or not (tmp_path / "run").exists()
+    assert "speech_assessment reads its own layout so far" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_tiny_model_is_what_the_recipes_use():
@@ -215,3 +215,25 @@ def test_python_api_trains_on_datasets_passed_in(pair_data, tmp_path):
     assert record["test_metrics"] == {} and "eval_accuracy" in record["metrics"]
     with pytest.raises(ConfigError, match="give train_dataset and eval_dataset together"):
         hfstage.train(path, train_dataset=split("train"))
+
+
+def test_which_folders_are_datasets_sources(tmp_path, pair_data):
+    from hfstage.data.sources import source_kind
+
+    def kind(folder, **fields):
+        return source_kind(DataConfig(path=str(folder), **fields))
+
+    assert kind(pair_data) is None  # train.npz: hfstage's own files
+    assert kind("hf://datasets/owner/name@v1") == "hub"
+    images = tmp_path / "images"
+    (images / "train" / "cat").mkdir(parents=True)
+    (images / "train" / "cat" / "a.png").write_bytes(b"")
+    assert kind(images, train_file="train") is None  # a folder of class folders
+    shards = write_parquet_pairs(tmp_path / "shards", pair_data, splits=("train",))
+    (shards / "train").mkdir()
+    os.replace(shards / "train-00000-of-00001.parquet", shards / "train" / "part-0.parquet")
+    assert kind(shards, train_file="train") == "files"  # split folders of parquet shards
+    import datasets
+
+    datasets.Dataset.from_dict({"label": [0, 1]}).save_to_disk(str(tmp_path / "saved"))
+    assert kind(tmp_path / "saved") == "disk"

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation
+from hfstage.data.arrow import scalar_column
+from hfstage.data.sources import column_of
 from hfstage.errors import ConfigError, DataError
 from hfstage.registry import Registry
 
@@ -149,7 +151,7 @@ def load_image_list(path: Path, where: str, classes: list[str] | None = None, sk
     if raw is None:
         labels, found = np.full(len(paths), -1, dtype=np.int64), []
     else:
-        found = sorted(set(raw), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+        found = class_order(raw)
         names = classes if classes is not None else found
         index = {c: i for i, c in enumerate(names)}
         unknown = [c for c in found if c not in index]
@@ -164,17 +166,96 @@ def load_image_list(path: Path, where: str, classes: list[str] | None = None, sk
     return ImageList([paths[i] for i in good], labels[good], found, bad)
 
 
+def class_order(names) -> list[str]:
+    """Class names in the order their ids get: numbers by value first, then the rest alphabetically."""
+    return sorted(set(names), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+
+
+def _open_image(item, where: str):
+    """A PIL image from a path, or from an ``Image`` feature's ``{"bytes", "path"}``."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(item, dict):
+        source = io.BytesIO(item["bytes"]) if item.get("bytes") else item.get("path")
+    else:
+        source = item
+    if source is None:
+        raise DataError(f"{where}: an empty image")
+    return Image.open(source)
+
+
+def _limited(n: int, limit: int | None, seed: int) -> np.ndarray:
+    order = np.arange(n)
+    if limit is not None and limit < n:  # a random subset keeps every class (folders are sorted)
+        order = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+    return order
+
+
 class ImageDataset(Dataset):
-    """Decoded RGB images (PIL) and labels; ``ids`` are the file names without extension."""
+    """Decoded RGB images (PIL) and labels; ``ids`` are the file names without extension (or row numbers).
+
+    Built from files (``ImageDataset(ImageList)``) or from the ``image`` column of a ``datasets.Dataset``
+    (``ImageDataset.from_dataset``), read a row at a time from its Arrow files.
+    """
 
     def __init__(self, images: ImageList, limit: int | None = None, seed: int = 0):
-        order = np.arange(len(images.paths))
-        if limit is not None and limit < len(order):  # a random subset keeps every class (folders are sorted)
-            order = np.sort(np.random.default_rng(seed).permutation(len(order))[:limit])
+        order = _limited(len(images.paths), limit, seed)
         self.paths = [images.paths[i] for i in order]
         self.y = images.labels[order]
         self.classes = images.classes
         self.skipped = images.skipped
+        self.source, self.rows, self.column = None, None, None  # a datasets.Dataset, its rows, the image column
+
+    @classmethod
+    def from_dataset(cls, dataset, columns: dict[str, str], where: str, classes: list[str] | None = None,
+                     limit: int | None = None, skip_bad: bool = False, seed: int = 0) -> ImageDataset:
+        """``dataset``'s ``image`` column (an ``Image`` feature, or file paths) and ``label`` column (a
+        ``ClassLabel``, class names or ids); ``classes`` (the training split's) map the names to ids."""
+        import datasets
+
+        datasets.disable_progress_bars()
+        column = column_of(dataset, "image", columns, where)
+        feature = dataset.features[column]
+        if isinstance(feature, datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        elif getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise DataError(f"{where}: column {column!r} must hold images (an Image feature) or image paths, got {feature}")
+        label = column_of(dataset, "label", columns, where)
+        raw = scalar_column(dataset, label)
+        names = getattr(dataset.features[label], "names", None)
+        raw = [names[int(v)] for v in raw] if names else [str(v) for v in raw.tolist()]
+        known = classes if classes is not None else (list(names) if names else class_order(raw))
+        index = {c: i for i, c in enumerate(known)}
+        unknown = next((c for c in raw if c not in index), None)
+        if unknown is not None:
+            raise DataError(f"{where}: column {label!r} has class {unknown!r}, not one of the training split's classes "
+                            f"({', '.join(known)})")
+        good, bad, paths = [], 0, []
+        for start, batch in enumerate(dataset.select_columns([column]).iter(batch_size=256)):
+            for offset, item in enumerate(batch[column]):
+                row = start * 256 + offset
+                path = item.get("path") if isinstance(item, dict) else item
+                paths.append(path)
+                try:
+                    with _open_image(item, f"{where}: row {row}") as im:
+                        im.verify()
+                    good.append(row)
+                except Exception as exc:  # PIL raises many kinds for broken images
+                    if not skip_bad:
+                        raise DataError(f"{where}: row {row} ({column!r}): not a readable image ({type(exc).__name__}: "
+                                        f"{exc}); set data.skip_bad_images=true to leave such rows out") from None
+                    bad += 1
+        if not good:
+            raise DataError(f"{where}: no readable images")
+        if bad:
+            logger.warning("%s: left out %d unreadable image(s) (data.skip_bad_images)", where, bad)
+        rows = np.asarray(good)[_limited(len(good), limit, seed)]
+        out = cls(ImageList([paths[r] or str(r) for r in rows], np.array([index[raw[r]] for r in rows], dtype=np.int64),
+                            known, bad))
+        out.source, out.rows, out.column = dataset, rows, column
+        return out
 
     @property
     def ids(self) -> list[str]:
@@ -184,10 +265,9 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from PIL import Image
-
+        item = self.paths[i] if self.source is None else self.source[int(self.rows[i])][self.column]
         try:
-            with Image.open(self.paths[i]) as im:
+            with _open_image(item, self.paths[i]) as im:
                 image = im.convert("RGB")
         except Exception as exc:  # checked at load time; a file changed since
             raise DataError(f"{self.paths[i]}: not a readable image ({type(exc).__name__}: {exc})") from None

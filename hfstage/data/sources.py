@@ -57,11 +57,15 @@ def source_kind(data) -> str | None:
         return None
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return "disk"
-    if (folder / data.train_file).exists() or any((folder / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
-        return None
-    if any(p.suffix in TABLE_BUILDERS for p in folder.rglob("*") if p.is_file()):
-        return "files"
-    return None
+    train = folder / data.train_file
+    if train.is_file() or (train.is_dir() and not _has_tables(train)) or \
+            any((folder / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
+        return None  # hfstage's own layout: a training file, a folder of class folders, or the speech metadata
+    return "files" if _has_tables(folder) else None
+
+
+def _has_tables(folder: Path) -> bool:
+    return any(p.suffix in TABLE_BUILDERS for p in folder.rglob("*") if p.is_file())
 
 
 def native_only(data, task: str) -> None:
