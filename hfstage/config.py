@@ -194,12 +194,13 @@ class StageConfig:
 class DataConfig:
     """Where the task's data lives and how much of it to use."""
 
-    path: str = _f("data/mnist_pairs", "Folder of the split files; or (pairs, sequences, images) a `datasets` source: "
-                   "a `save_to_disk` folder, a folder of parquet/arrow/csv/json files, or `hf://datasets/OWNER/NAME[@REV]`.")
+    path: str = _f("data/mnist_pairs", "Folder of the task's own files; or a `datasets` source: a `save_to_disk` "
+                   "folder, a folder of parquet/arrow/csv/json files, or `hf://datasets/OWNER/NAME[@REV]`.")
     config: Optional[str] = _f(None, "The configuration of a `datasets` source (`load_dataset(path, config)`).")
     columns: dict[str, str] = _f(
         help="Task field -> column of a `datasets` source (pairs: `pair` or `image_a`/`image_b`, `label`; sequences: "
-        "`features`, `lengths`, `label`; images: `image`, `label`), e.g. `{label: is_same}`.", factory=dict,
+        "`features`, `lengths`, `label`; images: `image`, `label`; speech: `audio`, `canonical`, `spoken`, `labels`), "
+        "e.g. `{label: is_same}`.", factory=dict,
     )
     train_file: str = _f("train.npz", "Training split: a file under `path`, or a `datasets` split (default there: `train`).")
     eval_file: str = _f("val.npz", "Validation split used for stage metrics and keep/skip decisions (`datasets`: "

@@ -88,7 +88,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
     file = split_path(checkpoint.data, split)
     task = checkpoint_task(checkpoint)
     if hasattr(task, "evaluate_stage"):  # tasks with their own outputs and metrics (speech)
-        return _evaluate_own(task, checkpoint, file.path, split, accelerator, save_predictions, batch_size, out)
+        return _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out)
     dataset = task.load_split(file, f"--split {split}")
     began = time.time()
     logits, label_tensor = predict(accelerator, checkpoint, task, dataset, batch_size)

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from hfstage.config import DataConfig, StageConfig
 from hfstage.data import audio, images, npz_pairs, npz_sequences
-from hfstage.data.sources import SplitRef, dataset_fingerprint, has_split, native_only, open_split, run_split_refs
+from hfstage.data.sources import SplitRef, dataset_fingerprint, has_split, open_split, run_split_refs
 from hfstage.errors import ConfigError, DataError
 from hfstage.metrics import classification_metrics
 from hfstage.registry import Registry
@@ -28,19 +28,6 @@ class Splits:
     eval: Dataset
     test: Dataset | None
     train_sha256: str | None = None  # what the training data was, when it came from Python objects (hfstage.train)
-
-
-def load_split_files(task, data: DataConfig) -> tuple[Path, dict[str, str | None], dict[str, Dataset]]:
-    """(root, {field: file name}, {field: dataset}) for the run's train, eval and (optional) test files."""
-    root = Path(data.path)
-    files = {"train_file": data.train_file, "eval_file": data.eval_file, "test_file": data.test_file}
-    sets = {}
-    for field, name in files.items():
-        if name is None:
-            continue
-        limit = data.max_train_samples if field == "train_file" else data.max_eval_samples
-        sets[field] = task.load_split(root / name, f"data.{field}", limit)
-    return root, files, sets
 
 
 def load_run_splits(task, data: DataConfig, fields=("train_file", "eval_file", "test_file")) -> dict[str, Dataset]:
@@ -338,10 +325,14 @@ class SpeechAssessmentTask:
     def __init__(self):
         self.vocab: dict[str, int] | None = None
         self.processor = None
+        self.columns: dict[str, str] = {}  # data.columns
 
     def load_split(self, path: SplitRef | Path, field: str = "data", limit: int | None = None) -> audio.AudioDataset:
-        path = as_split_ref(path, field).path
-        clips = audio.load_clips(Path(path).parent, Path(path).name, field)
+        ref = as_split_ref(path, field)
+        if ref.dataset:
+            clips = audio.clips_from_dataset(open_split(ref), self.columns, f"{ref} ({field})")
+        else:
+            clips = audio.load_clips(ref.path.parent, ref.path.name, field)
         if self.vocab is None:
             self.vocab = audio.build_vocabulary(clips)
         return audio.AudioDataset(clips, self.vocab, limit)
@@ -349,19 +340,23 @@ class SpeechAssessmentTask:
     def load_splits(self, data: DataConfig) -> Splits:
         import tempfile
 
-        native_only(data, self.name)
-        root, files, sets = load_split_files(self, data)
+        sets = load_run_splits(self, data)
         with tempfile.TemporaryDirectory() as tmp:
             self.processor = audio.make_processor(self.vocab, Path(tmp))
         return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
 
     @staticmethod
-    def split_fingerprint(path: Path, field: str = "data") -> str:
-        """SHA-256 of the metadata (which clip is in which split) and the bytes of the split's clips."""
+    def split_fingerprint(path: SplitRef | Path, field: str = "data") -> str:
+        """SHA-256 of the metadata (which clip is in which split) and the bytes of the split's clips (a ``datasets``
+        split: of its Arrow files)."""
         import hashlib
 
         from hfstage.checkpoint import fingerprint
 
+        ref = as_split_ref(path, field)
+        if ref.dataset:
+            return dataset_fingerprint(open_split(ref))
+        path = ref.path
         root = Path(path).parent
         meta, _ = audio.read_metadata(root)
         digest = hashlib.sha256(fingerprint(meta).encode())
@@ -370,7 +365,7 @@ class SpeechAssessmentTask:
         return digest.hexdigest()
 
     def train_fingerprint(self, data: DataConfig) -> str:
-        return self.split_fingerprint(Path(data.path) / data.train_file, "data.train_file")
+        return self.split_fingerprint(run_split_refs(data)["train_file"], "data.train_file")
 
     def evaluate_stage(self, checkpoint, path: Path, field: str, accelerator, batch_size: int = 32):
         """(metrics, one row per clip) of a saved stage on a split: loss, PER, error detection; the rows hold

@@ -161,17 +161,6 @@ def test_sequences_of_any_length_with_string_labels_from_json_lines(tmp_path, ca
     assert result["metrics"]["accuracy"] == pytest.approx(record["test_metrics"]["test_accuracy"], abs=1e-9)
 
 
-def test_speech_refuses_a_datasets_source_clearly(pair_data, tmp_path, capsys):
-    data = write_parquet_pairs(tmp_path / "parquet", pair_data, splits=("train",))
-    recipe = {"task": "speech_assessment", "output_dir": str(tmp_path / "run"), "data": {"path": str(data)},
-              "model": {"type": "speech"}, "stages": [{"name": "a", "loss": "ctc_mispronunciation"}]}
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    assert main(["train", "--config", str(path)]) == 2
-    assert "speech_assessment reads its own layout so far" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
 def test_tiny_model_is_what_the_recipes_use():
     assert TINY_MODEL["type"] == "pair_cnn"
 

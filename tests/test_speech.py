@@ -262,3 +262,32 @@ def test_group_by_length_batches_similar_clips(tmp_path):
         return sum(abs(data.lengths[a] - data.lengths[b]) for a, b in zip(order[::2], order[1::2]))
 
     assert padding("group_by_length") < 0.5 * padding("random")  # far less padding in each batch
+
+
+def test_speech_from_a_saved_dataset_with_list_columns_trains_like_the_metadata(l2_data, tmp_path):
+    """The same clips as a DatasetDict (an Audio column of WAV bytes, phonemes as lists, the common column names
+    canonical_phonemes / spoken_phonemes / error_labels, mapped with data.columns) train to exactly the metrics of
+    the metadata.jsonl layout."""
+    import datasets
+
+    rows = [json.loads(line) for line in (l2_data / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    splits = {}
+    for split in ("train", "val", "test"):
+        chosen = [r for r in rows if r["split"] == split]
+        splits[split] = datasets.Dataset.from_dict(
+            {"clip": [{"bytes": (l2_data / r["path"]).read_bytes(), "path": Path(r["path"]).name} for r in chosen],
+             "canonical_phonemes": [r["canonical"].split() for r in chosen],
+             "spoken_phonemes": [r["spoken"].split() for r in chosen], "error_labels": [r["labels"] for r in chosen]}
+        ).cast_column("clip", datasets.Audio())  # WAV bytes as an Audio feature (encoding would need torchcodec)
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+    common = ["quick_test=true", "report_to=[none]", "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]
+    columns = "data.columns={audio: clip, canonical: canonical_phonemes, spoken: spoken_phonemes, labels: error_labels}"
+    metrics = []
+    for out, data in (("native", [f"data.path={l2_data}"]), ("saved", [f"data.path={tmp_path / 'saved'}", columns])):
+        assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), f"output_dir={tmp_path / out}",
+                     *common, *data]) == 0
+        record = json.loads((tmp_path / out / "stage_3_polish" / "stage.json").read_text())
+        metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
+                        if "runtime" not in k and "per_second" not in k})
+    assert metrics[0] == metrics[1] and "test_per" in metrics[1]
+    assert main(["evaluate", str(tmp_path / "saved"), "--split", "val"]) == 0

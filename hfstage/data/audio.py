@@ -53,6 +53,76 @@ class Clip:
     labels: list[int]
     line: int
     seconds: float = 0.0
+    row: tuple | None = None  # (datasets.Dataset, audio column, row) when the audio lives in a data set's files
+
+
+def _phonemes(value, where: str, name: str) -> list[str]:
+    """A list of phonemes, or one space-separated string of them."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return [p for p in value if p.strip()]
+    raise DataError(f"{where}: '{name}' must be a list of phonemes or a space-separated string, got {value!r}")
+
+
+def clips_from_dataset(dataset, columns: dict[str, str], where: str) -> list[Clip]:
+    """The clips of a ``datasets`` split: an ``audio`` column (an ``Audio`` feature, or file paths), ``canonical``
+    and ``spoken`` phonemes (lists or space-separated strings) and ``labels`` (0/1 per canonical phoneme),
+    checked row by row; the audio stays in the data set's files and is read when a batch needs it."""
+    import io
+
+    import datasets
+    import soundfile
+
+    from hfstage.data.sources import column_of
+
+    datasets.disable_progress_bars()
+    names = {f: column_of(dataset, f, columns, where) for f in ("audio", "canonical", "spoken", "labels")}
+    feature = dataset.features[names["audio"]]
+    if isinstance(feature, datasets.Audio):
+        dataset = dataset.cast_column(names["audio"], datasets.Audio(decode=False))
+    elif getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise DataError(f"{where}: column {names['audio']!r} must hold audio (an Audio feature) or file paths, "
+                        f"got {feature}")
+    clips = []
+    for batch_start, batch in enumerate(dataset.select_columns(list(names.values())).iter(batch_size=64)):
+        for i in range(len(batch[names["audio"]])):
+            row = batch_start * 64 + i
+            at = f"{where}: row {row}"
+            canonical = _phonemes(batch[names["canonical"]][i], at, names["canonical"])
+            spoken = _phonemes(batch[names["spoken"]][i], at, names["spoken"])
+            labels = batch[names["labels"]][i]
+            if not isinstance(labels, list) or any(v not in (0, 1) for v in labels):
+                raise DataError(f"{at}: {names['labels']!r} must be a list of 0/1, got {labels!r}")
+            if not canonical:
+                raise DataError(f"{at}: empty {names['canonical']!r}")
+            if len(labels) != len(canonical):
+                raise DataError(f"{at}: {len(labels)} labels for {len(canonical)} canonical phonemes "
+                                f"({' '.join(canonical)})")
+            item = batch[names["audio"]][i]
+            data = item.get("bytes") if isinstance(item, dict) else None
+            path = item.get("path") if isinstance(item, dict) else item
+            try:
+                info = soundfile.info(io.BytesIO(data) if data else path)
+            except Exception as exc:  # libsndfile reports many kinds
+                raise DataError(f"{at} ({names['audio']!r}): not readable audio ({type(exc).__name__})") from None
+            if info.frames == 0:
+                raise DataError(f"{at} ({names['audio']!r}): empty audio (0 samples)")
+            clips.append(Clip(path or f"row_{row}", canonical, spoken, [int(v) for v in labels], row,
+                              info.frames / info.samplerate, (dataset, names["audio"], row) if data else None))
+    if not clips:
+        raise DataError(f"{where}: no clips")
+    return clips
+
+
+def clip_wave(clip: Clip) -> np.ndarray:
+    """A clip's audio, mono float32 at 16 kHz, from its file or from its data set's row."""
+    if clip.row is None:
+        return read_wave(clip.path)
+    import io
+
+    dataset, column, row = clip.row
+    return read_wave(io.BytesIO(dataset[row][column]["bytes"]))
 
 
 def read_metadata(root: Path) -> tuple[Path, list[dict]]:
@@ -135,7 +205,7 @@ def load_clips(root: Path, split: str, field: str) -> list[Clip]:
     return clips
 
 
-def read_wave(path: str) -> np.ndarray:
+def read_wave(path) -> np.ndarray:
     """Mono float32 at 16 kHz."""
     import soundfile
     from scipy.signal import resample_poly
@@ -199,7 +269,7 @@ class AudioDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.clips[i]
-        return {"wave": read_wave(clip.path), "spoken": self._ids(clip.spoken), "canonical": self._ids(clip.canonical),
+        return {"wave": clip_wave(clip), "spoken": self._ids(clip.spoken), "canonical": self._ids(clip.canonical),
                 "error_labels": clip.labels}
 
 

@@ -68,13 +68,6 @@ def _has_tables(folder: Path) -> bool:
     return any(p.suffix in TABLE_BUILDERS for p in folder.rglob("*") if p.is_file())
 
 
-def native_only(data, task: str) -> None:
-    """Refuse a ``datasets`` source for a task that reads only its own layout so far."""
-    if source_kind(data) is not None:
-        raise ConfigError(f"data.path: {data.path} is a datasets source; {task} reads its own layout so far "
-                          "(datasets sources work for pair_classification and sequence_classification)")
-
-
 @dataclass(frozen=True)
 class SplitRef:
     """One split of the run's data: a file of hfstage's own format, or a named split of a ``datasets`` source."""
