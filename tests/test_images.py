@@ -316,3 +316,36 @@ def test_images_from_parquet_with_their_own_columns_train_like_the_folders(image
     assert cli.main(["evaluate", str(tmp_path / "parq"), "--split", "test", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["metrics"]["accuracy"] == pytest.approx(metrics[1]["test_accuracy"], abs=1e-9)
+
+
+def test_images_from_an_imagefolder_with_metadata(image_data, tmp_path):
+    """An imagefolder-style folder (a sub-folder per split: images and a metadata.csv with file_name and a label
+    column of the user's name) trains like the class folders."""
+    import csv
+    import yaml
+
+    from hfstage import cli
+    from hfstage.data.images import list_image_folder
+
+    folder = tmp_path / "flat"
+    for split in ("train", "val", "test"):
+        (folder / split).mkdir(parents=True)
+        paths, labels, names = list_image_folder(image_data / split, "test")
+        with open(folder / split / "metadata.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file_name", "digit"])
+            for i, (p, label) in enumerate(zip(paths, labels)):
+                shutil.copy(p, folder / split / f"{i:05d}.png")
+                writer.writerow([f"{i:05d}.png", names[label]])
+    stages = [{"name": "only", "epochs": 1}]
+    native = image_recipe(tmp_path / "n.yaml", image_data, tmp_path / "native", stages)
+    recipe = yaml.safe_load(image_recipe(tmp_path / "f.yaml", folder, tmp_path / "flat_run", stages).read_text())
+    recipe["data"]["columns"] = {"label": "digit"}
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(recipe))
+    metrics = []
+    for path, out in ((native, "native"), (tmp_path / "f.yaml", "flat_run")):
+        assert cli.main(["train", "--config", str(path)]) == 0
+        record = json.loads((tmp_path / out / "stage_1_only/stage.json").read_text())
+        metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
+                        if "runtime" not in k and "per_second" not in k})
+    assert metrics[0] == metrics[1]

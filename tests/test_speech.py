@@ -291,3 +291,27 @@ def test_speech_from_a_saved_dataset_with_list_columns_trains_like_the_metadata(
                         if "runtime" not in k and "per_second" not in k})
     assert metrics[0] == metrics[1] and "test_per" in metrics[1]
     assert main(["evaluate", str(tmp_path / "saved"), "--split", "val"]) == 0
+
+
+def test_speech_from_an_audiofolder_with_list_columns(l2_data, tmp_path):
+    """An audiofolder-style folder (a sub-folder per split: the clips and a metadata.jsonl naming them by
+    file_name, phonemes and error labels as lists) trains like the metadata.jsonl layout."""
+    rows = [json.loads(line) for line in (l2_data / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    folder = tmp_path / "clips"
+    for split, name in (("train", "train"), ("val", "val"), ("test", "test")):  # the recipe's split names
+        (folder / name).mkdir(parents=True)
+        with open(folder / name / "metadata.jsonl", "w") as fh:
+            for r in (r for r in rows if r["split"] == split):
+                shutil.copy(l2_data / r["path"], folder / name / Path(r["path"]).name)
+                fh.write(json.dumps({"file_name": Path(r["path"]).name, "canonical_phonemes": r["canonical"].split(),
+                                     "spoken_phonemes": r["spoken"].split(), "error_labels": r["labels"]}) + "\n")
+    common = ["quick_test=true", "report_to=[none]", "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]
+    columns = "data.columns={canonical: canonical_phonemes, spoken: spoken_phonemes, labels: error_labels}"
+    metrics = []
+    for out, data in (("native", [f"data.path={l2_data}"]), ("folder", [f"data.path={folder}", columns])):
+        assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), f"output_dir={tmp_path / out}",
+                     *common, *data]) == 0
+        record = json.loads((tmp_path / out / "stage_3_polish" / "stage.json").read_text())
+        metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
+                        if "runtime" not in k and "per_second" not in k})
+    assert metrics[0] == metrics[1]

@@ -9,7 +9,10 @@
 - a folder of parquet, arrow, csv or json(l) files (``load_dataset`` with the matching builder; file names
   such as ``train-*.parquet`` / ``validation.csv`` name the splits);
 - ``hf://datasets/OWNER/NAME[@REVISION]`` (``data.config`` names a configuration), through the Hub client
-  and its cache (``HF_HUB_OFFLINE`` honoured).
+  and its cache (``HF_HUB_OFFLINE`` honoured);
+- an ``imagefolder``/``audiofolder``-style folder: a sub-folder per split holding the media files and a
+  ``metadata.jsonl``/``metadata.csv`` whose ``file_name`` column names them; the files become the
+  ``image`` or ``audio`` column (paths), the other metadata columns stay as they are.
 
 For the ``datasets`` sources ``data.train_file``/``eval_file``/``test_file`` name splits, and their
 default file names mean the splits ``train``/``validation``/``test``. ``data.columns`` maps the task's
@@ -35,6 +38,8 @@ logger = logging.getLogger("hfstage")
 
 HUB_DATASETS = "hf://datasets/"
 TABLE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+METADATA = ("metadata.jsonl", "metadata.csv")
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a"}
 # the default file names of DataConfig, and the split each means for a `datasets` source
 DEFAULT_SPLITS = {"train.npz": "train", "val.npz": "validation", "test_public.npz": "test"}
 CONVERTED_FORMAT = 1  # bump when the layout of converted files changes: they are then converted again
@@ -57,11 +62,51 @@ def source_kind(data) -> str | None:
         return None
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return "disk"
+    if _media_splits(folder):
+        return "folder"
     train = folder / data.train_file
     if train.is_file() or (train.is_dir() and not _has_tables(train)) or \
             any((folder / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
         return None  # hfstage's own layout: a training file, a folder of class folders, or the speech metadata
     return "files" if _has_tables(folder) else None
+
+
+def _media_splits(folder: Path) -> dict[str, Path]:
+    """Split name -> metadata file, for the sub-folders whose metadata names media files by ``file_name``."""
+    found = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        meta = next((sub / m for m in METADATA if (sub / m).is_file()), None)
+        if meta is not None and _first_columns(meta) and "file_name" in _first_columns(meta):
+            found[sub.name] = meta
+    return found
+
+
+def _first_columns(meta: Path) -> list[str]:
+    import csv
+    import json
+
+    with open(meta, encoding="utf-8") as fh:
+        if meta.suffix == ".csv":
+            return next(csv.reader(fh), [])
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return []
+    return list(row) if isinstance(row, dict) else []
+
+
+def _media_folder(folder: Path):
+    """The splits of an imagefolder/audiofolder-style folder: metadata rows, ``file_name`` as full paths in an
+    ``audio`` or ``image`` column."""
+    datasets = _datasets()
+    splits = {}
+    for name, meta in _media_splits(folder).items():
+        table = datasets.load_dataset("csv" if meta.suffix == ".csv" else "json", data_files=str(meta), split="train")
+        paths = [str(meta.parent / f) for f in table["file_name"]]
+        audio = bool(paths) and Path(paths[0]).suffix.lower() in AUDIO_EXTENSIONS
+        splits[name] = table.remove_columns("file_name").add_column("audio" if audio else "image", paths)
+    return datasets.DatasetDict(splits)
 
 
 def _has_tables(folder: Path) -> bool:
@@ -106,8 +151,10 @@ _OPENED: dict[tuple, object] = {}  # (kind, path, config, files) -> DatasetDict,
 
 def _open_source(ref: SplitRef):
     datasets = _datasets()
-    kind = "hub" if ref.source.startswith(HUB_DATASETS) else "disk" if (
-        (Path(ref.source) / "dataset_dict.json").is_file() or (Path(ref.source) / "state.json").is_file()) else "files"
+    folder = Path(ref.source)
+    kind = ("hub" if ref.source.startswith(HUB_DATASETS) else "disk" if (
+        (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()) else
+        "folder" if _media_splits(folder) else "files")
     stamp = () if kind == "hub" else tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
                                                 for p in Path(ref.source).rglob("*") if p.is_file()))
     key = (kind, ref.source, ref.config, stamp)  # a folder whose files changed is read again
@@ -119,6 +166,8 @@ def _open_source(ref: SplitRef):
             opened = datasets.load_dataset(repo, ref.config, revision=revision or None)
         elif kind == "disk":
             opened = datasets.load_from_disk(ref.source)
+        elif kind == "folder":
+            opened = _media_folder(folder)
         else:
             suffixes = {p.suffix for p in Path(ref.source).rglob("*") if p.suffix in TABLE_BUILDERS}
             builders = {TABLE_BUILDERS[s] for s in suffixes}
