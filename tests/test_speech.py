@@ -280,16 +280,10 @@ def test_speech_from_a_saved_dataset_with_list_columns_trains_like_the_metadata(
              "spoken_phonemes": [r["spoken"].split() for r in chosen], "error_labels": [r["labels"] for r in chosen]}
         ).cast_column("clip", datasets.Audio())  # WAV bytes as an Audio feature (encoding would need torchcodec)
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
-    common = ["quick_test=true", "report_to=[none]", "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]
     columns = "data.columns={audio: clip, canonical: canonical_phonemes, spoken: spoken_phonemes, labels: error_labels}"
-    metrics = []
-    for out, data in (("native", [f"data.path={l2_data}"]), ("saved", [f"data.path={tmp_path / 'saved'}", columns])):
-        assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), f"output_dir={tmp_path / out}",
-                     *common, *data]) == 0
-        record = json.loads((tmp_path / out / "stage_3_polish" / "stage.json").read_text())
-        metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
-                        if "runtime" not in k and "per_second" not in k})
-    assert metrics[0] == metrics[1] and "test_per" in metrics[1]
+    native, saved = (run_metrics(tmp_path / out, data) for out, data in (
+        ("native", [f"data.path={l2_data}"]), ("saved", [f"data.path={tmp_path / 'saved'}", columns])))
+    assert native == saved and "test_per" in saved
     assert main(["evaluate", str(tmp_path / "saved"), "--split", "val"]) == 0
 
 
@@ -305,13 +299,16 @@ def test_speech_from_an_audiofolder_with_list_columns(l2_data, tmp_path):
                 shutil.copy(l2_data / r["path"], folder / name / Path(r["path"]).name)
                 fh.write(json.dumps({"file_name": Path(r["path"]).name, "canonical_phonemes": r["canonical"].split(),
                                      "spoken_phonemes": r["spoken"].split(), "error_labels": r["labels"]}) + "\n")
-    common = ["quick_test=true", "report_to=[none]", "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]
     columns = "data.columns={canonical: canonical_phonemes, spoken: spoken_phonemes, labels: error_labels}"
-    metrics = []
-    for out, data in (("native", [f"data.path={l2_data}"]), ("folder", [f"data.path={folder}", columns])):
-        assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), f"output_dir={tmp_path / out}",
-                     *common, *data]) == 0
-        record = json.loads((tmp_path / out / "stage_3_polish" / "stage.json").read_text())
-        metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
-                        if "runtime" not in k and "per_second" not in k})
-    assert metrics[0] == metrics[1]
+    assert run_metrics(tmp_path / "native", [f"data.path={l2_data}"]) == \
+        run_metrics(tmp_path / "folder", [f"data.path={folder}", columns])
+
+
+def run_metrics(out: Path, data: list[str]) -> dict:
+    """The speech recipe's quick test (tiny encoder) with ``data`` overrides: its last stage's metrics (no timings)."""
+    common = ["quick_test=true", "report_to=[none]", "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]
+    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), f"output_dir={out}", *common,
+                 *data]) == 0
+    record = json.loads((out / "stage_3_polish" / "stage.json").read_text())
+    return {k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
+            if "runtime" not in k and "per_second" not in k}
