@@ -2,7 +2,7 @@
 
 ``config`` is a recipe file, a mapping of recipe fields, or a ``RunConfig``; ``overrides`` are ``key=value``
 strings as on the command line. Without datasets this is ``hfstage train``. With ``datasets.Dataset`` objects
-(pair and sequence tasks) the run trains on them instead of ``data.path``, with the same column rules and
+(any task kind) the run trains on them instead of ``data.path``, with the same column rules and
 ``data.columns`` as any ``datasets`` source; the run records ``data.path`` as ``<datasets passed to
 hfstage.train>`` and the training set's fingerprint, so stacking can still refuse leaks.
 """
@@ -48,9 +48,6 @@ def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, e
     if cfg.folds or cfg.seeds:
         raise ConfigError("train: folds and seeds read data.path; with datasets passed in, train one run per call")
     task = TASKS.get(cfg.task, "task")()
-    if not hasattr(task, "splits_from_datasets"):
-        raise ConfigError(f"train: datasets passed in work for pair_classification and sequence_classification so far, "
-                          f"not {cfg.task}; point data.path at the data instead")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=PASSED_IN))
     splits = task.splits_from_datasets(cfg.data, train_dataset, eval_dataset, test_dataset)
-    return run(cfg, config_file, callbacks, splits=splits)
+    return run(cfg, config_file, callbacks, splits=splits, task=task)

@@ -54,13 +54,13 @@ logger = logging.getLogger("hfstage")
 
 
 def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = (),
-        splits: Splits | None = None) -> RunRecord:
-    """Run (or resume) the whole curriculum; returns the final run.json record. ``splits``: the data, when it does
-    not come from ``cfg.data`` (``hfstage.train`` with datasets passed in)."""
+        splits: Splits | None = None, task=None) -> RunRecord:
+    """Run (or resume) the whole curriculum; returns the final run.json record. ``splits`` (and the ``task`` that
+    read them): the data, when it does not come from ``cfg.data`` (``hfstage.train`` with datasets passed in)."""
     state = distributed_state()
     main = state.is_main_process
     folder = RunDir(cfg.output_dir)
-    task = TASKS.get(cfg.task, "task")()
+    task = task or TASKS.get(cfg.task, "task")()
     if splits is None:
         splits = task.load_splits(cfg.data)
     if cfg.fold is not None:

@@ -270,6 +270,17 @@ class ImageClassificationTask(MultiClassDecisions):
                                                                    data.max_eval_samples)
         return Splits(train=train, eval=eval_set, test=test)
 
+    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
+        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
+        self.columns, self.skip_bad, self.classes = dict(data.columns), data.skip_bad_images, None
+        first = images.ImageDataset.from_dataset(train, self.columns, "train_dataset", None, data.max_train_samples,
+                                                 self.skip_bad)
+        self.classes = first.classes
+        rest = [None if ds is None else images.ImageDataset.from_dataset(ds, self.columns, name, self.classes,
+                                                                         data.max_eval_samples, self.skip_bad)
+                for name, ds in (("eval_dataset", eval_set), ("test_dataset", test))]
+        return Splits(first, *rest, train_sha256=dataset_fingerprint(train))
+
     def load_unlabeled(self, path: Path, field: str) -> images.ImageDataset:
         """A folder of images to pseudo-label (class sub-folders, if any, are ignored)."""
         listed = images.load_image_list(path, field, self.classes, self.skip_bad, labelled=False)
@@ -338,12 +349,29 @@ class SpeechAssessmentTask:
         return audio.AudioDataset(clips, self.vocab, limit)
 
     def load_splits(self, data: DataConfig) -> Splits:
+        sets = load_run_splits(self, data)
+        self._make_processor()
+        return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
+
+    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
+        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
+        self.columns, self.vocab = dict(data.columns), None
+        sets = []
+        for name, ds, limit in (("train_dataset", train, data.max_train_samples),
+                                ("eval_dataset", eval_set, data.max_eval_samples),
+                                ("test_dataset", test, data.max_eval_samples)):
+            clips = None if ds is None else audio.clips_from_dataset(ds, self.columns, name)
+            if clips is not None and self.vocab is None:
+                self.vocab = audio.build_vocabulary(clips)
+            sets.append(None if clips is None else audio.AudioDataset(clips, self.vocab, limit))
+        self._make_processor()
+        return Splits(*sets, train_sha256=dataset_fingerprint(train))
+
+    def _make_processor(self) -> None:
         import tempfile
 
-        sets = load_run_splits(self, data)
         with tempfile.TemporaryDirectory() as tmp:
             self.processor = audio.make_processor(self.vocab, Path(tmp))
-        return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
 
     @staticmethod
     def split_fingerprint(path: SplitRef | Path, field: str = "data") -> str:

@@ -349,3 +349,20 @@ def test_images_from_an_imagefolder_with_metadata(image_data, tmp_path):
         metrics.append({k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
                         if "runtime" not in k and "per_second" not in k})
     assert metrics[0] == metrics[1]
+
+
+def test_python_api_trains_images_passed_in_as_datasets(image_data, tmp_path):
+    import datasets
+
+    import hfstage
+    from hfstage.data.images import list_image_folder
+
+    def split(name):
+        paths, labels, names = list_image_folder(image_data / name, "test")
+        return datasets.Dataset.from_dict({"image": paths, "label": [names[i] for i in labels]})
+
+    path = image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", [{"name": "only", "epochs": 1}])
+    final = hfstage.train(path, train_dataset=split("train"), eval_dataset=split("val"), test_dataset=split("test"))
+    record = json.loads((tmp_path / "run" / final.best_stage_dir / "stage.json").read_text())
+    assert final.status == "finished" and "test_accuracy" in record["test_metrics"]
+    assert len(json.loads((tmp_path / "run" / final.best_stage_dir / "config.json").read_text())["id2label"]) == 10

@@ -284,6 +284,13 @@ def test_speech_from_a_saved_dataset_with_list_columns_trains_like_the_metadata(
     native, saved = (run_metrics(tmp_path / out, data) for out, data in (
         ("native", [f"data.path={l2_data}"]), ("saved", [f"data.path={tmp_path / 'saved'}", columns])))
     assert native == saved and "test_per" in saved
+    import hfstage  # the same splits as Dataset objects, from Python
+
+    final = hfstage.train(ROOT / "configs/speech_multitask.yaml", train_dataset=splits["train"], eval_dataset=splits["val"],
+                          overrides=[f"output_dir={tmp_path / 'api'}", "quick_test=true", "report_to=[none]",
+                                     "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64", columns])
+    assert final.status == "finished"
+    assert Wav2Vec2Processor.from_pretrained(tmp_path / "api" / "stage_3_polish").tokenizer.get_vocab()
     assert main(["evaluate", str(tmp_path / "saved"), "--split", "val"]) == 0
 
 
