@@ -120,15 +120,28 @@ def remove_stale_tmp(folder: str | Path) -> None:
                 child.unlink(missing_ok=True)
 
 
+_FILE_DIGESTS: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> SHA-256: a file read once per process
+
+
 def fingerprint(path: str | Path) -> str:
     """SHA-256 of a file's bytes -- or of a folder's files (relative names and bytes, in sorted order):
-    which data a model saw, checkable later (stacking refuses leaks)."""
+    which data a model saw, checkable later (stacking refuses leaks). A file is read once per process (a run
+    asks for its training file's digest to name its datasets cache entry and again to record it)."""
     path = Path(path)
+    if not path.is_dir():
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key not in _FILE_DIGESTS:
+            _FILE_DIGESTS[key] = _digest([path], None)
+        return _FILE_DIGESTS[key]
+    return _digest(sorted(p for p in path.rglob("*") if p.is_file()), path)
+
+
+def _digest(files: list[Path], root: Path | None) -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        if root is not None:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
         with open(file, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
