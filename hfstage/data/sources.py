@@ -55,15 +55,10 @@ def _datasets():
 def source_kind(data) -> str | None:
     """``hub``, ``disk`` (save_to_disk), ``files`` (parquet/arrow/csv/json), or None for hfstage's own files
     (the training file ``data.train_file`` is there, or the speech layout's ``metadata.jsonl``/``.csv``)."""
-    if str(data.path).startswith(HUB_DATASETS):
-        return "hub"
+    kind = _datasets_layout(str(data.path))
+    if kind is not None or not Path(data.path).is_dir():
+        return kind
     folder = Path(data.path)
-    if not folder.is_dir():
-        return None
-    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
-        return "disk"
-    if _media_splits(folder):
-        return "folder"
     train = folder / data.train_file
     if train.is_file() or (train.is_dir() and not _has_tables(train)) or \
             any((folder / m).is_file() for m in ("metadata.jsonl", "metadata.csv")):
@@ -71,12 +66,25 @@ def source_kind(data) -> str | None:
     return "files" if _has_tables(folder) else None
 
 
+def _datasets_layout(path: str) -> str | None:
+    """What a path is, whatever the task: ``hub``, ``disk`` (save_to_disk) or ``folder`` (split
+    sub-folders of media named by their metadata); None when it takes the task's layout to tell."""
+    if path.startswith(HUB_DATASETS):
+        return "hub"
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return "disk"
+    return "folder" if _media_splits(folder) else None
+
+
 def _media_splits(folder: Path) -> dict[str, Path]:
     """Split name -> metadata file, for the sub-folders whose metadata names media files by ``file_name``."""
     found = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         meta = next((sub / m for m in METADATA if (sub / m).is_file()), None)
-        if meta is not None and _first_columns(meta) and "file_name" in _first_columns(meta):
+        if meta is not None and "file_name" in _first_columns(meta):
             found[sub.name] = meta
     return found
 
@@ -121,7 +129,11 @@ class SplitRef:
     name: str  # the file name, or the split name
     where: str  # the config field or flag it came from, for messages
     config: str | None = None  # data.config
-    dataset: bool = False
+    kind: str | None = None  # what source_kind says: hub, disk, folder, files; None for hfstage's own files
+
+    @property
+    def dataset(self) -> bool:
+        return self.kind is not None
 
     @property
     def path(self) -> Path:
@@ -135,9 +147,10 @@ def split_ref(data, name: str | None, where: str) -> SplitRef | None:
     """The split a config field names (None stays None)."""
     if name is None:
         return None
-    if source_kind(data) is None:
+    kind = source_kind(data)
+    if kind is None:
         return SplitRef(data.path, name, where)
-    return SplitRef(data.path, DEFAULT_SPLITS.get(name, name), where, data.config, dataset=True)
+    return SplitRef(data.path, DEFAULT_SPLITS.get(name, name), where, data.config, kind)
 
 
 def run_split_refs(data) -> dict[str, SplitRef | None]:
@@ -151,12 +164,9 @@ _OPENED: dict[tuple, object] = {}  # (kind, path, config, files) -> DatasetDict,
 
 def _open_source(ref: SplitRef):
     datasets = _datasets()
-    folder = Path(ref.source)
-    kind = ("hub" if ref.source.startswith(HUB_DATASETS) else "disk" if (
-        (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()) else
-        "folder" if _media_splits(folder) else "files")
+    folder, kind = Path(ref.source), ref.kind
     stamp = () if kind == "hub" else tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                                                for p in Path(ref.source).rglob("*") if p.is_file()))
+                                                for p in folder.rglob("*") if p.is_file()))
     key = (kind, ref.source, ref.config, stamp)  # a folder whose files changed is read again
     if key in _OPENED:
         return _OPENED[key]
