@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from hfstage.callbacks import StageCallback
 from hfstage.config import RunConfig, apply_override, build_run_config, load_config
 from hfstage.curriculum import run
+from hfstage.data.sources import dataset_fingerprint
 from hfstage.errors import ConfigError
 from hfstage.sweeps import run_seeds
 from hfstage.tasks import TASKS
@@ -49,5 +50,6 @@ def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, e
         raise ConfigError("train: folds and seeds read data.path; with datasets passed in, train one run per call")
     task = TASKS.get(cfg.task, "task")()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=PASSED_IN))
-    splits = task.splits_from_datasets(cfg.data, train_dataset, eval_dataset, test_dataset)
+    splits = task.load_splits(cfg.data, given={"train": train_dataset, "eval": eval_dataset, "test": test_dataset})
+    splits.train_sha256 = dataset_fingerprint(train_dataset)
     return run(cfg, config_file, callbacks, splits=splits, task=task)

@@ -30,13 +30,14 @@ class Splits:
     train_sha256: str | None = None  # what the training data was, when it came from Python objects (hfstage.train)
 
 
-def load_run_splits(task, data: DataConfig, fields=("train_file", "eval_file", "test_file")) -> dict[str, Dataset]:
+def load_run_splits(task, data: DataConfig, fields=("train_file", "eval_file", "test_file"),
+                    given: dict | None = None) -> dict[str, Dataset]:
     """The run's splits named by ``fields`` (of data.train_file/eval_file/test_file), by field, through
     ``task.load_split``; a ``datasets`` source without a ``test`` split runs without one unless ``data.test_file``
-    names it."""
+    names it. ``given``: data sets passed in from Python (see ``run_split_refs``)."""
     task.columns = dict(data.columns)
     sets = {}
-    for field, ref in run_split_refs(data).items():
+    for field, ref in run_split_refs(data, given).items():
         if ref is None or field not in fields:
             continue
         if ref.dataset and field == "test_file" and data.test_file == DataConfig.test_file and not has_split(ref):
@@ -73,29 +74,16 @@ class PairClassificationTask:
         dataset = npz_pairs.npz_as_dataset(ref.path, field)
         return npz_pairs.PairDataset.from_dataset(dataset, {}, f"{ref.path} ({field})", limit, checked=True)
 
-    def load_splits(self, data: DataConfig) -> Splits:
-        sets = load_run_splits(self, data)
+    def load_splits(self, data: DataConfig, given: dict | None = None) -> Splits:
+        sets = load_run_splits(self, data, given=given)
         train = sets["train_file"]
-        refs = run_split_refs(data)
+        refs = run_split_refs(data, given)
         for field, ds in sets.items():
             if ds.image_size != train.image_size:
                 what = f"column {self.columns.get('pair', 'pair')!r}" if refs[field].dataset else "key 'x'"
                 raise DataError(f"{refs[field]}: {what} has images of shape {ds.image_size} but {refs['train_file']} "
                                 f"has {train.image_size} (data.{field})")
         return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
-
-    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
-        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
-        self.columns = dict(data.columns)
-        sets = [None if ds is None else npz_pairs.PairDataset.from_dataset(
-                    ds, self.columns, name, limit)
-                for name, ds, limit in (("train_dataset", train, data.max_train_samples),
-                                        ("eval_dataset", eval_set, data.max_eval_samples),
-                                        ("test_dataset", test, data.max_eval_samples))]
-        for name, ds in zip(("eval_dataset", "test_dataset"), sets[1:]):
-            if ds is not None and ds.image_size != sets[0].image_size:
-                raise DataError(f"{name}: images of shape {ds.image_size} but train_dataset has {sets[0].image_size}")
-        return Splits(*sets, train_sha256=dataset_fingerprint(train))
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
         """Arguments the model's config takes from the data (not from the recipe)."""
@@ -164,13 +152,13 @@ class SequenceClassificationTask(MultiClassDecisions):
         return npz_sequences.SequenceDataset.from_dataset(dataset, {}, f"{ref.path} ({field})", None, limit,
                                                           checked=True)
 
-    def load_splits(self, data: DataConfig) -> Splits:
+    def load_splits(self, data: DataConfig, given: dict | None = None) -> Splits:
         self.classes = None
-        refs = run_split_refs(data)
+        refs = run_split_refs(data, given)
         self.columns = dict(data.columns)
-        train = self.load_split(refs["train_file"], "data.train_file", data.max_train_samples)
+        train = self.load_split(refs["train_file"], refs["train_file"].where, data.max_train_samples)
         self.classes = train.classes
-        sets = {"train_file": train, **load_run_splits(self, data, ("eval_file", "test_file"))}
+        sets = {"train_file": train, **load_run_splits(self, data, ("eval_file", "test_file"), given)}
         n_classes = self.num_labels(train)
         for field, ds in sets.items():
             where = refs[field]
@@ -183,23 +171,6 @@ class SequenceClassificationTask(MultiClassDecisions):
                 raise DataError(f"{where}: {y} has class {int(ds.y.max())}, outside the {n_classes} classes "
                                 f"of the training split (data.{field})")
         return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
-
-    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
-        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
-        self.columns, self.classes = dict(data.columns), None
-        first = npz_sequences.SequenceDataset.from_dataset(train, self.columns, "train_dataset", None,
-                                                          data.max_train_samples)
-        self.classes = first.classes
-        rest = [None if ds is None else npz_sequences.SequenceDataset.from_dataset(
-                    ds, self.columns, name, self.classes, data.max_eval_samples)
-                for name, ds in (("eval_dataset", eval_set), ("test_dataset", test))]
-        for name, ds in zip(("eval_dataset", "test_dataset"), rest):
-            if ds is not None and ds.feature_dim != first.feature_dim:
-                raise DataError(f"{name}: {ds.feature_dim} features per frame but train_dataset has {first.feature_dim}")
-            if ds is not None and int(ds.y.max()) >= self.num_labels(first):
-                raise DataError(f"{name}: class {int(ds.y.max())}, outside the {self.num_labels(first)} classes of "
-                                "train_dataset")
-        return Splits(first, *rest, train_sha256=dataset_fingerprint(train))
 
     @staticmethod
     def num_labels(train) -> int:
@@ -246,18 +217,18 @@ class ImageClassificationTask(MultiClassDecisions):
         listed = images.load_image_list(ref.path, field, self.classes, self.skip_bad)
         return images.ImageDataset(listed, limit)
 
-    def load_splits(self, data: DataConfig) -> Splits:
+    def load_splits(self, data: DataConfig, given: dict | None = None) -> Splits:
         self.skip_bad = data.skip_bad_images
         self.columns = dict(data.columns)
-        refs = run_split_refs(data)
+        refs = run_split_refs(data, given)
         if refs["train_file"].dataset:
             self.classes = None
-            train = self.load_split(refs["train_file"], "data.train_file", data.max_train_samples)
+            train = self.load_split(refs["train_file"], refs["train_file"].where, data.max_train_samples)
             if len(train.classes) < 2:
                 raise DataError(f"{refs['train_file']}: {len(train.classes)} class(es); classification needs at least 2 "
                                 "(data.train_file)")
             self.classes = train.classes
-            rest = load_run_splits(self, data, ("eval_file", "test_file"))
+            rest = load_run_splits(self, data, ("eval_file", "test_file"), given)
             return Splits(train=train, eval=rest["eval_file"], test=rest.get("test_file"))
         root = Path(data.path)
         train = self.load_split(root / data.train_file, "data.train_file", data.max_train_samples)
@@ -269,17 +240,6 @@ class ImageClassificationTask(MultiClassDecisions):
         test = None if data.test_file is None else self.load_split(root / data.test_file, "data.test_file",
                                                                    data.max_eval_samples)
         return Splits(train=train, eval=eval_set, test=test)
-
-    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
-        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
-        self.columns, self.skip_bad, self.classes = dict(data.columns), data.skip_bad_images, None
-        first = images.ImageDataset.from_dataset(train, self.columns, "train_dataset", None, data.max_train_samples,
-                                                 self.skip_bad)
-        self.classes = first.classes
-        rest = [None if ds is None else images.ImageDataset.from_dataset(ds, self.columns, name, self.classes,
-                                                                         data.max_eval_samples, self.skip_bad)
-                for name, ds in (("eval_dataset", eval_set), ("test_dataset", test))]
-        return Splits(first, *rest, train_sha256=dataset_fingerprint(train))
 
     def load_unlabeled(self, path: Path, field: str) -> images.ImageDataset:
         """A folder of images to pseudo-label (class sub-folders, if any, are ignored)."""
@@ -348,24 +308,10 @@ class SpeechAssessmentTask:
             self.vocab = audio.build_vocabulary(clips)
         return audio.AudioDataset(clips, self.vocab, limit)
 
-    def load_splits(self, data: DataConfig) -> Splits:
-        sets = load_run_splits(self, data)
+    def load_splits(self, data: DataConfig, given: dict | None = None) -> Splits:
+        sets = load_run_splits(self, data, given=given)
         self._make_processor()
         return Splits(train=sets["train_file"], eval=sets["eval_file"], test=sets.get("test_file"))
-
-    def splits_from_datasets(self, data: DataConfig, train, eval_set, test) -> Splits:
-        """``datasets.Dataset`` objects passed in from Python, read like a ``datasets`` source's splits."""
-        self.columns, self.vocab = dict(data.columns), None
-        sets = []
-        for name, ds, limit in (("train_dataset", train, data.max_train_samples),
-                                ("eval_dataset", eval_set, data.max_eval_samples),
-                                ("test_dataset", test, data.max_eval_samples)):
-            clips = None if ds is None else audio.clips_from_dataset(ds, self.columns, name)
-            if clips is not None and self.vocab is None:
-                self.vocab = audio.build_vocabulary(clips)
-            sets.append(None if clips is None else audio.AudioDataset(clips, self.vocab, limit))
-        self._make_processor()
-        return Splits(*sets, train_sha256=dataset_fingerprint(train))
 
     def _make_processor(self) -> None:
         import tempfile

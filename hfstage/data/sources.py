@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -130,6 +130,7 @@ class SplitRef:
     where: str  # the config field or flag it came from, for messages
     config: str | None = None  # data.config
     kind: str | None = None  # what source_kind says: hub, disk, folder, files; None for hfstage's own files
+    given: object = field(default=None, compare=False)  # a datasets.Dataset passed in from Python (kind "given")
 
     @property
     def dataset(self) -> bool:
@@ -140,6 +141,8 @@ class SplitRef:
         return Path(self.source) / self.name
 
     def __str__(self) -> str:
+        if self.given is not None:
+            return f"{self.name}_dataset"
         return f"{self.source} [split {self.name}]" if self.dataset else str(self.path)
 
 
@@ -153,8 +156,13 @@ def split_ref(data, name: str | None, where: str) -> SplitRef | None:
     return SplitRef(data.path, DEFAULT_SPLITS.get(name, name), where, data.config, kind)
 
 
-def run_split_refs(data) -> dict[str, SplitRef | None]:
-    """The run's train/eval/test splits by config field (``train_file`` ...)."""
+def run_split_refs(data, given: dict | None = None) -> dict[str, SplitRef | None]:
+    """The run's train/eval/test splits by config field (``train_file`` ...); with ``given`` (``{"train": Dataset,
+    "eval": ..., "test": ...}``, from ``hfstage.train``) those data sets instead of ``data.path``."""
+    if given is not None:
+        return {f"{name}_file": None if given.get(name) is None else
+                SplitRef(str(data.path), name, "hfstage.train", kind="given", given=given[name])
+                for name in ("train", "eval", "test")}
     return {field: split_ref(data, getattr(data, field), f"data.{field}")
             for field in ("train_file", "eval_file", "test_file")}
 
@@ -197,7 +205,9 @@ def _open_source(ref: SplitRef):
 
 
 def open_split(ref: SplitRef):
-    """A named split of a ``datasets`` source, as a ``datasets.Dataset``."""
+    """A named split of a ``datasets`` source (or the data set passed in), as a ``datasets.Dataset``."""
+    if ref.given is not None:
+        return ref.given
     splits = _open_source(ref)
     if ref.name not in splits:
         raise DataError(f"{ref.source}: no split {ref.name!r} ({ref.where}); its splits: {', '.join(splits) or 'none'}")
@@ -205,7 +215,7 @@ def open_split(ref: SplitRef):
 
 
 def has_split(ref: SplitRef) -> bool:
-    return ref.name in _open_source(ref)
+    return ref.given is not None or ref.name in _open_source(ref)
 
 
 def split_fingerprint(ref: SplitRef) -> str:
