@@ -15,6 +15,11 @@ def check_augmentation(registry, limits: dict[str, tuple[float, float]], augment
             raise ConfigError(f"{where}.augmentation.{name}: {value} must be in [{lo}, {hi}]")
 
 
+def class_order(names) -> list[str]:
+    """Class names in the order their ids get: numbers by value first, then the rest alphabetically."""
+    return sorted(set(names), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+
+
 def read_npz(path, field: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
     """All arrays of an .npz file (never unpickling), refusing missing or unexpected keys by name."""
     import zipfile

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hfstage.data import check_augmentation
+from hfstage.data import check_augmentation, class_order
 from hfstage.data.arrow import scalar_column
 from hfstage.data.sources import column_of
 from hfstage.errors import ConfigError, DataError
@@ -164,11 +164,6 @@ def load_image_list(path: Path, where: str, classes: list[str] | None = None, sk
     if not good:
         raise DataError(f"{path}: no readable images ({where})")
     return ImageList([paths[i] for i in good], labels[good], found, bad)
-
-
-def class_order(names) -> list[str]:
-    """Class names in the order their ids get: numbers by value first, then the rest alphabetically."""
-    return sorted(set(names), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
 
 
 def _open_image(item, where: str):

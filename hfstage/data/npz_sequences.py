@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from hfstage.data import check_augmentation, first_non_finite, read_npz
+from hfstage.data import check_augmentation, class_order, first_non_finite, read_npz
 from hfstage.data.arrow import ArrayColumn, InMemoryColumn, RaggedColumn, is_ragged, scalar_column
 from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
@@ -125,7 +125,7 @@ class SequenceDataset(Dataset):
         y = scalar_column(dataset, label)
         names = getattr(dataset.features[label], "names", None)
         if y.dtype.kind in "OUS":  # class names
-            known = classes or sorted(set(y.tolist()))
+            known = classes or class_order(y.tolist())
             index = {c: i for i, c in enumerate(known)}
             unknown = [v for v in y.tolist() if v not in index]
             if unknown:
