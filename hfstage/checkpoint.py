@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
 
@@ -220,6 +221,23 @@ class RunLock:
 
                 logging.getLogger("hfstage").warning("%s: could not remove the lock (%s); the next run takes it over",
                                                      self.path, exc.strerror or exc)
+
+
+def lock_holder_alive(folder: str | Path) -> bool:
+    """Whether a process holds ``folder``'s run lock: False when there is no lock or its process (on this host) is
+    gone, e.g. killed with SIGKILL; True when it lives or cannot be checked (another host, unreadable lock)."""
+    import socket
+
+    path = Path(folder) / ".lock"
+    try:
+        owner = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return True
+    return _alive(owner["pid"])
 
 
 def _alive(pid: int) -> bool:

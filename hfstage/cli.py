@@ -16,6 +16,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe YAML (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override any config field: defaults.lr=3e-4, stages.2.lr=1e-4, stages.finetune.epochs=2")
+    _add_verbose(p)
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also the libraries' own output: the Trainer's log dicts, progress and weight-loading bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="fine_tune (low lr), regularization (stronger LS/dropout/wd), exploration (higher lr, warm restart)")
     p.add_argument("--data", help="folder with the split files, if the run's data path has moved")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="stage fields of the new stage: lr=1e-5 epochs=2")
+    _add_verbose(p)
 
     p = sub.add_parser("push", help="push a run (or some of its stages) to the Hugging Face Hub")
     p.add_argument("run", help="the run folder")
@@ -108,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("runs", nargs="+")
     q.add_argument("--metric", action="append", help="metric(s) to show (default: eval loss/accuracy/f1, test accuracy)")
     q.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    q.add_argument("--no-config", action="store_true", help="leave out the table of config keys that differ")
     q = runs.add_parser("cleanup", help="delete old or poor runs, never the best K of a (task, model type) group")
     q.add_argument("folder", nargs="?", default="runs")
     q.add_argument("--days-old", type=float, help="only runs last updated at least this many days ago")
@@ -273,6 +281,8 @@ def _runs(args) -> int:
         print(experiments.show_run(args.run))
     elif args.runs_command == "compare":
         print(experiments.compare_runs(args.runs, args.metric, args.format))
+        if not args.no_config and args.format != "csv":  # csv: one table, for tools
+            print("\n" + experiments.config_differences(args.runs, args.format))
     elif args.runs_command == "cleanup":
         doomed = experiments.cleanup(args.folder, args.days_old, args.keep_best, args.pattern, args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
@@ -322,13 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from hfstage.log import setup_console
+    from hfstage.errors import Interrupted
+    from hfstage.log import set_verbose, setup_console
 
     setup_console()
+    if getattr(args, "verbose", False):
+        set_verbose(True)
     try:
         return COMMANDS[args.command](args)
     except HfstageError as exc:
         print(f"hfstage: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        print(f"hfstage: stopped by {exc.signal_name}; rerun the same command to resume", file=sys.stderr)
         return exc.exit_code
 
 

@@ -24,25 +24,32 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
-from hfstage.arguments import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, closest, coerce, type_name
+from hfstage.arguments import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    closest,
+    coerce,
+    type_name,
+)
 from hfstage.errors import ConfigError
 from hfstage.losses import LOSSES, DistillationLoss, loss_spec
 from hfstage.losses.base import loss_arguments, takes_label_smoothing
+from hfstage.training_args import (
+    check_report_to,
+    check_training_args,
+    hint_for,
+    optimizer_names,
+    scheduler_names,
+    trainer_table,
+)
 
 STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-)
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -111,12 +118,23 @@ class StageConfig:
     lr: float = _f(1e-3, "Peak learning rate.", _POSITIVE)
     scheduler: str = _f(
         "cosine",
-        "Learning-rate schedule (a transformers `SchedulerType`): " + ", ".join(SCHEDULERS) + ".",
-        (lambda v: v in SCHEDULERS, "must be one of " + ", ".join(SCHEDULERS)),
+        "Learning-rate schedule: any transformers `SchedulerType` (`linear`, `cosine`, `cosine_with_restarts`, "
+        "`polynomial`, `constant`, `constant_with_warmup`, `inverse_sqrt`, `reduce_lr_on_plateau`, "
+        "`cosine_with_min_lr`, `warmup_stable_decay`, ...).",
+        (lambda v: v in scheduler_names(), "is not a transformers SchedulerType; choose one of "
+         + ", ".join(scheduler_names())),
+    )
+    scheduler_kwargs: dict[str, Any] = _f(
+        help="The scheduler's own arguments (TrainingArguments' `lr_scheduler_kwargs`), e.g. `{num_decay_steps: 100}` "
+        "for `warmup_stable_decay` or `{min_lr_rate: 0.1}` for `cosine_with_min_lr`; checked before training.",
+        factory=dict,
     )
     warmup_ratio: float = _f(0.0, "Fraction of the stage's steps used for linear warm-up.", _FRACTION)
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norm weights).", _NON_NEGATIVE)
-    optim: str = _f("adamw_torch", "Optimizer name as accepted by `TrainingArguments.optim`.")
+    optim: str = _f("adamw_torch", "Optimizer: any `TrainingArguments.optim` name (`adamw_torch`, `adamw_torch_fused`, "
+                    "`sgd`, `adafactor`, ...); one whose package is missing is refused before training.",
+                    (lambda v: v in optimizer_names(), "is not a TrainingArguments optimizer; choose one of "
+                     + ", ".join(optimizer_names())))
     batch_size: int = _f(128, "Training batch size per device (the global batch grows with the process count).", _AT_LEAST_ONE)
     eval_batch_size: int = _f(512, "Evaluation batch size per device.", _AT_LEAST_ONE)
     group_by_length: bool = _f(
@@ -155,13 +173,13 @@ class StageConfig:
         help="Glob pattern of parameter names -> learning-rate multiplier (first match wins).",
         factory=dict,
     )
-    encoder_lr: Optional[float] = _f(
+    encoder_lr: float | None = _f(
         None, "Learning rate of the model's encoder (`encoder.*`; timm: `backbone.*`); the rest trains at "
         "`head_lr` (or `lr`). Becomes the first entry of `lr_multipliers`.", _POSITIVE,
     )
-    head_lr: Optional[float] = _f(None, "Learning rate of everything but the encoder (default: `lr`).", _POSITIVE)
-    dropout: Optional[float] = _f(None, "If set, the p of every dropout layer of the model for this stage.")
-    teacher: Optional[dict[str, Any]] = _f(
+    head_lr: float | None = _f(None, "Learning rate of everything but the encoder (default: `lr`).", _POSITIVE)
+    dropout: float | None = _f(None, "If set, the p of every dropout layer of the model for this stage.")
+    teacher: dict[str, Any] | None = _f(
         None, "Distil from a saved stage or run (its best stage), local or `hf://`: `teacher: PATH` or "
         "`{checkpoint: PATH, temperature: 4.0, alpha: 0.5}`; the loss becomes (1 - alpha) * stage loss + "
         "alpha * T^2 * KL(teacher/T || model/T).", parse=teacher_spec,
@@ -174,19 +192,25 @@ class StageConfig:
     pseudo_threshold: float = _f(
         0.95, "Confidence a pseudo-label needs (see `pseudo_labels`).", (lambda v: 0 < v <= 1, "must be in (0, 1]")
     )
-    init_from: Optional[str] = _f(
+    init_from: str | None = _f(
         None, "Start from this earlier stage's weights (its number or name) instead of the latest kept stage."
     )
-    early_stopping_patience: Optional[int] = _f(
+    early_stopping_patience: int | None = _f(
         None, "Stop the stage after this many evaluations without improvement of the tracked metric."
     )
-    eval_steps: Optional[int] = _f(
+    eval_steps: int | None = _f(
         None, "Evaluate and checkpoint every N optimizer steps instead of every epoch."
     )
-    mixed_precision: Optional[str] = _f(
+    mixed_precision: str | None = _f(
         None,
         "`no`, `bf16` or `fp16` for this stage; unset = what the accelerate config says.",
         (lambda v: v in PRECISIONS, "must be one of " + ", ".join(PRECISIONS)),
+    )
+    training_args: dict[str, Any] = _f(
+        help="Any other `TrainingArguments` field, passed to the stage's Trainer: `{adam_beta2: 0.98, torch_compile: "
+        "true, ddp_timeout: 600}`. Checked against TrainingArguments' fields and types; a field hfstage sets from its "
+        "own key is refused with that key (see 'Coming from HF Trainer'). A stage's mapping adds to the defaults' one.",
+        factory=dict, parse=check_training_args,
     )
 
 
@@ -196,7 +220,7 @@ class DataConfig:
 
     path: str = _f("data/mnist_pairs", "Folder of the task's own files; or a `datasets` source: a `save_to_disk` "
                    "folder, a folder of parquet/arrow/csv/json files, or `hf://datasets/OWNER/NAME[@REV]`.")
-    config: Optional[str] = _f(None, "The configuration of a `datasets` source (`load_dataset(path, config)`).")
+    config: str | None = _f(None, "The configuration of a `datasets` source (`load_dataset(path, config)`).")
     columns: dict[str, str] = _f(
         help="Task field -> column of a `datasets` source (pairs: `pair` or `image_a`/`image_b`, `label`; sequences: "
         "`features`, `lengths`, `label`; images: `image`, `label`; speech: `audio`, `canonical`, `spoken`, `labels`), "
@@ -205,12 +229,12 @@ class DataConfig:
     train_file: str = _f("train.npz", "Training split: a file under `path`, or a `datasets` split (default there: `train`).")
     eval_file: str = _f("val.npz", "Validation split used for stage metrics and keep/skip decisions (`datasets`: "
                         "`validation`).")
-    test_file: Optional[str] = _f("test_public.npz", "Held-out test split reported at the end; null to skip "
+    test_file: str | None = _f("test_public.npz", "Held-out test split reported at the end; null to skip "
                                   "(`datasets`: `test`, skipped when the source has none).")
-    max_train_samples: Optional[int] = _f(None, "Use only the first N training samples.")
-    max_eval_samples: Optional[int] = _f(None, "Use only the first N validation and test samples.")
+    max_train_samples: int | None = _f(None, "Use only the first N training samples.")
+    max_eval_samples: int | None = _f(None, "Use only the first N validation and test samples.")
     num_workers: int = _f(0, "DataLoader worker processes.", _NON_NEGATIVE)
-    unlabeled_file: Optional[str] = _f(
+    unlabeled_file: str | None = _f(
         None, "Images: folder (relative to `path`) of unlabelled images for `pseudo_labels` stages."
     )
     skip_bad_images: bool = _f(
@@ -240,7 +264,7 @@ class RunConfig:
         "and CV mean +- std (`cv.json`). 0 = no folds.",
         (lambda v: v == 0 or v >= 2, "must be 0 (no folds) or >= 2"),
     )
-    fold: Optional[int] = _f(None, "With `folds`: train only this fold (from 0), e.g. to spread folds over machines.")
+    fold: int | None = _f(None, "With `folds`: train only this fold (from 0), e.g. to spread folds over machines.")
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(
         help="Model: `type` (a registered model) plus that model's config arguments.",
@@ -256,14 +280,21 @@ class RunConfig:
     )
     quick_test: bool = _f(False, "Run every stage for one epoch on a small subset of the data.")
     quick_test_samples: int = _f(2000, "Training samples used when `quick_test` is on (evaluation uses half).", _AT_LEAST_ONE)
-    report_to: list[str] = _f(help="Trainer reporters (`tensorboard`, `none`, ...).", factory=lambda: ["tensorboard"])
+    report_to: list[str] = _f(
+        help="Trackers that log the whole curriculum as one run, on one global step: `tensorboard` (in "
+        "`<output_dir>/logs`), `mlflow` (`MLFLOW_TRACKING_URI`, default `./mlruns`), `trackio` (local), `wandb` "
+        "(`WANDB_MODE=offline` works); or `none`. Each but tensorboard is an extra: `pip install 'hfstage[trackers]'`.",
+        factory=lambda: ["tensorboard"], parse=lambda v, where: check_report_to(coerce(v, list[str], where), where),
+    )
+    project: str = _f("hfstage", "Tracker project the run is logged under (trackio project, MLflow experiment, "
+                      "W&B project); the tracker run is named after the run folder.")
     logging_steps: int = _f(50, "Log the training loss every N steps.", _AT_LEAST_ONE)
     push_to_hub: bool = _f(
         False,
         "Push each stage to the Hub (`hub_repo_id`) in the background as it finishes, then the whole run "
         "(best model at the root, model card); the token comes from `HF_TOKEN` or `hf auth login`.",
     )
-    hub_repo_id: Optional[str] = _f(
+    hub_repo_id: str | None = _f(
         None, "Hub repository (OWNER/NAME) for `push_to_hub`; with `seeds`, each seed pushes to `NAME-seed-<s>`."
     )
     hub_private: bool = _f(False, "Create the `hub_repo_id` repository as private.")
@@ -294,13 +325,15 @@ def _build(cls, raw: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
-        key_where = f"{where}.{key}" if where else str(key)
+        key_where = f"{where} {key}" if where.endswith(":") else f"{where}.{key}" if where else str(key)
         if key not in fields:
             if cls is StageConfig and key in MOVED_FIELDS:
                 new, example = MOVED_FIELDS[key]
                 raise ConfigError(f"{key_where}: loss parameters belong to the loss now: use {new}, i.e. "
                                   f"{example.replace('V', yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip())}")
-            raise ConfigError(f"{key_where}: unknown key{closest(key, fields)}")
+            level = {StageConfig: "stage", RunConfig: "run"}.get(cls)
+            hint = hint_for(str(key), level) if level else ""
+            raise ConfigError(f"{key_where}: unknown key{hint or closest(key, fields)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, key_where)
@@ -360,6 +393,8 @@ def _merge_stage(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, A
         base, own = defaults.get(key), stage.get(key)
         if isinstance(base, dict) and isinstance(own, dict) and own.get(head, base.get(head)) == base.get(head):
             merged[key] = {**base, **own} if key == "teacher" or head in base else own
+    if isinstance(defaults.get("training_args"), dict) and isinstance(stage.get("training_args"), dict):
+        merged["training_args"] = {**defaults["training_args"], **stage["training_args"]}
     if isinstance(merged.get("loss"), dict) and "type" not in merged["loss"]:
         merged["loss"] = {"type": "cross_entropy", **merged["loss"]}
     return merged
@@ -570,6 +605,10 @@ def reference_markdown() -> str:
         smoothing = " Takes the stage's `label_smoothing`." if takes_label_smoothing(name) else ""
         summary = " ".join((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
         parts.append(f"| `{name}` | {shown} | {summary}{smoothing} |")
+    parts.append("\n## Coming from HF Trainer\n\nEach `TrainingArguments` name hfstage sets from a key of its own, and where "
+                 "that key goes in a recipe; every other field goes under `training_args:`. Using a Trainer name as a "
+                 "key gets the hfstage key in the error message (`stages.1.learning_rate` -> did you mean `lr`).\n")
+    parts.append(trainer_table() + "\n")
     parts.append(f"\nDistillation (`teacher:`) takes `checkpoint` plus {', '.join(f'`{k}` ({v})' for k, v in teacher_spec('x', 'teacher').items() if k != 'checkpoint')}.\n")
     return "\n".join(parts)
 

@@ -13,30 +13,41 @@ business (``run_dir.py``); this module only runs the stages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from transformers import EarlyStoppingCallback, set_seed
 
 from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import RunLock
 from hfstage.config import RunConfig, StageConfig, init_stage_index
+from hfstage.curves import draw_curves
 from hfstage.data.sources import split_fingerprint, split_ref
-from hfstage.devices import cpu_only, distributed_state
-from hfstage.errors import CheckpointError, ConfigError, StageError
+from hfstage.devices import distributed_state
+from hfstage.errors import (
+    CheckpointError,
+    ConfigError,
+    HfstageError,
+    Interrupted,
+    StageError,
+)
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
-from hfstage.log import log_to_file, setup_console
+from hfstage.log import log_to_file, main_process_only, setup_console
 from hfstage.models import build_model
 from hfstage.preflight import check_stages
 from hfstage.pseudo import add_pseudo_labels
 from hfstage.resolve import load_stage_model, resolve_checkpoint
 from hfstage.run_dir import (
+    CURVES_PNG,
     RunDir,
     RunRecord,
     StageRecord,
@@ -48,9 +59,11 @@ from hfstage.run_dir import (
 )
 from hfstage.surgery import freeze, set_dropout, with_encoder_lr
 from hfstage.tasks import TASKS, Splits
+from hfstage.tracking import CurriculumTracking
 from hfstage.trainer import StageTrainer, StageTrainingArguments
 
 logger = logging.getLogger("hfstage")
+_SUMMARY = ("train_runtime", "total_flos")  # the Trainer's end-of-training summary entry
 
 
 def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = (),
@@ -59,6 +72,7 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     read them): the data, when it does not come from ``cfg.data`` (``hfstage.train`` with datasets passed in)."""
     state = distributed_state()
     main = state.is_main_process
+    main_process_only(main)
     folder = RunDir(cfg.output_dir)
     task = task or TASKS.get(cfg.task, "task")()
     if splits is None:
@@ -80,7 +94,9 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     pusher = HubPushCallback(folder.path, cfg.hub_repo_id, cfg.hub_private) if cfg.push_to_hub and main else None
     callbacks = [*callbacks, pusher] if pusher else callbacks
     try:
-        final = _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at)
+        with _signals_interrupt():
+            final = _run_stages(cfg, config_file, callbacks, state, task, splits, records, created_at,
+                                (saved.trackers if saved else None) or {})
         if pusher is not None:
             pusher.finish()
             logger.info("run %s is on the Hub: %s", folder, cfg.hub_repo_id)
@@ -94,6 +110,25 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
         raise
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """While a run trains, SIGTERM and SIGINT raise ``Interrupted`` (the run is then marked interrupted)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt writing run.json
+        raise Interrupted(signal.Signals(signum).name, 128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _on_every_process(state, action) -> None:
@@ -117,15 +152,30 @@ def _on_every_process(state, action) -> None:
         raise CheckpointError(error)
 
 
-def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[StageRecord], created_at) -> RunRecord:
+def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[StageRecord], created_at,
+                tracker_ids: dict) -> RunRecord:
     main = state.is_main_process
     folder = RunDir(cfg.output_dir)
+    tracking: CurriculumTracking | None = None
+    current: str | None = None  # the stage being trained
 
     def record_run(status: str, error: str | None = None) -> RunRecord:
-        run = RunRecord.build(cfg, config_file, state.num_processes, records, status, created_at, error)
+        run = RunRecord.build(cfg, config_file, state.num_processes, records, status, created_at, error,
+                              current if error else None, tracking.ids if tracking else tracker_ids)
         if main:
             folder.write(run)
         return run
+
+    def record_end(status: str, error: str) -> None:
+        """Mark the run failed or interrupted; the error that ended it is what is raised, whatever happens here."""
+        if not main:
+            return
+        try:
+            record_run(status, error)
+        except OSError:  # the disk may be the problem: the error itself is what matters
+            logger.error("could not record the %s run in %s", status, folder.run_json)
+        if tracking is not None:
+            tracking.finish(status)
 
     if main:
         folder.remove_stale_tmp()
@@ -133,88 +183,43 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
         logger.info("run %s: %d stages, %d finished, world size %d", folder, len(cfg.stages), len(records),
                     state.num_processes)
     state.wait_for_everyone()
-    train_sha256 = (splits.train_sha256 or  # once per run
-                    (task.train_fingerprint(cfg.data) if hasattr(task, "train_fingerprint")
-                     else split_fingerprint(split_ref(cfg.data, cfg.data.train_file, "data.train_file"))))
     try:
+        if main and any(r != "none" for r in cfg.report_to):
+            tracking = CurriculumTracking(cfg.report_to, folder.path, cfg.project, cfg.to_dict(), tracker_ids)
+            record_run("running")  # the tracker run ids, so a resumed run logs to the same tracker runs
+        train_sha256 = (splits.train_sha256 or  # once per run
+                        (task.train_fingerprint(cfg.data) if hasattr(task, "train_fingerprint")
+                         else split_fingerprint(split_ref(cfg.data, cfg.data.train_file, "data.train_file"))))
         for index, stage in enumerate(cfg.stages, 1):
             if index <= len(records):
                 logger.info("stage %d '%s' already finished; skipping", index, stage.name)
                 continue
-            records.append(train_stage(cfg, task, splits, index, stage, records, folder, callbacks, state, train_sha256))
+            current = stage_dirname(index, stage.name)
+            records.append(train_stage(cfg, task, splits, index, stage, records, folder, callbacks, state, train_sha256,
+                                       tracking))
+            current = None
             if main:
                 record_run("running")
-    except StageError as exc:
-        if main:
-            try:
-                record_run("failed", str(exc))
-            except OSError:  # the disk may be the problem: the error itself is what matters
-                logger.error("could not record the failure in %s", folder.run_json)
+                draw_curves(folder.path / CURVES_PNG, records, cfg.metric_for_best_model)
+    except Interrupted as exc:
+        record_end("interrupted", f"stopped by {exc.signal_name}")
         raise
-    final = RunRecord.build(cfg, config_file, state.num_processes, records, "finished", created_at)
+    except KeyboardInterrupt:
+        record_end("interrupted", "stopped by KeyboardInterrupt")
+        raise
+    except Exception as exc:
+        record_end("failed", str(exc) if isinstance(exc, HfstageError) else f"{type(exc).__name__}: {exc}")
+        raise
+    final = RunRecord.build(cfg, config_file, state.num_processes, records, "finished", created_at,
+                            trackers=tracking.ids if tracking else tracker_ids)
     if main:
         folder.write(final)
+        if tracking is not None:
+            tracking.finish("finished")
         logger.info("finished; best stage %s (%s)", final.best_stage, final.best_stage_dir)
         print(format_stage_table(records, final.best_stage), flush=True)
     state.wait_for_everyone()
     return final
-
-
-def _training_arguments(cfg: RunConfig, stage: StageConfig, index: int, work: Path,
-                        label_names: Sequence[str] = ("labels",)) -> StageTrainingArguments:
-    steps = stage.eval_steps
-    precision = stage.mixed_precision
-    args = StageTrainingArguments(
-        output_dir=str(work),
-        num_train_epochs=stage.epochs,
-        learning_rate=stage.lr,
-        lr_scheduler_type=stage.scheduler,
-        warmup_steps=stage.warmup_ratio,
-        weight_decay=stage.weight_decay,
-        optim=stage.optim,
-        per_device_train_batch_size=stage.batch_size,
-        per_device_eval_batch_size=stage.eval_batch_size,
-        gradient_accumulation_steps=stage.gradient_accumulation_steps,
-        train_sampling_strategy="group_by_length" if stage.group_by_length else "random",
-        max_grad_norm=stage.max_grad_norm,
-        on_nonfinite=stage.on_nonfinite,
-        eval_strategy="steps" if steps else "epoch",
-        save_strategy="steps" if steps else "epoch",
-        eval_steps=steps,
-        save_steps=steps,
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model=cfg.metric_for_best_model,
-        greater_is_better=cfg.greater_is_better,
-        logging_steps=cfg.logging_steps,
-        report_to=[r for r in cfg.report_to if r not in ("tensorboard", "none")] or "none",
-        seed=cfg.seed + index - 1,  # each stage its own data order and augmentation draws, reproducibly
-        use_cpu=cpu_only(),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        dataloader_num_workers=cfg.data.num_workers,
-        label_names=list(label_names),
-        remove_unused_columns=False,
-        disable_tqdm=False,
-        stage_name=stage.name,
-        stage_index=index,
-        loss=stage.loss,
-        label_smoothing=stage.label_smoothing,
-        lr_multipliers=dict(stage.lr_multipliers),
-        distillation={k: v for k, v in (stage.teacher or {}).items() if k != "checkpoint"},
-    )
-    if precision == "no":
-        args.mixed_precision = "no"  # overrides what the accelerate config asked for
-    return args
-
-
-def _tensorboard_callback(cfg: RunConfig, folder: RunDir, label: str, main: bool):
-    if "tensorboard" not in cfg.report_to or not main:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder.path / "logs" / label)))
 
 
 def _best_checkpoint_metrics(trainer) -> dict | None:
@@ -234,7 +239,8 @@ def _best_checkpoint_metrics(trainer) -> dict | None:
 
 
 def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[StageRecord],
-                folder: RunDir, callbacks: Sequence[StageCallback], state, train_sha256: str) -> StageRecord:
+                folder: RunDir, callbacks: Sequence[StageCallback], state, train_sha256: str,
+                tracking: CurriculumTracking | None = None) -> StageRecord:
     """Train one stage and publish its folder; returns its stage.json record."""
     label = stage_dirname(index, stage.name)
     where = f"stages.{index} ({stage.name})"
@@ -263,26 +269,31 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
 
     work = folder.work_dir(label, stage, main=state.is_main_process)
     state.wait_for_everyone()
-    args = _training_arguments(cfg, with_encoder_lr(stage, model, where), index, work,
-                               getattr(task, "label_names", ("labels",)))
+    args = StageTrainingArguments.for_stage(cfg, with_encoder_lr(stage, model, where), index, work,
+                                            getattr(task, "label_names", ("labels",)))
     stage_callbacks = [TrainingLogCallback(label), *callbacks]
     if stage.early_stopping_patience:
         stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience))
-    tb = _tensorboard_callback(cfg, folder, label, state.is_main_process)
-    if tb is not None:
-        stage_callbacks.append(tb)
+    if tracking is not None:  # one timeline: this stage's steps follow the earlier stages'
+        tracking.begin_stage(index, stage, sum(r.global_steps or 0 for r in records))
+        stage_callbacks.append(tracking)
     teacher = resolve_checkpoint(stage.teacher["checkpoint"]).load_model() if stage.teacher else None
-    trainer = StageTrainer(
-        model=model,
-        teacher_model=teacher,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=splits.eval,
-        data_collator=task.collator(stage, training=True, model_config=model.config),
-        eval_data_collator=task.collator(stage, training=False, model_config=model.config),
-        compute_metrics=task.compute_metrics,
-        callbacks=stage_callbacks,
-    )
+    try:
+        trainer = StageTrainer(
+            model=model,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=splits.eval,
+            data_collator=task.collator(stage, training=True, model_config=model.config),
+            eval_data_collator=task.collator(stage, training=False, model_config=model.config),
+            compute_metrics=task.compute_metrics,
+            callbacks=stage_callbacks,
+        )
+    except (ValueError, TypeError, ImportError) as exc:  # e.g. a training_args value only the accelerator judges
+        passed = f" (training_args: {', '.join(stage.training_args)})" if stage.training_args else ""
+        raise StageError(f"stage {index} '{stage.name}': the Trainer refused this stage's arguments{passed}: "
+                         f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
     resume = last_complete_checkpoint(work)
     logger.info(
         "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
@@ -326,6 +337,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         total_parameters=total,
         world_size=state.num_processes,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        log_history=[e for e in trainer.state.log_history if "step" in e and not any(k in e for k in _SUMMARY)],
     )
     if state.is_main_process:
         def fill(staged: Path) -> None:
@@ -350,6 +362,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
             "the next stage starts from %s", index, stage.name, key, metrics[key], gain, cfg.improvement_threshold,
             latest_kept(records).dir,
         )
+    if tracking is not None:
+        tracking.end_stage(record)
     for cb in callbacks:
         if hasattr(cb, "on_stage_end"):
             cb.on_stage_end(stage_index=index, stage=stage, run_config=cfg, record=record)

@@ -33,3 +33,13 @@ class HubError(HfstageError):
     """The Hub refused or failed a request (after retries), or no token was available to write."""
 
     exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT while a run trains: the run is marked ``interrupted`` and the process exits (a rerun of the
+    same command resumes). A ``KeyboardInterrupt``, so ``except Exception`` blocks never swallow it."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code

@@ -18,7 +18,13 @@ import yaml
 
 from hfstage.arguments import closest
 from hfstage.checkpoint import atomic_write
-from hfstage.config import RunConfig, apply_override, build_run_config, stage_number, upgrade_saved_stage
+from hfstage.config import (
+    RunConfig,
+    apply_override,
+    build_run_config,
+    stage_number,
+    upgrade_saved_stage,
+)
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.reporting import format_number, format_table, lower_is_better
 from hfstage.run_dir import RUN_JSON, RunDir, RunRecord, StageRecord, format_stage_table
@@ -50,7 +56,7 @@ def list_runs_table(folder: str | Path) -> str:
         best = run.best_of(records)
         metric = run.metric_for_best_model
         rows.append((
-            str(path), run.status, f"{len(records)}/{len(run.stages)}", run.best_stage_dir or "-", metric,
+            str(path), RunDir(path).status(run), f"{len(records)}/{len(run.stages)}", run.best_stage_dir or "-", metric,
             format_number(best.metric(metric)) if best else "-",
             format_number(best.metric("test_accuracy")) if best else "-", run.updated_at or "-",
         ))
@@ -61,7 +67,12 @@ def list_runs_table(folder: str | Path) -> str:
 
 def show_run(path: str | Path) -> str:
     run, records = load_run(path)
-    lines = [f"{path}: {run.status}, task {run.config.get('task')}, model {run.config['model'].get('type')}, "
+    status = RunDir(path).status(run)
+    if status != run.status:
+        status += " (its process is gone; rerun its command to resume)"
+    elif run.error and status in ("failed", "interrupted"):
+        status += f" in {run.error_stage or 'set-up'}: {run.error}"
+    lines = [f"{path}: {status}, task {run.config.get('task')}, model {run.config['model'].get('type')}, "
              f"world size {run.world_size}, tracked {run.metric_for_best_model}"]
     if not records:
         return lines[0] + "\nno finished stage yet"
@@ -104,6 +115,44 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]]
         return "\n".join(lines)
     return format_table(rows) + "\n* best value of the column (lowest for losses and error rates)"
+
+
+def _flat_config(data, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out.update(_flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):  # stages: by number, as overrides
+        out = {}
+        for i, value in enumerate(data, 1):
+            out.update(_flat_config(value, f"{prefix}.{i}"))
+        return out
+    return {prefix: data}
+
+
+def config_differences(paths: list[str], fmt: str = "table") -> str:
+    """The resolved config keys (``stages.2.lr``, ``data.path`` ...) whose values differ between the runs."""
+    configs = [_flat_config(load_run(path)[0].config) for path in paths]
+    keys = sorted({k for c in configs for k in c}, key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")])
+    missing = object()
+    differing = [k for k in keys if k not in ("output_dir", "defaults") and not k.startswith("defaults.")
+                 and len({repr(c.get(k, missing)) for c in configs}) > 1]
+    if not differing:
+        return "config: the runs' resolved configs are the same (apart from output_dir)"
+
+    def shown(config, key) -> str:
+        value = config.get(key, missing)
+        if value is missing:
+            return "-"
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+    header = ("config key", *[Path(p).name or str(p) for p in paths])
+    rows = [header, *[(k, *[shown(c, k) for c in configs]) for k in differing]]
+    if fmt == "markdown":
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]])
+    return "config keys that differ:\n" + format_table(rows)
 
 
 def _run_score(run: RunRecord, records: list[StageRecord]) -> float | None:

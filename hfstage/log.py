@@ -7,6 +7,7 @@ Entry points (the CLI) call ``setup_console()`` once; the curriculum asks for th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,59 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+VERBOSE_ENV = "HFSTAGE_VERBOSE"
+_verbose: bool | None = None
+
+
+def verbose() -> bool:
+    """Whether the libraries' own console output is wanted (``--verbose`` or ``HFSTAGE_VERBOSE=1``): the Trainer's
+    printed log dicts, progress bars in a non-terminal, weight-loading and dataset bars."""
+    if _verbose is not None:
+        return _verbose
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def set_verbose(on: bool) -> None:
+    global _verbose
+    _verbose = on
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Weight-loading, download and dataset progress bars: off unless verbose (one line per event is hfstage's).
+    Libraries not imported yet read the setting from their environment variables when they are."""
+    import transformers.utils.logging as tlog
+
+    on = verbose()
+    for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        if on:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = "1"
+    tlog.enable_progress_bar() if on else tlog.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.enable_progress_bars() if on else datasets.disable_progress_bars()
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.enable_progress_bars() if on else huggingface_hub.utils.disable_progress_bars()
+
+
+def main_process_only(main: bool) -> None:
+    """In a multi-process run only the main process prints hfstage's INFO lines; the others print warnings."""
+    setup_console()
+    logger.setLevel(logging.INFO if main else logging.WARNING)
+
+
 def setup_console() -> None:
-    """hfstage's INFO lines to stderr (once per process; calling again changes nothing)."""
+    """hfstage's INFO lines to stderr, the libraries' bars off unless verbose (once per process; calling again
+    changes nothing)."""
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
     logger.setLevel(logging.INFO)
+    _quiet_libraries()
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))

@@ -37,6 +37,10 @@ def plan(cfg: RunConfig) -> str:
             other.append(stage.mixed_precision)
         if stage.pseudo_labels:
             other.append(f"pseudo>={stage.pseudo_threshold:g}")
+        if stage.scheduler_kwargs:
+            other.append("scheduler(" + ",".join(f"{k}={v}" for k, v in stage.scheduler_kwargs.items()) + ")")
+        if stage.training_args:
+            other.append("training_args(" + ",".join(f"{k}={v}" for k, v in stage.training_args.items()) + ")")
         if stage.teacher:
             other.append(f"teacher={stage.teacher['checkpoint']}(T={stage.teacher['temperature']:g},"
                          f"alpha={stage.teacher['alpha']:g})")

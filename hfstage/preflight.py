@@ -3,6 +3,9 @@ processes can tell about a recipe (the config itself was checked when it was loa
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
 from hfstage.config import RunConfig
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError
@@ -44,3 +47,44 @@ def check_stages(cfg: RunConfig, task, model) -> None:
                               "other processes waiting for its gradients); use stop")
         if stage.mixed_precision == "fp16" and cpu_only():
             raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
+    check_stage_arguments(cfg, tuple(getattr(task, "label_names", ("labels",))))
+
+
+def check_stage_arguments(cfg, label_names: Sequence[str] = ("labels",)) -> None:
+    """Build every stage's arguments as the Trainer will, so what transformers refuses (an optimizer whose package
+    is missing, a scheduler's arguments, a combination of fields) stops the run before anything is written."""
+    import torch
+    from transformers import Trainer, get_scheduler
+
+    from hfstage.trainer import StageTrainingArguments
+
+    work = Path(cfg.output_dir) / "checkpoints" / "preflight"
+    for index, stage in enumerate(cfg.stages, 1):
+        where = f"stages.{index} ({stage.name})"
+        passed = f" (training_args: {', '.join(stage.training_args)})" if stage.training_args else ""
+        try:
+            args = StageTrainingArguments.for_stage(cfg, stage, index, work, label_names)
+        except (ValueError, TypeError, ImportError, KeyError) as exc:
+            raise ConfigError(f"{where}: TrainingArguments refused this stage{passed}: {_first_line(exc)}") from None
+        try:
+            Trainer.get_optimizer_cls_and_kwargs(args)
+        except (ValueError, TypeError, ImportError, KeyError) as exc:
+            raise ConfigError(f"{where}.optim: {stage.optim!r}: {_first_line(exc)}") from None
+        if stage.scheduler != "reduce_lr_on_plateau":  # that one needs the eval metric, not a step count
+            probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=stage.lr)
+            try:
+                get_scheduler(stage.scheduler, probe, num_warmup_steps=1, num_training_steps=100,
+                              scheduler_specific_kwargs=dict(stage.scheduler_kwargs))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{where}.scheduler_kwargs: scheduler {stage.scheduler!r} refused "
+                                  f"{dict(stage.scheduler_kwargs)}: {_first_line(exc)}") from None
+        if stage.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"{where}.mixed_precision: this GPU has no bf16; use fp16")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

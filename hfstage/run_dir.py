@@ -2,11 +2,13 @@
 
 Layout of a run (``output_dir``)::
 
-    run.json                     RunRecord: status, resolved config, world_size, stages, best_stage
+    run.json                     RunRecord: status (running, finished, failed or interrupted, with the error and
+                                 the stage), resolved config, world_size, stages, best_stage, tracker run ids
     stage_<N>_<name>/            a finished stage: model.safetensors, config.json, stage.json (StageRecord),
                                  and whatever the task saves with the model (the speech processor), eval/
     checkpoints/stage_<N>_<name>/  the Trainer checkpoints of the stage being trained (removed when it ends)
-    training.log, logs/          the run's log; TensorBoard events
+    training.log, logs/          the run's log; TensorBoard events (one timeline: global steps across stages)
+    curves.png                   train/eval loss and the tracked metric over the global step, stages shaded
     .lock                        one run per folder at a time (checkpoint.RunLock)
 
 A k-fold run is a folder of ``fold_<k>/`` runs plus ``cv.json`` and the out-of-fold arrays; a seeds run a
@@ -26,13 +28,15 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hfstage.checkpoint import (
     RUN_FORMAT,
     atomic_write_json,
+    lock_holder_alive,
     publish_dir,
     read_json,
     read_run_record,
@@ -48,13 +52,14 @@ logger = logging.getLogger("hfstage")
 RUN_JSON = "run.json"
 STAGE_JSON = "stage.json"
 TRAINING_LOG = "training.log"
+CURVES_PNG = "curves.png"
 CHECKPOINTS = "checkpoints"
 CV_JSON = "cv.json"
 STAGE_FILES = ("config.json", "model.safetensors", "stage.json")
 STAGE_DIR_RE = re.compile(r"^stage_(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)$")
 # Fields that may differ on resume: how a run is logged, where it lives, and quick_test, whose
 # effects are already written into the stages and the data fields that are compared.
-COSMETIC_FIELDS = ("report_to", "logging_steps", "output_dir", "quick_test", "quick_test_samples",
+COSMETIC_FIELDS = ("report_to", "project", "logging_steps", "output_dir", "quick_test", "quick_test_samples",
                    "push_to_hub", "hub_repo_id", "hub_private")
 
 
@@ -119,9 +124,10 @@ class StageRecord(_Record):
     total_parameters: int | None = None
     world_size: int | None = None
     finished_at: str | None = None
+    log_history: list | None = None  # the Trainer's log events of the stage (its own steps), for curves.png
     extra: dict = field(default_factory=dict)
 
-    OPTIONAL = ("pseudo_labels", "skipped_steps")
+    OPTIONAL = ("pseudo_labels", "skipped_steps", "log_history")
 
     @property
     def dir(self) -> str:
@@ -169,12 +175,15 @@ class RunRecord(_Record):
     created_at: str | None = None
     updated_at: str | None = None
     error: str | None = None
+    error_stage: str | None = None  # the stage folder a failed or interrupted run was in
+    trackers: dict | None = None  # tracker -> its run id, so a resumed run logs to the same tracker run
     pulled_from: dict | None = None
     extra: dict = field(default_factory=dict)
 
-    OPTIONAL = ("error", "pulled_from")
+    OPTIONAL = ("error", "error_stage", "trackers", "pulled_from")
     ORDER = ("format_version", "status", "config_file", "config", "versions", "world_size", "metric_for_best_model",
-             "stages", "best_stage", "best_stage_dir", "created_at", "updated_at", "error", "pulled_from")
+             "stages", "best_stage", "best_stage_dir", "created_at", "updated_at", "error", "error_stage", "trackers",
+             "pulled_from")
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> RunRecord:
@@ -190,7 +199,8 @@ class RunRecord(_Record):
 
     @classmethod
     def build(cls, cfg: RunConfig, config_file: str | None, world_size: int, records: list[StageRecord], status: str,
-              created_at: str | None = None, error: str | None = None) -> RunRecord:
+              created_at: str | None = None, error: str | None = None, error_stage: str | None = None,
+              trackers: dict | None = None) -> RunRecord:
         """The run.json of ``cfg`` with ``records`` finished."""
         best = best_kept(cfg, records)
         finished = {r.stage_index: r for r in records}
@@ -204,7 +214,8 @@ class RunRecord(_Record):
         return cls(config=cfg.to_dict(), status=status, config_file=config_file, versions=versions(),
                    world_size=world_size, metric_for_best_model=cfg.metric_for_best_model, stages=stages,
                    best_stage=best.stage_index if best else None, best_stage_dir=best.dir if best else None,
-                   created_at=created_at or _now(), updated_at=_now(), error=error)
+                   created_at=created_at or _now(), updated_at=_now(), error=error, error_stage=error_stage,
+                   trackers=trackers or None)
 
     def finished(self) -> list[StageEntry]:
         return [s for s in self.stages if s.finished]
@@ -290,6 +301,14 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.run_json.is_file()
+
+    def status(self, run: RunRecord | None = None) -> str:
+        """run.json's status, except that a ``running`` run whose process is gone (killed with SIGKILL, the machine
+        rebooted: nothing could write) is ``interrupted``."""
+        run = run or self.read()
+        if run.status == "running" and not lock_holder_alive(self.path):
+            return "interrupted"
+        return run.status
 
     def stage_path(self, stage: StageRecord | StageEntry | str) -> Path:
         return self.path / (stage if isinstance(stage, str) else stage.dir)

@@ -12,13 +12,15 @@ import functools
 import gc
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from hfstage.devices import tune_cpu_allocator
+from hfstage.devices import cpu_only, tune_cpu_allocator
 from hfstage.errors import StageError
 from hfstage.losses import CrossEntropyLoss, DistillationLoss, build_loss
 from hfstage.surgery import parameter_groups
@@ -68,6 +70,79 @@ class StageTrainingArguments(TrainingArguments):
         metadata={"help": "On accelerators, how often (in steps) the non-finite-loss flag is read back; "
                   "also at every log, evaluation and save. On the CPU every step is checked."},
     )
+
+    @classmethod
+    def for_stage(cls, cfg, stage, index: int, work: Path, label_names: Sequence[str] = ("labels",)):
+        """The arguments of stage ``index`` of run config ``cfg``: hfstage's keys (see ``training_args.MODELLED``),
+        then the stage's ``training_args`` (every other TrainingArguments field)."""
+        steps = stage.eval_steps
+        precision = stage.mixed_precision
+        kwargs = dict(
+            output_dir=str(work),
+            num_train_epochs=stage.epochs,
+            learning_rate=stage.lr,
+            lr_scheduler_type=stage.scheduler,
+            lr_scheduler_kwargs=dict(stage.scheduler_kwargs),
+            warmup_steps=stage.warmup_ratio,
+            weight_decay=stage.weight_decay,
+            optim=stage.optim,
+            per_device_train_batch_size=stage.batch_size,
+            per_device_eval_batch_size=stage.eval_batch_size,
+            gradient_accumulation_steps=stage.gradient_accumulation_steps,
+            train_sampling_strategy="group_by_length" if stage.group_by_length else "random",
+            max_grad_norm=stage.max_grad_norm,
+            on_nonfinite=stage.on_nonfinite,
+            eval_strategy="steps" if steps else "epoch",
+            save_strategy="steps" if steps else "epoch",
+            eval_steps=steps,
+            save_steps=steps,
+            save_total_limit=1,
+            load_best_model_at_end=True,
+            metric_for_best_model=cfg.metric_for_best_model,
+            greater_is_better=cfg.greater_is_better,
+            logging_steps=cfg.logging_steps,
+            report_to="none",  # hfstage's trackers log the whole curriculum as one run (tracking.py)
+            seed=cfg.seed + index - 1,  # each stage its own data order and augmentation draws, reproducibly
+            use_cpu=cpu_only(),
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            dataloader_num_workers=cfg.data.num_workers,
+            label_names=list(label_names),
+            remove_unused_columns=False,
+            disable_tqdm=False,
+            stage_name=stage.name,
+            stage_index=index,
+            loss=stage.loss,
+            label_smoothing=stage.label_smoothing,
+            lr_multipliers=dict(stage.lr_multipliers),
+            distillation={k: v for k, v in (stage.teacher or {}).items() if k != "checkpoint"},
+        )
+        kwargs.update(stage.training_args)  # names hfstage does not model (disable_tqdm may turn the bar off)
+        args = cls(**kwargs)
+        if precision == "no":
+            args.mixed_precision = "no"  # overrides what the accelerate config asked for
+        return args
+
+
+class _BarsOnly(ProgressCallback):
+    """The Trainer's progress bars without its printed log dicts (hfstage logs each event as one line)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+def _quiet_console(trainer: Trainer) -> None:
+    """Unless verbose: progress bars only in a terminal, and never the Trainer's printed dicts."""
+    import sys
+
+    from hfstage.log import verbose
+
+    if verbose():
+        return
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not trainer.args.disable_tqdm and trainer.is_world_process_zero() and sys.stderr.isatty():
+        trainer.add_callback(_BarsOnly)
 
 
 class _NonFiniteCheck(TrainerCallback):
@@ -133,6 +208,7 @@ class StageTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._first_bad_step: torch.Tensor | None = None  # on accelerators: a device-side record, read back rarely
         self.add_callback(_NonFiniteCheck(self))
+        _quiet_console(self)
 
     def train(self, *args, **kwargs):
         """``Trainer.train`` with the objects alive before training frozen out of the cyclic GC.

@@ -77,7 +77,7 @@ def test_quick_test_sets_one_epoch_and_subsets(tmp_path):
         ("stages.3.lr=1", "there is no stage 3; stages are numbered 1 to 2"),
         ("stages.0.lr=1", "there is no stage 0"),
         ("stages.finetuen.lr=1", "no stage named 'finetuen' (did you mean 'finetune'?)"),
-        ("stages.1.scheduler=wavy", "must be one of linear"),
+        ("stages.1.scheduler=wavy", "is not a transformers SchedulerType; choose one of linear"),
         ("stages.2.name=baseline", "stage name 'baseline' is used twice"),
         ("stages.2.name=../evil", "must be letters, digits"),
         ("defaults.lr=0", "defaults.lr: 0.0 must be > 0"),

@@ -120,7 +120,8 @@ def test_quick_curriculum_writes_the_run_layout(recipe, pair_data, tmp_path, cap
         assert {"eval_loss", "eval_accuracy", "eval_f1", "eval_precision", "eval_recall"} <= set(r["metrics"])
         assert "test_accuracy" in r["test_metrics"]
         assert (out / f"stage_{i}_{r['stage_name']}" / "model.safetensors").is_file()
-        assert (out / "logs" / f"stage_{i}_{r['stage_name']}").is_dir()  # TensorBoard events
+        assert r["log_history"] and r["log_history"][-1]["step"] == r["global_steps"]
+    assert list((out / "logs").glob("events.out.tfevents.*"))  # one TensorBoard timeline for the run
     assert records[0]["started_from"] is None
     assert records[1]["started_from"] == "stage_1_baseline"
     assert records[2]["started_from"] == "stage_2_augmentation"  # threshold -1: every stage chains on

@@ -34,8 +34,11 @@ def test_two_process_launch_trains_once_and_only_main_writes(recipe, tmp_path):
     assert proc.stdout.count("1 baseline") == 1
     log = (out / "training.log").read_text()
     assert log.count("stage 2 'augmentation' kept") == 1
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.json", "stage_1_baseline",
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "curves.png", "run.json", "stage_1_baseline",
                                                      "stage_2_augmentation", "training.log"]
+    # the console: one line per event, from the main process only, no printed Trainer dicts
+    assert proc.stderr.count("stage 1/2 'baseline'") == 1 and proc.stderr.count("stage_1_baseline step 5/5: eval_loss") == 1
+    assert "{'loss':" not in proc.stdout + proc.stderr
 
 
 SHARD_SCRIPT = """

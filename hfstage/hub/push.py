@@ -21,7 +21,7 @@ import yaml
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.hub.client import call, commit_changed, hub_api, require_token, tag_stages
 from hfstage.hub.refs import REPO_ID_RE, is_reference, parse_reference
-from hfstage.run_dir import STAGE_JSON, RunDir, RunRecord, StageEntry
+from hfstage.run_dir import CURVES_PNG, STAGE_JSON, RunDir, RunRecord, StageEntry
 
 logger = logging.getLogger("hfstage")
 
@@ -35,6 +35,8 @@ def push_files(run_dir: RunDir, run: RunRecord, chosen: list[StageEntry], repo_i
         "run.json": run_dir.run_json.read_bytes(),
         "config.yaml": yaml.safe_dump(run.config, sort_keys=False).encode(),
     }
+    if (run_dir.path / CURVES_PNG).is_file():
+        files[CURVES_PNG] = run_dir.path / CURVES_PNG
     for s in chosen:
         folder = run_dir.stage_path(s)
         for path in sorted(folder.rglob("*")):
@@ -100,6 +102,8 @@ def model_card(run_dir: RunDir, run: RunRecord, repo_id: str) -> str:
                          model_name=repo_id, eval_results=results or None)
     best = run.best_stage_dir
     config_file = run.config_file or "config.yaml"
+    curves = ("\nTrain and eval loss over the whole curriculum, stages shaded (hatched: not kept):\n\n"
+              f"![training curves]({CURVES_PNG})\n") if (run_dir.path / CURVES_PNG).is_file() else ""
     body = f"""
 # {repo_id}
 
@@ -111,7 +115,7 @@ folder and tagged `stage-<N>-<name>`.
 ## Stages
 
 {chr(10).join(rows)}
-
+{curves}
 ## Use
 
 ```python
