@@ -39,11 +39,12 @@ def _config(config: str | Path | dict[str, Any] | RunConfig, overrides: Sequence
 
 def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, eval_dataset=None, test_dataset=None,
           overrides: Sequence[str] = (), callbacks: Sequence[StageCallback] = ()):
-    """Run (or resume) a recipe. Returns the final run record (a list of them with ``seeds``, CV summaries with
-    ``folds``), like the command line's ``hfstage train``."""
+    """Run (or resume) a recipe. Returns the final run record (``RunRecord``; with ``seeds`` a list of them, one
+    per seed; with ``folds`` the CV summary), like the command line's ``hfstage train``."""
     cfg, config_file = _config(config, overrides)
     if train_dataset is None and eval_dataset is None and test_dataset is None:
-        return run_seeds(cfg, config_file, callbacks)
+        finals = run_seeds(cfg, config_file, callbacks)
+        return finals if cfg.seeds else finals[0]
     if train_dataset is None or eval_dataset is None:
         raise ConfigError("train: give train_dataset and eval_dataset together (test_dataset is optional)")
     if cfg.folds or cfg.seeds:
@@ -53,3 +54,26 @@ def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, e
     splits = task.load_splits(cfg.data, given={"train": train_dataset, "eval": eval_dataset, "test": test_dataset})
     splits.train_sha256 = dataset_fingerprint(train_dataset)
     return run(cfg, config_file, callbacks, splits=splits, task=task)
+
+
+def predict(runs: Sequence[str] = (), images: str | Path | None = None, out: str | Path | None = None, *,
+            stack: str | Path | None = None, data: str | None = None, split: str = "test", tta: int = 1,
+            proba: bool = False, batch_size: int = 256) -> dict:
+    """``hfstage predict``: images with runs, stages or ``hf://`` references (k-fold runs average their folds, ``tta``
+    views) into the CSV ``out``; or, with ``stack=DIR`` and ``data=DIR``, a fitted stack on ``split`` (the CSV is
+    written when ``out`` is given). Returns the summary the command prints."""
+    if stack is not None:
+        from hfstage.checkpoint import atomic_write_text
+        from hfstage.stacking import predict_with_stack
+
+        if runs or images or data is None:
+            raise ConfigError("predict: with stack=DIR give data=DIR (and no runs or images)")
+        summary, table = predict_with_stack(stack, data, split)
+        if out is not None:
+            atomic_write_text(out, table)
+        return summary
+    if not runs or images is None or out is None:
+        raise ConfigError("predict: give runs, images=DIR and out=FILE.csv (or stack=DIR and data=DIR)")
+    from hfstage.predict import predict_images
+
+    return predict_images(list(runs), images, out, tta, proba, batch_size)

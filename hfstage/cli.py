@@ -25,7 +25,10 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hfstage.version import __version__
+
     parser = argparse.ArgumentParser(prog="hfstage", description="Staged training on transformers.Trainer + accelerate.")
+    parser.add_argument("--version", action="version", version=f"hfstage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run or resume a curriculum in this process (use `accelerate launch hfstage/train.py` for several)")

@@ -25,9 +25,8 @@ os.environ.update(HF_HOME=_HF_HOME, HF_HUB_CACHE=str(Path(_HF_HOME) / "hub"), HF
                   TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_TELEMETRY="1")
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
-# trackers: local stores in the same temp folder (trackio reads TRACKIO_DIR when it is imported), W&B offline
-os.environ.update(TRACKIO_DIR=str(Path(_HF_HOME) / "trackio"), MLFLOW_TRACKING_URI=(Path(_HF_HOME) / "mlruns").as_uri(),
-                  WANDB_MODE="offline", WANDB_SILENT="true")
+# trackers: local stores in the same temp folder (trackio reads TRACKIO_DIR when it is imported)
+os.environ.update(TRACKIO_DIR=str(Path(_HF_HOME) / "trackio"), MLFLOW_TRACKING_URI=(Path(_HF_HOME) / "mlruns").as_uri())
 HUB_TOKEN = "hf_hfstageTestToken0123456789abcdef"
 
 

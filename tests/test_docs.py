@@ -43,6 +43,11 @@ def test_every_shown_command_parses_and_its_recipe_loads(page, argv, monkeypatch
     from hfstage.config import load_config
 
     monkeypatch.chdir(ROOT)
+    if argv == ["--version"]:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_known_args(argv)
+        assert exit_info.value.code == 0
+        return
     args, extra = build_parser().parse_known_args(argv)  # argparse exits (a failure) on an unknown verb or flag
     assert all("=" in e and not e.startswith("-") for e in extra), f"{page}: unknown arguments {extra}"
     recipe = getattr(args, "config", None)
@@ -56,3 +61,25 @@ def test_the_run_folder_python_example_runs(finished_run, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("stage_") and "cross_entropy" in printed[0]
     assert printed[1:] == ["1 baseline finished", "2 finetune finished"]
+
+
+def test_the_python_api_example_runs(recipe, tmp_path, capsys, monkeypatch):
+    import hfstage
+
+    [example] = [b for b in code_blocks(ROOT / "docs" / "python-api.md", "python") if "hfstage.train" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(example.replace("configs/quickstart.yaml", str(recipe([{"name": "baseline", "epochs": 1}]))), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2] == "finished stage_1_baseline" and printed[-1].startswith("test accuracy 0.")  # after the table
+    assert (tmp_path / "runs" / "api" / "stage_1_baseline" / "eval" / "test.json").is_file()
+    assert {"train", "evaluate", "predict", "stack", "push", "pull", "load_config"} <= set(hfstage.__all__)
+    assert hfstage.evaluate.__name__ == "evaluate_checkpoint" and hfstage.pull.__module__ == "hfstage.hub.pull"
+
+
+def test_version_flag(capsys):
+    from hfstage import __version__
+    from hfstage.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"hfstage {__version__}"

@@ -232,3 +232,35 @@ def test_cli_push_and_pull_in_subprocesses(hub, run3, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "tester/missing: repository not found" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "q").exists()
+
+
+def test_offline_references_resolve_from_a_warm_cache_and_a_closed_port_fails_fast(hub, run3, pair_data, tmp_path):
+    import socket
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    cmd = [sys.executable, "-m", "hfstage"]
+    push(run3, "tester/offline")
+    evaluate = [*cmd, "evaluate", "hf://tester/offline", "--data", str(pair_data), "--json"]
+    online = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert online.returncode == 0, online.stderr  # the cache is warm now
+    requests = len(hub.requests)
+    done = subprocess.run(evaluate, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"] == json.loads(online.stdout)["metrics"]
+    assert len(hub.requests) == requests  # nothing was asked of the server
+    done = subprocess.run([*cmd, "evaluate", "hf://tester/never-downloaded"], env={**env, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1 and "HF_HUB_OFFLINE is set and this is not in the Hub cache" in done.stderr
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused, no retries
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    began = time.time()
+    done = subprocess.run([*cmd, "evaluate", "hf://someone/model"], capture_output=True, text=True, timeout=120,
+                          env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed}", "HFSTAGE_HUB_BACKOFF": "1"},
+                          cwd=tmp_path)
+    assert done.returncode == 1 and f"could not reach the Hub at http://127.0.0.1:{closed}" in done.stderr
+    assert "retry" not in done.stderr and "Traceback" not in done.stderr
+    assert time.time() - began < 20  # the interpreter's start-up and imports; the request itself fails at once

@@ -51,7 +51,9 @@ def test_mlflow_and_trackio_get_one_run_per_curriculum_even_across_a_resume(reci
     assert eval_steps == steps  # the same global steps in both trackers
 
 
-def test_wandb_offline_gets_one_run(recipe, tmp_path):
+def test_wandb_offline_gets_one_run(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     path = recipe(THREE_STAGES[:2], report_to=["wandb"], project="hfstage-tests")
     final = run(load_config(path))
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))

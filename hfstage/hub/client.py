@@ -43,6 +43,28 @@ def _is_network_error(exc: Exception) -> bool:
     return isinstance(exc, (httpx2.TransportError, TimeoutError, ConnectionError))
 
 
+def _is_unreachable(exc: Exception) -> bool:
+    """No connection at all (DNS failure, connection refused): retrying will not help, so fail at once.
+    Timeouts, dropped connections, 429 and 5xx are transient and retried."""
+    import httpx2
+
+    seen, link = set(), exc
+    while link is not None and id(link) not in seen:  # huggingface_hub wraps the transport error
+        seen.add(id(link))
+        if isinstance(link, (httpx2.ConnectError, ConnectionRefusedError)) or (
+                isinstance(link, OSError) and "Name or service not known" in str(link)):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE=1``: hf:// references resolve from the Hub cache and nothing is requested."""
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
 def _describe(exc: Exception, what: str, repo_id: str) -> str:
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -52,6 +74,15 @@ def _describe(exc: Exception, what: str, repo_id: str) -> str:
     )
 
     status = _status(exc)
+    if isinstance(exc, LocalEntryNotFoundError) and offline():
+        from huggingface_hub import constants
+
+        return (f"{what} {repo_id}: HF_HUB_OFFLINE is set and this is not in the Hub cache ({constants.HF_HUB_CACHE}); "
+                "fetch it once with access to the Hub (`hfstage pull`, `hfstage evaluate hf://...`), or unset HF_HUB_OFFLINE")
+    if isinstance(exc, LocalEntryNotFoundError):  # (an EntryNotFoundError too) nothing cached, no connection
+        from huggingface_hub import constants
+
+        return f"{what} {repo_id}: could not reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})"
     if isinstance(exc, RevisionNotFoundError):
         return f"{what} {repo_id}: revision not found on the Hub"
     if isinstance(exc, EntryNotFoundError):
@@ -74,7 +105,8 @@ def _describe(exc: Exception, what: str, repo_id: str) -> str:
 def call(what: str, repo_id: str, fn, *args, **kwargs):
     """``fn(*args, **kwargs)``; timeouts, 429 and 5xx are retried with exponential backoff
     (``HFSTAGE_HUB_RETRIES`` tries after the first, default 4, from ``HFSTAGE_HUB_BACKOFF`` s, default 1),
-    then -- like every other failure -- reported as one HubError that names the operation and repository."""
+    then -- like every other failure, and at once when the endpoint cannot be reached at all (DNS, connection
+    refused) -- reported as one HubError that names the operation, the repository and the endpoint."""
     retries = int(os.environ.get("HFSTAGE_HUB_RETRIES", "4"))
     delay = float(os.environ.get("HFSTAGE_HUB_BACKOFF", "1.0"))
     for attempt in range(retries + 1):
@@ -83,7 +115,7 @@ def call(what: str, repo_id: str, fn, *args, **kwargs):
         except (HubError, CheckpointError, ConfigError):
             raise
         except Exception as exc:  # huggingface_hub and httpx errors: classified below
-            transient = _status(exc) in TRANSIENT_STATUS or _is_network_error(exc)
+            transient = _status(exc) in TRANSIENT_STATUS or (_is_network_error(exc) and not _is_unreachable(exc))
             if transient and attempt < retries:
                 wait = delay * 2 ** attempt
                 logger.warning("%s %s failed (%s); retry %d/%d in %.1f s", what, repo_id,

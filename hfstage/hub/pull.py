@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hfstage.checkpoint import publish_dir, staging_dir
 from hfstage.errors import CheckpointError
-from hfstage.hub.client import call, hub_api
+from hfstage.hub.client import call, hub_api, offline
 from hfstage.hub.push import ROOT_FILES
 from hfstage.hub.refs import HubRef, parse_reference
 from hfstage.run_dir import RUN_JSON, STAGE_FILES, RunDir, RunRecord, StageEntry
@@ -21,9 +21,13 @@ def _download_run(ref: HubRef, which: str | None) -> tuple[Path, str, RunRecord,
     """Download run.json and the chosen stages into the Hub cache: (snapshot folder, commit, run, stages)."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    api = hub_api()
-    commit = call("read revision of", ref.repo_id, api.repo_info, ref.repo_id, revision=ref.revision).sha
-    run_json = call("download run.json of", ref.repo_id, hf_hub_download, ref.repo_id, RUN_JSON, revision=commit)
+    # by the revision's name, so the cache records where it points (refs/<name>) for a later HF_HUB_OFFLINE=1 use;
+    # the file lands in snapshots/<commit>/, which pins everything else to that commit
+    if not offline():  # one light request first: an unreachable Hub or a missing repository fails clearly, at once
+        call("read revision of", ref.repo_id, hub_api().repo_info, ref.repo_id, revision=ref.revision)
+    what = "find run.json (in the Hub cache) of" if offline() else "download run.json of"
+    run_json = call(what, ref.repo_id, hf_hub_download, ref.repo_id, RUN_JSON, revision=ref.revision)
+    commit = Path(run_json).parent.name
     run = RunDir(Path(run_json).parent).read()
     chosen = run.select(which, str(ref))
     patterns = [*ROOT_FILES] + [f"{s.dir}/*" for s in chosen]
@@ -35,7 +39,8 @@ def _download_run(ref: HubRef, which: str | None) -> tuple[Path, str, RunRecord,
         if missing and which in (None, "all"):
             continue  # a stage that was never pushed
         if missing:
-            raise CheckpointError(f"{ref}: {s.dir} on the Hub lacks {', '.join(missing)}")
+            where = "in the Hub cache (HF_HUB_OFFLINE is set)" if offline() else "on the Hub"
+            raise CheckpointError(f"{ref}: {s.dir} {where} lacks {', '.join(missing)}")
         present.append(s)
     if not present:
         raise CheckpointError(f"{ref}: no pushed stage to download")
