@@ -42,7 +42,7 @@ from hfstage.errors import (
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
-from hfstage.models import build_model
+from hfstage.models import build_model, save_stage_model
 from hfstage.preflight import check_stages
 from hfstage.pseudo import add_pseudo_labels
 from hfstage.resolve import load_stage_model, resolve_checkpoint
@@ -341,7 +341,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     )
     if state.is_main_process:
         def fill(staged: Path) -> None:
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(staged, safe_serialization=True)
+            save_stage_model(trainer.accelerator.unwrap_model(trainer.model), staged)
             if hasattr(task, "save_with_model"):  # e.g. the speech processor: model and processor reload together
                 task.save_with_model(staged)
 

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from transformers import AutoConfig
 from transformers.trainer_utils import EvalPrediction
 
 from hfstage.checkpoint import atomic_write, atomic_write_json, atomic_write_text
@@ -28,6 +27,7 @@ from hfstage.data.sources import SplitRef, source_kind, split_fingerprint, split
 from hfstage.devices import cpu_only
 from hfstage.errors import ConfigError
 from hfstage.losses import CrossEntropyLoss
+from hfstage.models import load_saved_config
 from hfstage.reporting import format_table, versions
 from hfstage.resolve import Checkpoint, resolve_checkpoint
 from hfstage.tasks import TASKS
@@ -44,7 +44,7 @@ def checkpoint_task(checkpoint: Checkpoint):
     if hasattr(task, "columns"):  # the data set's column names, as the run mapped them
         task.columns = dict(checkpoint.data.columns)
     if hasattr(task, "bind"):
-        task.bind(AutoConfig.from_pretrained(checkpoint.stage_dir))
+        task.bind(load_saved_config(checkpoint.stage_dir))
     return task
 
 

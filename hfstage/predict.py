@@ -82,7 +82,6 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
                    batch_size: int = 256) -> dict:
     """Average every model (and TTA view) over the images; write the submission CSV and final_results.json."""
     from accelerate import Accelerator
-    from transformers import AutoConfig
 
     from hfstage.data.images import (
         ImageCollator,
@@ -91,11 +90,12 @@ def predict_images(references: list[str], images: str | Path, out: str | Path, t
         load_image_list,
     )
     from hfstage.devices import cpu_only
+    from hfstage.models import load_saved_config
 
     if not 1 <= tta <= len(TTA_VIEWS):
         raise ConfigError(f"--tta {tta}: must be 1 to {len(TTA_VIEWS)} (views: {', '.join(TTA_VIEWS)})")
     models = expand_models(references)
-    configs = [AutoConfig.from_pretrained(c.stage_dir) for _, c in models]
+    configs = [load_saved_config(c.stage_dir) for _, c in models]
     for (ref, c), config in zip(models, configs):
         if c.task != "image_classification":
             raise CheckpointError(f"{ref}: a {c.task} model; --images needs image_classification models")

@@ -17,6 +17,7 @@ from hfstage.config import DataConfig
 from hfstage.errors import CheckpointError
 from hfstage.hub.pull import resolve as resolve_reference
 from hfstage.hub.refs import is_reference, parse_reference
+from hfstage.models.base import is_native, load_saved_model
 from hfstage.run_dir import CV_JSON, STAGE_FILES, RunDir, StageRecord
 
 
@@ -32,7 +33,7 @@ class Checkpoint:
 
     def load_model(self):
         """The stage's model; a Hub stage through ``from_pretrained(repo, subfolder=, revision=)`` and its cache."""
-        if self.reference is None:
+        if self.reference is None or is_native(self.stage_dir):  # (a Hub stage's files are in the Hub cache already)
             return load_stage_model(self.stage_dir)
         ref = parse_reference(self.reference)
         return AutoModel.from_pretrained(ref.repo_id, subfolder=ref.stage, revision=ref.revision)
@@ -50,7 +51,7 @@ def load_stage_model(stage_dir: Path):
     """Rebuild a saved stage's model from its ``config.json`` (the model type comes from there)."""
     if not (Path(stage_dir) / "config.json").is_file():
         raise CheckpointError(f"{stage_dir}: no config.json; not a saved stage")
-    return AutoModel.from_pretrained(stage_dir)
+    return load_saved_model(stage_dir)
 
 
 def resolve_checkpoint(path: str | Path) -> Checkpoint:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import AutoModel
 
 from hfstage.config import load_config
 from hfstage.curriculum import run
@@ -19,6 +18,7 @@ from hfstage.data.images import load_image_list
 from hfstage.errors import ConfigError, DataError
 from hfstage.evaluation import evaluate_checkpoint
 from hfstage.models import build_model
+from hfstage.resolve import load_stage_model
 
 TINY_TIMM = {"type": "timm", "backbone": "test_efficientnet", "image_size": 32}
 
@@ -68,11 +68,12 @@ def test_two_stage_run_head_only_then_full_and_reload(image_data, tmp_path):
     final = run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run")))
     out = tmp_path / "run"
     warm = json.loads((out / "stage_1_warmup" / "stage.json").read_text())
-    model = AutoModel.from_pretrained(out / "stage_1_warmup")
+    model = load_stage_model(out / "stage_1_warmup")
     head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("head."))
     assert warm["frozen_parameters"] == warm["total_parameters"] - head  # only the head trained
-    cfg = json.loads((out / "stage_1_warmup" / "config.json").read_text())
-    assert cfg["model_type"] == "hfstage_timm" and cfg["id2label"]["3"] == "3" and cfg["image_size"] == 32
+    cfg = json.loads((out / "stage_1_warmup" / "config.json").read_text())  # transformers' own timm format
+    assert cfg["model_type"] == "timm_wrapper" and cfg["label_names"][3] == "3"
+    assert cfg["hfstage_timm"]["image_size"] == 32 and cfg["pretrained_cfg"]["input_size"] == [3, 32, 32]
     assert type(model) is type(build_model(TINY_TIMM, num_labels=10))
     assert final.stages[1].status == "finished"
     result = evaluate_checkpoint(out, split="test", save_predictions=True)
@@ -85,7 +86,7 @@ def test_frozen_backbone_does_not_change(image_data, tmp_path):
     stages = [{"name": "a", "epochs": 1}, {"name": "head", "epochs": 1, "freeze_patterns": ["backbone.*"]},
               {"name": "keep", "epochs": 1, "freeze_patterns": ["backbone.*", "!backbone.conv_head.*"]}]
     run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages)))
-    a, head, keep = (AutoModel.from_pretrained(tmp_path / "run" / d).state_dict()
+    a, head, keep = (load_stage_model(tmp_path / "run" / d).state_dict()
                      for d in ("stage_1_a", "stage_2_head", "stage_3_keep"))
     for k in a:
         if k.startswith("backbone."):  # weights and BatchNorm statistics alike
@@ -154,9 +155,9 @@ def test_pseudo_label_stage_adds_exactly_the_confident_images(image_data, tmp_pa
     run(load_config(path))
     record = json.loads((tmp_path / "run" / "stage_2_pseudo" / "stage.json").read_text())["pseudo_labels"]
     task = TASKS.get("image_classification")()
-    task.bind(AutoModel.from_pretrained(tmp_path / "run" / "stage_1_base").config)
+    task.bind(load_stage_model(tmp_path / "run" / "stage_1_base").config)
     unlabeled = task.load_unlabeled(image_data / "test_images", "data.unlabeled_file")
-    probs = predict_probabilities(task, AutoModel.from_pretrained(tmp_path / "run" / "stage_1_base"), unlabeled, 64)
+    probs = predict_probabilities(task, load_stage_model(tmp_path / "run" / "stage_1_base"), unlabeled, 64)
     expected = int((probs.max(axis=1) >= 0.3).sum())
     assert record["candidates"] == 50 and record["added"] == expected and record["threshold"] == 0.3
     assert sum(record["per_class"].values()) == expected
@@ -195,7 +196,7 @@ def test_two_folds_then_a_submission_with_tta(image_data, tmp_path, capsys):
     from hfstage.tasks import TASKS
 
     task = TASKS.get("image_classification")()
-    model = AutoModel.from_pretrained(resolve_checkpoint(out / "fold_0").stage_dir)
+    model = load_stage_model(resolve_checkpoint(out / "fold_0").stage_dir)
     task.bind(model.config)
     direct = predict_probabilities(task, model, task.load_unlabeled(image_data / "test_images", "x"), 64)
     got = np.array([[float(v) for v in r.split(",")[2:]] for r in plain.read_text().splitlines()[1:]])
@@ -365,4 +366,66 @@ def test_python_api_trains_images_passed_in_as_datasets(image_data, tmp_path):
     final = hfstage.train(path, train_dataset=split("train"), eval_dataset=split("val"), test_dataset=split("test"))
     record = json.loads((tmp_path / "run" / final.best_stage_dir / "stage.json").read_text())
     assert final.status == "finished" and "test_accuracy" in record["test_metrics"]
-    assert len(json.loads((tmp_path / "run" / final.best_stage_dir / "config.json").read_text())["id2label"]) == 10
+    assert len(json.loads((tmp_path / "run" / final.best_stage_dir / "config.json").read_text())["label_names"]) == 10
+
+
+NATIVE_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+import torch
+
+stage, images = Path(sys.argv[1]), sorted(Path(sys.argv[2]).glob("*.png"))
+model = AutoModelForImageClassification.from_pretrained(stage).eval()
+processor = AutoImageProcessor.from_pretrained(stage)
+with torch.no_grad():
+    logits = model(**processor([Image.open(p).convert("RGB") for p in images], return_tensors="pt")).logits
+by_model = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
+classify = pipeline("image-classification", model=str(stage))
+by_pipeline = [out[0]["label"] for out in classify([str(p) for p in images])]
+print(json.dumps({"ids": [p.stem for p in images], "model": by_model, "pipeline": by_pipeline,
+                  "probs": logits.softmax(-1).tolist(),
+                  "hfstage_imported": "hfstage" in sys.modules, "type": type(model).__name__}))
+"""
+
+
+def test_a_plain_head_stage_loads_natively_without_hfstage(image_data, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from hfstage import cli
+
+    stages = [{"name": "base", "epochs": 2}]
+    run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages)))
+    stage = tmp_path / "run" / "stage_1_base"
+    sub = tmp_path / "sub.csv"
+    assert cli.main(["predict", str(stage), "--images", str(image_data / "test_images"), "--out", str(sub),
+                     "--proba"]) == 0
+    rows = {r["id"]: r for r in csv.DictReader(sub.open())}
+    ours = {i: r["label"] for i, r in rows.items()}
+    script = tmp_path / "native.py"
+    script.write_text(NATIVE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(stage), str(image_data / "test_images")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    native = json.loads(done.stdout.strip().splitlines()[-1])
+    assert native["hfstage_imported"] is False and native["type"] == "TimmWrapperForImageClassification"
+    assert len(native["ids"]) == 50
+    assert native["model"] == [ours[i] for i in native["ids"]]  # the same top-1 for every image
+    assert native["pipeline"] == native["model"]
+    # and the same probabilities, not only the same winners: the same weights and the same preprocessing
+    ours_probs = np.array([[float(rows[i][f"p_{c}"]) for c in range(10)] for i in native["ids"]])
+    np.testing.assert_allclose(np.array(native["probs"]), ours_probs, atol=1e-5)
+
+
+def test_a_stage_saved_by_an_older_hfstage_still_loads(image_data, tmp_path):
+    model = build_model(TINY_TIMM, num_labels=10, id2label={i: str(i) for i in range(10)})
+    model.save_pretrained(tmp_path / "old")  # the hfstage_timm format of earlier versions
+    again = load_stage_model(tmp_path / "old")
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["model_type"] == "hfstage_timm"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    cosine = build_model({**TINY_TIMM, "head": "cosine"}, num_labels=10)
+    cosine.save_stage(tmp_path / "cosine")  # the cosine head has no native timm form: hfstage's own format
+    assert json.loads((tmp_path / "cosine" / "config.json").read_text())["model_type"] == "hfstage_timm"

@@ -8,6 +8,12 @@ The registry and ``build_model`` live in ``models/base.py``.
 from __future__ import annotations
 
 from hfstage.models import pair_cnn, sequence, speech, timm_classifier  # noqa: F401  (registers the models)
-from hfstage.models.base import MODELS, build_model
+from hfstage.models.base import (
+    MODELS,
+    build_model,
+    load_saved_config,
+    load_saved_model,
+    save_stage_model,
+)
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "load_saved_config", "load_saved_model", "save_stage_model"]

@@ -1,9 +1,13 @@
 """Any timm backbone as a ``PreTrainedModel``: ``model: {type: timm, backbone: resnet18, ...}``.
 
-The saved stage is ``config.json`` (model type ``hfstage_timm``: backbone name, classes, image size and
-the preprocessing the model expects) + ``model.safetensors``, and reloads by ``AutoModel``. The config
-carries the preprocessing (size, mean, std, interpolation) the way a Hugging Face image processor
-would, so evaluation and prediction rebuild exactly the transforms the model was trained with.
+A finished stage with the plain (linear) head is saved in transformers' own timm format (model type
+``timm_wrapper``: ``TimmWrapperForImageClassification``, its image processor read from ``config.json``'s
+``pretrained_cfg``), so ``AutoModelForImageClassification``, ``AutoImageProcessor`` and
+``pipeline("image-classification")`` load it without hfstage; ``config.json`` also keeps hfstage's own config
+(``hfstage_timm``), from which hfstage rebuilds this class (``from_native``). The cosine (ArcFace) head and
+stages saved by older versions use model type ``hfstage_timm`` and reload by ``AutoModel`` after
+``import hfstage``. Either way the config carries the preprocessing (size, mean, std, interpolation), so
+evaluation and prediction rebuild exactly the transforms the model was trained with.
 
 ``pretrained: true`` loads timm's weights for the backbone when they are in the Hub cache or the Hub
 answers; otherwise a clear error says so at once (timm's own download would retry for a minute).
@@ -21,7 +25,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from hfstage.errors import ConfigError
-from hfstage.models.base import MODELS
+from hfstage.models.base import MODELS, NATIVE_SECTION
 
 
 class TimmClassifierConfig(PretrainedConfig):
@@ -132,6 +136,97 @@ class TimmClassifier(PreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ClassifierOutput:
         return ClassifierOutput(logits=self.head(self.backbone(pixel_values)))
+
+    # -- a finished stage in transformers' native timm format
+
+    def _native_state(self) -> tuple[dict[str, torch.Tensor], str] | None:
+        """The weights under timm's own names for a model with this many classes (``timm_model.`` prefixed, as
+        ``TimmWrapperForImageClassification`` holds them) and the classifier's name; None if they do not map."""
+        import timm
+
+        if self.config.head != "linear":
+            return None
+        with torch.device("meta"):  # only the names and shapes: nothing is allocated
+            probe = timm.create_model(self.config.backbone, **{**self._timm_kwargs(self.config),
+                                                               "num_classes": self.config.num_labels})
+        classifier = next((n for n, m in probe.named_modules() if m is probe.get_classifier()), None)
+        if not classifier:
+            return None
+        state = {f"timm_model.{k}": v for k, v in self.backbone.state_dict().items()}
+        state.update({f"timm_model.{classifier}.{k}": v for k, v in self.head.state_dict().items()})
+        wanted = {f"timm_model.{k}": tuple(v.shape) for k, v in probe.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state.items()} != wanted:
+            return None
+        return state, classifier
+
+    def save_stage(self, folder) -> None:
+        """Write the finished stage: transformers' native timm format when the head is the plain linear one (see the
+        module doc), else ``save_pretrained``."""
+        import json
+        from pathlib import Path
+
+        import transformers
+        from safetensors.torch import save_file
+
+        native = self._native_state()
+        if native is None:
+            self.save_pretrained(folder, safe_serialization=True)
+            return
+        state, classifier = native
+        c = self.config
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"),
+                  metadata={"format": "pt"})
+        model_args = {k: v for k, v in self._timm_kwargs(c).items() if k not in ("pretrained", "num_classes")}
+        own = {k: getattr(c, k) for k in NATIVE_FIELDS}
+        config = {
+            "architectures": ["TimmWrapperForImageClassification"],
+            "model_type": "timm_wrapper",
+            "architecture": c.backbone,
+            "num_classes": c.num_labels,
+            "label_names": [str(c.id2label[i]) for i in range(c.num_labels)],
+            "model_args": model_args,
+            "do_pooling": True,
+            "initializer_range": 0.02,
+            "pretrained_cfg": {"input_size": [c.in_chans, c.image_size, c.image_size], "mean": list(c.mean),
+                               "std": list(c.std), "interpolation": c.interpolation, "crop_pct": 1.0,
+                               "crop_mode": "center", "num_classes": c.num_labels, "classifier": classifier},
+            "transformers_version": transformers.__version__,
+            NATIVE_SECTION: own,
+        }
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def native_config(cls, saved: dict) -> TimmClassifierConfig:
+        """hfstage's config of a stage saved in the native format (``config.json`` as a dict)."""
+        names = saved["label_names"]
+        return TimmClassifierConfig(**saved[NATIVE_SECTION], num_labels=len(names), id2label=dict(enumerate(names)),
+                                    label2id={n: i for i, n in enumerate(names)})
+
+    @classmethod
+    def from_native(cls, folder, saved: dict) -> TimmClassifier:
+        """This class, rebuilt from a stage saved in the native format."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        model = cls(cls.native_config(saved))
+        classifier = saved["pretrained_cfg"]["classifier"]
+        weights = load_file(str(Path(folder) / "model.safetensors"))
+        state = {}
+        for key, value in weights.items():
+            name = key.removeprefix("timm_model.")
+            if name.startswith(classifier + "."):
+                state["head." + name[len(classifier) + 1:]] = value
+            else:
+                state["backbone." + name] = value
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+
+NATIVE_FIELDS = ("backbone", "image_size", "in_chans", "pretrained", "drop_rate", "drop_path_rate", "mean", "std",
+                 "interpolation", "head", "cosine_scale")
 
 
 def _cached(hub_id: str) -> bool:
