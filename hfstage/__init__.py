@@ -18,6 +18,9 @@ too, loaded on first use::
 from hfstage.version import __version__  # noqa: F401
 
 from hfstage import models  # noqa: E402,F401  (registers the Auto classes)
+from hfstage.pipelines import register_pipelines  # noqa: E402
+
+register_pipelines()  # pipeline("pair-classification" | "feature-sequence-classification" | "pronunciation-assessment")
 
 # name -> (module, attribute): imported when first used, so ``import hfstage`` stays as light as the Auto classes
 _API = {

@@ -341,9 +341,10 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     )
     if state.is_main_process:
         def fill(staged: Path) -> None:
-            save_stage_model(trainer.accelerator.unwrap_model(trainer.model), staged)
-            if hasattr(task, "save_with_model"):  # e.g. the speech processor: model and processor reload together
-                task.save_with_model(staged)
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            save_stage_model(model, staged)
+            if hasattr(task, "save_with_model"):  # what a pipeline needs beside the model (speech: its processor)
+                task.save_with_model(staged, model.config)
 
         try:
             folder.publish_stage(record, fill)

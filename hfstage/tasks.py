@@ -96,6 +96,13 @@ class PairClassificationTask:
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         return npz_pairs.PairCollator(stage.augmentation if (training and stage is not None) else None)
 
+    @staticmethod
+    def save_with_model(folder: Path, model_config) -> None:
+        """The pair-classification pipeline's settings: the images' size and channels (uint8 is scaled by 1/255)."""
+        from hfstage.pipelines import save_processor
+
+        save_processor(folder, "pairs", image_size=list(model_config.image_size), in_channels=model_config.in_channels)
+
     def decide(self, predictions) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs -> (predicted class, probability of the positive class) per sample."""
         if isinstance(predictions, (tuple, list)):  # logits first, any extra model outputs after
@@ -187,6 +194,13 @@ class SequenceClassificationTask(MultiClassDecisions):
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         return npz_sequences.SequenceCollator(stage.augmentation if (training and stage is not None) else None)
+
+    @staticmethod
+    def save_with_model(folder: Path, model_config) -> None:
+        """The feature-sequence-classification pipeline's settings: the feature count of a (T, F) sequence."""
+        from hfstage.pipelines import save_processor
+
+        save_processor(folder, "sequences", input_dim=model_config.input_dim)
 
 
 @TASKS.register("image_classification")
@@ -388,7 +402,8 @@ class SpeechAssessmentTask:
                 for clip_id, c, (ctc, errs, _, _) in zip(dataset.ids, dataset.clips, clips)]
         return metrics, rows
 
-    def save_with_model(self, folder: Path) -> None:
+    def save_with_model(self, folder: Path, model_config=None) -> None:
+        """The Wav2Vec2Processor (feature extractor + phoneme vocabulary): model and processor reload together."""
         self.processor.save_pretrained(folder)
 
     def model_args(self, splits: Splits) -> dict[str, Any]:

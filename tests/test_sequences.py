@@ -126,3 +126,16 @@ def test_sign_5stage_recipe_quick_test(sequence_data, tmp_path, arch):
     assert header.split(",")[:5] == ["id", "label", "prediction", "probability", "p_0"] and len(rows) == 54
     cells = rows[0].split(",")
     assert sum(float(v) for v in cells[4:]) == pytest.approx(1.0, abs=1e-4)
+    # the feature-sequence-classification pipeline scores one clip as evaluate did
+    from transformers import pipeline
+
+    import hfstage  # noqa: F401  (registers the pipeline)
+
+    classify = pipeline("feature-sequence-classification", model=str(out / "stage_1_baseline"))
+    val = np.load(sequence_data / "val.npz")
+    clips = [val["x"][i, : val["lengths"][i]] for i in range(len(val["x"]))]
+    results = classify(clips)
+    names = json.loads((out / "stage_1_baseline/config.json").read_text())["id2label"]
+    for result, row in zip(results, rows):
+        cells = row.split(",")
+        assert result["label"] == names[cells[2]] and result["score"] == pytest.approx(float(cells[3]), abs=1e-4)

@@ -207,6 +207,26 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     assert result["metrics"]["loss"] == pytest.approx(record["metrics"]["eval_loss"], rel=1e-3)
     rows = (out / best / "eval" / "val_predictions.csv").read_text().splitlines()
     assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels" and len(rows) == 1 + 6 * 2
+    # the pronunciation-assessment pipeline: one recording (a file, or a waveform at another rate) as evaluate saw it
+    import csv
+
+    import soundfile
+    from transformers import pipeline
+
+    import hfstage  # noqa: F401  (registers the pipeline)
+
+    assess = pipeline("pronunciation-assessment", model=str(out / best))
+    clips = {Path(r["path"]).stem: r for r in map(json.loads, (l2_data / "metadata.jsonl").read_text().splitlines())}
+    predicted = list(csv.DictReader((out / best / "eval" / "val_predictions.csv").open()))
+    results = assess([{"audio": str(l2_data / clips[r["id"]]["path"]), "canonical": r["canonical"]} for r in predicted])
+    for row, result in zip(predicted, results):
+        assert " ".join(result["recognized"]) == row["predicted"]
+        assert [p["phoneme"] for p in result["phonemes"]] == row["canonical"].split()
+        assert " ".join(str(int(p["mispronounced"])) for p in result["phonemes"]) == row["predicted_labels"]
+        assert all(0 <= p["score"] <= 1 for p in result["phonemes"])
+    wave, rate = soundfile.read(l2_data / clips[predicted[0]["id"]]["path"], dtype="float32")
+    as_array = assess({"audio": {"array": wave, "sampling_rate": rate}, "canonical": predicted[0]["canonical"].split()})
+    assert as_array == results[0]
     # distillation wraps the speech loss: one more stage, taught by the run's best stage
     assert main(["continue", str(out), "--preset", "fine_tune", f"teacher={out}", "epochs=1"]) == 0
     distilled = json.loads((out / "stage_4_fine_tune" / "stage.json").read_text())

@@ -208,17 +208,22 @@ def load_clips(root: Path, split: str, field: str) -> list[Clip]:
 def read_wave(path) -> np.ndarray:
     """Mono float32 at 16 kHz."""
     import soundfile
-    from scipy.signal import resample_poly
 
     try:
         wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as exc:  # checked at load time; a file changed since
         raise DataError(f"{path}: not readable audio ({type(exc).__name__})") from None
-    wave = wave.mean(axis=1)
+    return resample(wave.mean(axis=1), rate)
+
+
+def resample(wave: np.ndarray, rate: int) -> np.ndarray:
+    """A mono waveform at ``rate`` Hz as float32 at 16 kHz."""
+    from scipy.signal import resample_poly
+
     if rate != SAMPLING_RATE:
         g = gcd(SAMPLING_RATE, rate)
-        wave = resample_poly(wave, SAMPLING_RATE // g, rate // g).astype(np.float32)
-    return wave
+        wave = resample_poly(wave, SAMPLING_RATE // g, rate // g)
+    return np.asarray(wave, dtype=np.float32)
 
 
 def build_vocabulary(clips: list[Clip]) -> dict[str, int]:
