@@ -298,6 +298,8 @@ class RunConfig:
         None, "Hub repository (OWNER/NAME) for `push_to_hub`; with `seeds`, each seed pushes to `NAME-seed-<s>`."
     )
     hub_private: bool = _f(False, "Create the `hub_repo_id` repository as private.")
+    license: str | None = _f(None, "License of the trained models, written into every model card (a Hub license id such "
+                             "as `apache-2.0` or `mit`); unset: none is claimed.")
     defaults: dict[str, Any] = _f(help="Stage fields shared by every stage unless a stage sets them.", factory=dict)
     stages: list[StageConfig] = _f(help="The curriculum, in order (at least one stage).", factory=list)
 

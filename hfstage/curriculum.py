@@ -42,7 +42,9 @@ from hfstage.errors import (
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
+from hfstage.cards import stage_card
 from hfstage.models import build_model, save_stage_model
+from hfstage.models.base import is_native
 from hfstage.preflight import check_stages
 from hfstage.pseudo import add_pseudo_labels
 from hfstage.resolve import load_stage_model, resolve_checkpoint
@@ -345,6 +347,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
             save_stage_model(model, staged)
             if hasattr(task, "save_with_model"):  # what a pipeline needs beside the model (speech: its processor)
                 task.save_with_model(staged, model.config)
+            card = stage_card(staged, record, records, cfg.to_dict(), folder.path, native=is_native(staged))
+            (staged / "README.md").write_text(card, encoding="utf-8")
 
         try:
             folder.publish_stage(record, fill)

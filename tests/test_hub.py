@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import HUB_TOKEN, write_recipe
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -75,9 +75,14 @@ def test_push_pull_reload_bit_for_bit(hub, run3, tmp_path):
     # model card: metadata with a model-index entry per stage, and the stages table
     card = ModelCard.load("tester/run3")
     assert card.data.library_name == "hfstage" and "hfstage" in card.data.tags
-    names = {m["name"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
-    assert all(f"{d} test accuracy" in names for d in dirs)
-    assert all(f"`{d}`" in card.text for d in dirs) and "accelerate launch" in card.text
+    assert card.data.pipeline_tag is None and card.data.license is None  # no Hub task fits pairs; no license claimed
+    results = card.data.to_dict()["model-index"][0]["results"]
+    names = {m["name"] for r in results for m in r["metrics"]}
+    assert all(f"{d} test accuracy" in names for d in dirs) and {r["task"]["type"] for r in results} == {"image-classification"}
+    assert all(f"`{d}`" in card.text for d in dirs) and "pip install hfstage" in card.text
+    assert "accelerate launch hfstage/train.py" not in card.text and 'pipeline("pair-classification"' in card.text
+    stage_card = ModelCard.load(hf_hub_download("tester/run3", f"{dirs[0]}/README.md"))  # every stage has its own
+    assert stage_card.data.to_dict()["model-index"][0]["results"]
 
     # the root is the best stage; each stage by subfolder and pinned by its tag
     best = json.loads((run3 / "run.json").read_text())["best_stage_dir"]

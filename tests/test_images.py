@@ -415,6 +415,11 @@ def test_a_plain_head_stage_loads_natively_without_hfstage(image_data, tmp_path)
     assert len(native["ids"]) == 50
     assert native["model"] == [ours[i] for i in native["ids"]]  # the same top-1 for every image
     assert native["pipeline"] == native["model"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(stage / "README.md")  # a card for transformers users: no hfstage needed
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "transformers"
+    assert "import hfstage" not in card.text and 'pipeline("image-classification"' in card.text
     # and the same probabilities, not only the same winners: the same weights and the same preprocessing
     ours_probs = np.array([[float(rows[i][f"p_{c}"]) for c in range(10)] for i in native["ids"]])
     np.testing.assert_allclose(np.array(native["probs"]), ours_probs, atol=1e-5)

@@ -226,7 +226,7 @@ class TimmClassifier(PreTrainedModel):
 
 
 NATIVE_FIELDS = ("backbone", "image_size", "in_chans", "pretrained", "drop_rate", "drop_path_rate", "mean", "std",
-                 "interpolation", "head", "cosine_scale")
+                 "interpolation", "head", "cosine_scale", "hf_hub_id")
 
 
 def _cached(hub_id: str) -> bool:

@@ -1,0 +1,188 @@
+"""Model cards: ``README.md`` in every stage folder (written when the stage finishes) and at a pushed run's root.
+
+The YAML metadata is what a Hub reader understands: ``library_name``, ``pipeline_tag`` where a Hub task fits the
+task kind, ``license`` (the recipe's ``license``), ``tags``, ``datasets`` when the data came from a Hub data set,
+``base_model`` when the weights started from timm's published weights, and a ``model-index`` with
+the stage's eval and test metrics. The text holds the curriculum up to the stage, the stage's config, where its
+weights came from, and how to use it after ``pip install hfstage`` (never from a source checkout).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from hfstage.reporting import format_number
+from hfstage.run_dir import CURVES_PNG, RunRecord, StageRecord
+
+# task kind -> (pipeline_tag or None when no Hub task fits, model-index task type, task name, its pipeline)
+TASK_CARDS = {
+    "image_classification": ("image-classification", "image-classification", "Image classification",
+                             "image-classification"),
+    "pair_classification": (None, "image-classification", "Image pair classification (same/different)",
+                            "pair-classification"),
+    "sequence_classification": (None, "tabular-classification", "Feature-sequence classification",
+                                "feature-sequence-classification"),
+    "speech_assessment": ("automatic-speech-recognition", "automatic-speech-recognition",
+                          "Phoneme recognition and mispronunciation detection", "pronunciation-assessment"),
+}
+CARD_METRICS = ("accuracy", "f1", "precision", "recall", "loss", "per", "error_f1")
+
+
+def hub_dataset(data: dict | None) -> str | None:
+    """OWNER/NAME when the data came from a Hub data set (``hf://datasets/OWNER/NAME[@REV]``)."""
+    path = str((data or {}).get("path") or "")
+    if path.startswith("hf://datasets/"):
+        return path[len("hf://datasets/"):].split("@")[0]
+    return None
+
+
+def base_model(config: dict, stage_dir: Path | None = None) -> str | None:
+    """The Hub model the first weights came from: timm's published weights (``model.pretrained: true``)."""
+    if not config.get("model", {}).get("pretrained") or stage_dir is None or not (stage_dir / "config.json").is_file():
+        return None
+    saved = json.loads((stage_dir / "config.json").read_text(encoding="utf-8"))
+    hub_id = (saved.get("hfstage_timm") or saved).get("hf_hub_id")
+    return hub_id.rstrip("/") if hub_id else None
+
+
+def _results(records: list[StageRecord], task: str, data_name: str, named: bool):
+    from huggingface_hub import EvalResult
+
+    _, task_type, task_name, _ = TASK_CARDS.get(task, (None, task, task, None))
+    results = []
+    for record in records:
+        for split, prefix, metrics in (("validation", "eval_", record.metrics), ("test", "test_", record.test_metrics)):
+            for key, value in metrics.items():
+                name = key[len(prefix):]
+                if name in CARD_METRICS and isinstance(value, (int, float)):
+                    label = f"{record.dir} {split} {name}" if named else f"{split} {name}"
+                    results.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=data_name,
+                                              dataset_name=data_name, dataset_split=split, metric_type=name,
+                                              metric_value=round(float(value), 6), metric_name=label))
+    return results
+
+
+def _table(records: list[StageRecord], best: int | None) -> str:
+    speech = any("eval_per" in r.metrics for r in records)
+    columns = ("eval_loss", "eval_per", "eval_error_f1", "test_per", "test_error_f1") if speech else (
+        "eval_loss", "eval_accuracy", "test_accuracy")
+    rows = ["| stage | kept | " + " | ".join(c.replace("_", " ") for c in columns) + " | started from |",
+            "|---|---|" + "---|" * len(columns) + "---|"]
+    for r in records:
+        mark = " (best)" if r.stage_index == best else ""
+        rows.append(f"| `{r.dir}`{mark} | {'yes' if r.kept else 'no'} | "
+                    + " | ".join(format_number(r.metric(c)) for c in columns) + f" | {r.started_from or 'random init'} |")
+    return "\n".join(rows)
+
+
+def _usage(task: str, model_ref: str, native: bool) -> str:
+    """How to use the model after ``pip install hfstage`` (or with transformers alone, for native image stages)."""
+    pipe = TASK_CARDS.get(task, (None, None, None, None))[3]
+    example = {
+        "image-classification": 'classify("image.png")',
+        "pair-classification": 'classify({"image_a": "a.png", "image_b": "b.png"})',
+        "feature-sequence-classification": "classify(features)  # a (T, F) array",
+        "pronunciation-assessment": 'classify({"audio": "clip.wav", "canonical": "k ae t"})',
+    }.get(pipe, "")
+    lines = ["```python"]
+    if not native:
+        lines.append("import hfstage  # pip install hfstage: registers its models and pipelines")
+    lines += ["from transformers import pipeline", "", f'classify = pipeline("{pipe}", model="{model_ref}")', example, "```"]
+    return "\n".join(lines)
+
+
+def _metadata(task: str, license_: str | None, records, data: dict | None, config: dict, stage_dir: Path | None,
+              model_name: str, named: bool, native: bool):
+    from huggingface_hub import ModelCardData
+
+    pipeline_tag = TASK_CARDS.get(task, (None,))[0]
+    dataset = hub_dataset(data)
+    data_name = dataset or Path(str((data or {}).get("path") or "data")).name or "data"
+    return ModelCardData(
+        library_name="transformers" if native else "hfstage", pipeline_tag=pipeline_tag, license=license_,
+        tags=["hfstage", "staged-training", task, str(config.get("model", {}).get("type"))],
+        datasets=[dataset] if dataset else None, base_model=base_model(config, stage_dir), model_name=model_name,
+        eval_results=_results(records, task, data_name, named) or None,
+    )
+
+
+def stage_card(stage_dir: Path, record: StageRecord, earlier: list[StageRecord], config: dict, run_path: Path,
+               native: bool = False) -> str:
+    """README.md of a finished stage (its files in ``stage_dir``, its run in ``run_path``): its metadata, the
+    curriculum up to it, its config, lineage and usage."""
+    from huggingface_hub import ModelCard
+
+    task = config.get("task", record.task or "")
+    records = [*earlier, record]
+    data = _metadata(task, config.get("license"), [record], record.data, config, stage_dir, record.dir, False, native)
+    stage_yaml = yaml.safe_dump(record.stage_config, sort_keys=False, default_flow_style=None).strip()
+    base = base_model(config, stage_dir)
+    origin = f"`{record.started_from}`" if record.started_from else f"`{base}`" if base else "random initialisation"
+    curves = f"\n![training curves](../{CURVES_PNG})\n" if (run_path / CURVES_PNG).is_file() else ""
+    body = f"""
+# {record.dir}
+
+Stage {record.stage_index} (`{record.stage_name}`) of an hfstage curriculum: task `{task}`, model
+`{config.get('model', {}).get('type')}`{f", {record.stage_description}" if record.stage_description else ""}.
+It started from {origin} and was {"kept" if record.kept else "not kept (it did not improve the tracked metric enough)"}.
+
+## The curriculum up to this stage
+
+{_table(records, None)}
+{curves}
+## This stage's config
+
+```yaml
+{stage_yaml}
+```
+
+## Use
+
+{_usage(task, f"path/to/{record.dir}", native)}
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def run_card(run: RunRecord, records: list[StageRecord], repo_id: str, run_path: Path, native: bool = False) -> str:
+    """README.md at a pushed run's root (the best stage): every stage in the model-index, the stages table, usage."""
+    from huggingface_hub import ModelCard
+
+    cfg = run.config
+    task = cfg["task"]
+    best_dir = run.best_stage_dir
+    data = _metadata(task, cfg.get("license"), records, cfg.get("data"), cfg,
+                     run_path / best_dir if best_dir else None, repo_id, True, native)
+    curves = ("\nTrain and eval loss over the whole curriculum, stages shaded (hatched: not kept):\n\n"
+              f"![training curves]({CURVES_PNG})\n") if (run_path / CURVES_PNG).is_file() else ""
+    config_file = run.config_file or "config.yaml"
+    body = f"""
+# {repo_id}
+
+A model trained with hfstage through a curriculum of {len(cfg.get('stages', []))} stages (task `{task}`, model
+`{cfg['model'].get('type')}`). The repository root holds the best stage{f" (`{best_dir}`)" if best_dir else ""};
+every pushed stage is in its own folder, with its own card, and tagged `stage-<N>-<name>`.
+
+## Stages
+
+{_table(records, run.best_stage)}
+{curves}
+## Use
+
+{_usage(task, repo_id, native)}
+
+A stage: `hfstage evaluate hf://{repo_id}/{best_dir or 'stage_<N>_<name>'} --data DIR`, or
+`hfstage pull {repo_id} --out DIR` for the whole run.
+
+## Reproduce
+
+`config.yaml` here is the resolved config (`{config_file}` when it was trained):
+
+```bash
+pip install hfstage
+hfstage train --config config.yaml
+```
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
