@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
+    p = sub.add_parser("export", help="export a saved stage to ONNX (or a torch.export program), checked against PyTorch")
+    p.add_argument("stage", help="a stage folder, a run folder (its best stage) or hf://OWNER/NAME[/stage_<N>_<name>]")
+    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    p.add_argument("--out", help="output folder (default: <stage>/onnx or <stage>/pt2)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--data", help="folder with the split files, if the stage's data has moved (a real batch checks the export)")
+
     p = sub.add_parser("stack", help="fit a meta-learner over base models' predictions and compare ensembles")
     p.add_argument("--models", nargs="+", required=True, help="base models: run folders (best stage), stage folders or hf:// references")
     p.add_argument("--out", required=True, help="folder for stack.json and the fitted meta-learner")
@@ -188,6 +195,15 @@ def _evaluate(args) -> int:
 
     if distributed_state().is_main_process:
         print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _export(args) -> int:
+    from hfstage.export import export_stage
+
+    result = export_stage(args.stage, args.format, args.out, args.opset, args.data)
+    print(f"{result['path']}: {args.format}, dynamic {', '.join(sorted({a for v in result['inputs'].values() for a in v}))}; "
+          f"max abs difference vs PyTorch {result['max_abs_difference']:.3g} on a batch of {result['checked_batch_size']}")
     return 0
 
 
@@ -321,7 +337,7 @@ def _config(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "stack": _stack,
+COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "export": _export, "stack": _stack,
             "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "doctor": _doctor, "runs": _runs,
             "config": _config}
 

@@ -420,6 +420,9 @@ def test_a_plain_head_stage_loads_natively_without_hfstage(image_data, tmp_path)
     card = ModelCard.load(stage / "README.md")  # a card for transformers users: no hfstage needed
     assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "transformers"
     assert "import hfstage" not in card.text and 'pipeline("image-classification"' in card.text
+    from hfstage.export import export_stage
+
+    assert export_stage(stage, "onnx", tmp_path / "onnx")["max_abs_difference"] <= 1e-4
     # and the same probabilities, not only the same winners: the same weights and the same preprocessing
     ours_probs = np.array([[float(rows[i][f"p_{c}"]) for c in range(10)] for i in native["ids"]])
     np.testing.assert_allclose(np.array(native["probs"]), ours_probs, atol=1e-5)

@@ -139,3 +139,8 @@ def test_sign_5stage_recipe_quick_test(sequence_data, tmp_path, arch):
     for result, row in zip(results, rows):
         cells = row.split(",")
         assert result["label"] == names[cells[2]] and result["score"] == pytest.approx(float(cells[3]), abs=1e-4)
+    # ONNX with a dynamic batch and time axis, checked on clips of other lengths
+    from hfstage.export import export_stage
+
+    exported = export_stage(out / "stage_1_baseline", "onnx", tmp_path / "onnx")
+    assert exported["max_abs_difference"] <= 1e-4 and exported["inputs"]["input_values"] == ["batch", "time"]

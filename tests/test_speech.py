@@ -227,6 +227,10 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     wave, rate = soundfile.read(l2_data / clips[predicted[0]["id"]]["path"], dtype="float32")
     as_array = assess({"audio": {"array": wave, "sampling_rate": rate}, "canonical": predicted[0]["canonical"].split()})
     assert as_array == results[0]
+    from hfstage.export import export_stage  # wav2vec2 encoder + heads, dynamic samples and phonemes
+
+    exported = export_stage(out / best, "onnx", tmp_path / "onnx")
+    assert exported["max_abs_difference"] <= 1e-4 and exported["outputs"] == ["logits", "error_logits", "output_lengths"]
     # distillation wraps the speech loss: one more stage, taught by the run's best stage
     assert main(["continue", str(out), "--preset", "fine_tune", f"teacher={out}", "epochs=1"]) == 0
     distilled = json.loads((out / "stage_4_fine_tune" / "stage.json").read_text())
