@@ -437,3 +437,23 @@ def test_a_stage_saved_by_an_older_hfstage_still_loads(image_data, tmp_path):
     cosine = build_model({**TINY_TIMM, "head": "cosine"}, num_labels=10)
     cosine.save_stage(tmp_path / "cosine")  # the cosine head has no native timm form: hfstage's own format
     assert json.loads((tmp_path / "cosine" / "config.json").read_text())["model_type"] == "hfstage_timm"
+
+
+def test_a_cosine_head_stage_works_through_the_same_calls_after_import_hfstage(image_data, tmp_path):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    import hfstage  # noqa: F401  (registers hfstage_timm with the Auto classes)
+
+    stages = [{"name": "arc", "epochs": 1, "loss": {"type": "arcface", "margin": 0.3}}]
+    run(load_config(image_recipe(tmp_path / "r.yaml", image_data, tmp_path / "run", stages,
+                                 model={**TINY_TIMM, "head": "cosine"})))
+    stage = tmp_path / "run" / "stage_1_arc"
+    assert json.loads((stage / "config.json").read_text())["model_type"] == "hfstage_timm"
+    model = AutoModelForImageClassification.from_pretrained(stage).eval()
+    processor = AutoImageProcessor.from_pretrained(stage)
+    images = sorted((image_data / "test_images").glob("*.png"))[:6]
+    with torch.no_grad():
+        logits = model(**processor([Image.open(p).convert("RGB") for p in images], return_tensors="pt")).logits
+    by_model = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
+    assert [r[0]["label"] for r in pipeline("image-classification", model=str(stage))([str(p) for p in images])] == by_model

@@ -21,7 +21,14 @@ from urllib.parse import urlsplit
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.utils import ModelOutput
 
 from hfstage.errors import ConfigError
@@ -66,6 +73,10 @@ class TimmClassifierConfig(PretrainedConfig):
         self.std = list(std or defaults.get("std") or (0.229, 0.224, 0.225))
         self.interpolation = interpolation or defaults.get("interpolation") or "bilinear"
         self.hf_hub_id = defaults.get("hf_hub_id")
+        # the preprocessing in timm's terms, read by transformers' TimmWrapperImageProcessor (AutoImageProcessor)
+        self.pretrained_cfg = {"input_size": [self.in_chans, self.image_size, self.image_size], "mean": self.mean,
+                               "std": self.std, "interpolation": self.interpolation, "crop_pct": 1.0,
+                               "crop_mode": "center"}
 
 
 @dataclass
@@ -179,7 +190,7 @@ class TimmClassifier(PreTrainedModel):
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / "model.safetensors"),
                   metadata={"format": "pt"})
         model_args = {k: v for k, v in self._timm_kwargs(c).items() if k not in ("pretrained", "num_classes")}
-        own = {k: getattr(c, k) for k in NATIVE_FIELDS}
+        own = {k: getattr(c, k) for k in NATIVE_FIELDS}  # (pretrained_cfg is written at the top level)
         config = {
             "architectures": ["TimmWrapperForImageClassification"],
             "model_type": "timm_wrapper",
@@ -252,3 +263,14 @@ def _check_hub_reachable(what: str, timeout: float = 3.0) -> None:
 
 AutoConfig.register(TimmClassifierConfig.model_type, TimmClassifierConfig)
 AutoModel.register(TimmClassifierConfig, TimmClassifier)
+# a cosine-head stage (hfstage's own format) through the same three calls as a native one, after `import hfstage`
+AutoModelForImageClassification.register(TimmClassifierConfig, TimmClassifier)
+
+
+def _register_image_processor() -> None:
+    from transformers.models.timm_wrapper.image_processing_timm_wrapper import TimmWrapperImageProcessor
+
+    AutoImageProcessor.register(TimmClassifierConfig, slow_image_processor_class=TimmWrapperImageProcessor)
+
+
+_register_image_processor()
