@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="write a real data set in hfstage's format")
     p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs), mnist-images (MNIST digits as PNG "
-                   "class folders + unlabelled test images) or japanese-vowels (sequences)")
+                   "class folders + unlabelled test images), japanese-vowels (sequences) or espeak-l2 (speech: "
+                   "words said right and wrong by espeak-ng, exact per-phoneme labels)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-pairs", type=int, help="mnist-pairs only (default 60000)")
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, help="mnist-images only (default 10000, at most 50000)")
     p.add_argument("--val-images", type=int, help="mnist-images only (default 2000, at most 10000)")
     p.add_argument("--test-images", type=int, help="mnist-images only (default 2000, at most 10000)")
+    p.add_argument("--words", type=int, help="espeak-l2 only: how many words (default: all of the list)")
+    p.add_argument("--word-source", help="espeak-l2 only: a text file of words (default: a built-in list of ~150)")
+    p.add_argument("--split-by", choices=("voice", "word"),
+                   help="espeak-l2 only: voice (default; val/test accents unseen) or word (voices mixed, val/test words unseen)")
+    p.add_argument("--wrong-fraction", type=float,
+                   help="espeak-l2 only: one clip per voice and word, mispronounced with this probability "
+                   "(default: every word said once right and once wrong)")
+    p.add_argument("--errors", choices=("both", "substitution"),
+                   help="espeak-l2 only: substitutions and final-consonant deletions (both, default) or substitutions only")
+    p.add_argument("--errors-per-clip", type=int, choices=(1, 2), help="espeak-l2 only: at most 1 or 2 errors (default 2)")
 
     p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage) on a data split")
     p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>), a run folder (its best stage), "
@@ -169,7 +180,8 @@ def _prepare(args) -> int:
 
     preparer = PREPARERS.get(args.name, "prepare")
     flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
-             "mnist-images": ("train_images", "val_images", "test_images")}
+             "mnist-images": ("train_images", "val_images", "test_images"),
+             "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip")}
     sizes = {k: getattr(args, k) for names in flags.values() for k in names if getattr(args, k) is not None}
     wrong = [k for k in sizes if k not in flags.get(args.name, ())]
     if wrong:

@@ -343,3 +343,36 @@ def run_metrics(out: Path, data: list[str]) -> dict:
     record = json.loads((out / "stage_3_polish" / "stage.json").read_text())
     return {k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
             if "runtime" not in k and "per_second" not in k}
+
+
+@needs_espeak
+def test_espeak_l2_shapes_mixed_voices_split_by_word_one_substitution(tmp_path, capsys):
+    words = tmp_path / "words.txt"
+    words.write_text("ship sheep think this very vine right light rock cat bed zoo\n")
+    out = tmp_path / "l2"
+    assert main(["prepare", "espeak-l2", "--out", str(out), "--word-source", str(words), "--words", "10",
+                 "--split-by", "word", "--wrong-fraction", "0.3", "--errors", "substitution",
+                 "--errors-per-clip", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    words_of = {s: {r["word"] for r in clips} for s, clips in by_split.items()}
+    assert not words_of["train"] & (words_of["val"] | words_of["test"]) and not words_of["val"] & words_of["test"]
+    assert len(words_of["train"] | words_of["val"] | words_of["test"]) == 10 and "zoo" not in words_of["train"]
+    voices = {s: {r["voice"] for r in clips} for s, clips in by_split.items()}
+    assert voices["train"] == voices["val"] == voices["test"] and len(voices["train"]) == 8  # mixed across splits
+    assert len(rows) == 8 * 10  # one clip per voice and word
+    wrong = [r for r in rows if any(r["labels"])]
+    assert 0.1 < len(wrong) / len(rows) < 0.5
+    for r in wrong:  # exactly one substitution: same length, one phoneme differs, where the label says
+        canonical, spoken = r["canonical"].split(), r["spoken"].split()
+        assert sum(r["labels"]) == 1 and len(spoken) == len(canonical)
+        assert [int(a != b) for a, b in zip(canonical, spoken)] == r["labels"]
+    shape = json.loads((out / "prepare.json").read_text())
+    assert shape["shape"]["split_by"] == "word" and shape["splits"]["train"]["phoneme_error_rate"] < 0.2
+    printed = capsys.readouterr().out
+    assert "metadata.jsonl (test): clips" in printed and "phoneme_error_rate" in printed
+
+    assert main(["prepare", "espeak-l2", "--out", str(tmp_path / "x"), "--wrong-fraction", "1.5"]) == 2
+    assert "--wrong-fraction 1.5: must be in (0, 1)" in capsys.readouterr().err
+    assert main(["prepare", "mnist-pairs", "--out", str(tmp_path / "y"), "--split-by", "word"]) == 2
+    assert "--split-by applies to espeak-l2 only" in capsys.readouterr().err

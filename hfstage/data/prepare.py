@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hfstage.checkpoint import atomic_write_json, staging_dir
-from hfstage.errors import DataError
+from hfstage.errors import ConfigError, DataError
 from hfstage.registry import Registry
 
 logger = logging.getLogger("hfstage")
@@ -287,18 +287,22 @@ def espeak_wave(phonemes: list[str], voice: str, rate: int = 16000) -> np.ndarra
     return wave
 
 
-def mispronounce(tokens: list[str], rng: np.random.Generator) -> tuple[list[str], list[int]]:
-    """A plausible L2 version: one or two confusable phonemes substituted, or a final consonant dropped.
-    Returns (spoken tokens with stress marks, one 0/1 label per canonical phoneme)."""
+def mispronounce(tokens: list[str], rng: np.random.Generator, errors: str = "both", max_errors: int = 2
+                 ) -> tuple[list[str], list[int]]:
+    """A plausible L2 version: 1 to ``max_errors`` confusable phonemes substituted, or (``errors: both``) a final
+    consonant dropped. Returns (spoken tokens with stress marks, one 0/1 label per canonical phoneme).
+    ``errors: substitution`` never deletes; a word with no confusable phoneme then gets no error (None)."""
     labels = [0] * len(tokens)
     spoken = list(tokens)
     bare = [t.lstrip("',") for t in tokens]
     candidates = [i for i, p in enumerate(bare) if p in L2_CONFUSIONS]
-    if candidates and (rng.random() < 0.8 or len(tokens) < 3):
-        for i in rng.choice(candidates, size=min(len(candidates), int(rng.integers(1, 3))), replace=False):
+    if candidates and (errors == "substitution" or rng.random() < 0.8 or len(tokens) < 3):
+        for i in rng.choice(candidates, size=min(len(candidates), int(rng.integers(1, max_errors + 1))), replace=False):
             stress = tokens[i][: len(tokens[i]) - len(bare[i])]
             spoken[i] = stress + str(rng.choice(L2_CONFUSIONS[bare[i]]))
             labels[i] = 1
+    elif errors == "substitution":
+        return None
     else:
         i = len(tokens) - 1
         spoken[i] = ""
@@ -306,15 +310,43 @@ def mispronounce(tokens: list[str], rng: np.random.Generator) -> tuple[list[str]
     return spoken, labels
 
 
+L2_SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}  # split_by: word
+
+
+def _word_list(word_source: str | Path | None, words: int | None) -> list[str]:
+    if word_source is None:
+        vocabulary = list(L2_WORDS)
+    else:
+        path = Path(word_source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"--word-source {path}: cannot read it ({exc})") from None
+        vocabulary = list(dict.fromkeys(w.strip().lower() for w in text.split() if w.strip().isalpha()))
+        if len(vocabulary) < 3:
+            raise DataError(f"--word-source {path}: needs at least 3 words (one per line or space-separated), "
+                            f"found {len(vocabulary)}")
+    return vocabulary[: words or len(vocabulary)]
+
+
 @PREPARERS.register("espeak-l2")
-def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None) -> dict:
-    """Spoken English words by espeak-ng in several accents, each said correctly and mispronounced.
+def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None, word_source: str | Path | None = None,
+                      split_by: str = "voice", wrong_fraction: float | None = None, errors: str = "both",
+                      errors_per_clip: int = 2) -> dict:
+    """Spoken English words by espeak-ng in several accents, correctly and mispronounced, with exact labels.
 
     ``<out>/audio/<split>/<voice>_<word>_<ok|l2>.wav`` (16 kHz mono) and ``<out>/metadata.jsonl``: per clip
     ``path``, ``split``, ``canonical`` (the word's phonemes), ``spoken`` (what was synthesised),
     ``labels`` (1 per canonical phoneme that was substituted or deleted), ``voice`` and ``word``. Every
     label is exact because the mispronounced clip is synthesised from the altered phoneme string.
-    Splits are by voice: the val and test accents are never heard in training.
+
+    The shape of the set: ``words`` (how many) from ``word_source`` (a text file of words; default a built-in
+    list of ~150 words L2 speakers find hard); ``split_by: voice`` (default: every split says every word, the val
+    and test accents are never heard in training) or ``word`` (every voice in every split, the words of the
+    val and test splits never said in training); ``wrong_fraction`` (default: each word said once right and
+    once wrong; a fraction: one clip per voice and word, mispronounced with that probability); ``errors``
+    (``both``: substitutions and final-consonant deletions; ``substitution`` only); ``errors_per_clip``
+    (1 or 2: at most that many substituted phonemes in a wrong clip).
     """
     import json
     import shutil
@@ -323,33 +355,64 @@ def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None) 
 
     if shutil.which("espeak-ng") is None:
         raise DataError("espeak-l2: the espeak-ng program is not installed (apt-get install espeak-ng)")
+    if split_by not in ("voice", "word"):
+        raise ConfigError(f"--split-by {split_by!r}: choose voice or word")
+    if errors not in ("both", "substitution"):
+        raise ConfigError(f"--errors {errors!r}: choose both or substitution")
+    if errors_per_clip not in (1, 2):
+        raise ConfigError(f"--errors-per-clip {errors_per_clip}: choose 1 or 2")
+    if wrong_fraction is not None and not 0 < wrong_fraction < 1:
+        raise ConfigError(f"--wrong-fraction {wrong_fraction}: must be in (0, 1)")
     out = Path(out)
     rng = np.random.default_rng(seed)
-    vocabulary = L2_WORDS[: words or len(L2_WORDS)]
+    vocabulary = _word_list(word_source, words)
+    if split_by == "voice":
+        plan = {split: (voices, vocabulary) for split, voices in L2_VOICES.items()}
+    else:
+        mixed = tuple(v for voices in L2_VOICES.values() for v in voices)
+        order = [vocabulary[i] for i in rng.permutation(len(vocabulary))]
+        n_train = max(1, round(L2_SPLIT_FRACTIONS["train"] * len(order)))
+        n_val = max(1, round(L2_SPLIT_FRACTIONS["val"] * len(order)))
+        if len(order) < n_train + n_val + 1:
+            raise ConfigError(f"--split-by word: {len(order)} words are too few for three disjoint splits")
+        plan = {"train": (mixed, order[:n_train]), "val": (mixed, order[n_train:n_train + n_val]),
+                "test": (mixed, order[n_train + n_val:])}
     out.mkdir(parents=True, exist_ok=True)
     staged = staging_dir(out / "audio")
-    rows, summary = [], {"source": "espeak-ng synthesis", "seed": seed, "splits": {}}
-    for split, voices in L2_VOICES.items():
+    shape = {"words": len(vocabulary), "word_source": str(word_source) if word_source else "built-in",
+             "split_by": split_by, "wrong_fraction": wrong_fraction, "errors": errors,
+             "errors_per_clip": errors_per_clip}
+    rows, summary = [], {"source": "espeak-ng synthesis", "seed": seed, "shape": shape, "splits": {}}
+    for split, (voices, split_words) in plan.items():
         (staged / split).mkdir()
         for voice in voices:
-            for word in vocabulary:
+            for word in split_words:
                 tokens = espeak_phonemes(word, voice.split("+")[0])
-                wrong, labels = mispronounce(tokens, rng)
-                for kind, said, marks in (("ok", tokens, [0] * len(tokens)), ("l2", wrong, labels)):
+                wrong = mispronounce(tokens, rng, errors, errors_per_clip)
+                if wrong_fraction is None:
+                    said = [("ok", tokens, [0] * len(tokens))] + ([("l2", *wrong)] if wrong else [])
+                else:
+                    use_wrong = wrong is not None and rng.random() < wrong_fraction
+                    said = [("l2", *wrong)] if use_wrong else [("ok", tokens, [0] * len(tokens))]
+                for kind, spoken, marks in said:
                     name = f"{voice.replace('+', '-')}_{word}_{kind}.wav"
-                    soundfile.write(staged / split / name, espeak_wave([t for t in said if t], voice), 16000)
+                    soundfile.write(staged / split / name, espeak_wave([t for t in spoken if t], voice), 16000)
                     rows.append({"path": f"audio/{split}/{name}", "split": split,
                                  "canonical": " ".join(t.lstrip("',") for t in tokens),
-                                 "spoken": " ".join(t.lstrip("',") for t in said if t),
+                                 "spoken": " ".join(t.lstrip("',") for t in spoken if t),
                                  "labels": marks, "voice": voice, "word": word})
         clips = [r for r in rows if r["split"] == split]
-        summary["splits"][split] = {"clips": len(clips), "voices": len(voices),
-                                    "mispronounced_phonemes": int(sum(sum(r["labels"]) for r in clips))}
+        phonemes = sum(len(r["labels"]) for r in clips)
+        wrong_phonemes = int(sum(sum(r["labels"]) for r in clips))
+        summary["splits"][split] = {"clips": len(clips), "voices": len(voices), "words": len(split_words),
+                                    "mispronounced_clips": sum(1 for r in clips if any(r["labels"])),
+                                    "mispronounced_phonemes": wrong_phonemes,
+                                    "phoneme_error_rate": round(wrong_phonemes / max(1, phonemes), 4)}
     from hfstage.checkpoint import atomic_write_text, publish_dir
 
     publish_dir(staged, out / "audio")
     atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(out / "prepare.json", summary)
     logger.info("wrote %d clips of %d words in %d voices to %s", len(rows), len(vocabulary),
-                sum(len(v) for v in L2_VOICES.values()), out)
+                len({r["voice"] for r in rows}), out)
     return summary
