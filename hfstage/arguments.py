@@ -47,7 +47,12 @@ def coerce(value: Any, tp, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return coerce(value, args[0], where)
+        for option in args[:-1]:  # the first member the value fits (``float | str``: 2.0 or "auto")
+            try:
+                return coerce(value, option, where)
+            except ConfigError:
+                continue
+        return coerce(value, args[-1], where)
     if tp is Any:
         return value
     if tp is bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import shutil
@@ -66,6 +67,22 @@ from hfstage.trainer import StageTrainer, StageTrainingArguments
 
 logger = logging.getLogger("hfstage")
 _SUMMARY = ("train_runtime", "total_flos")  # the Trainer's end-of-training summary entry
+
+
+def _resolve_auto(stage: StageConfig, task, train_set, where: str) -> tuple[StageConfig, dict]:
+    """The stage as it trains, with ``auto`` values worked out from the training split (``loss.pos_weight: auto``:
+    the ratio of correct to mispronounced phonemes); and those values, for stage.json."""
+    if stage.loss.get("pos_weight") != "auto":
+        return stage, {}
+    if not hasattr(task, "error_rate"):
+        raise ConfigError(f"{where}.loss.pos_weight: auto needs a task with per-phoneme error labels (speech)")
+    rate = task.error_rate(train_set)
+    if not 0 < rate < 1:
+        raise ConfigError(f"{where}.loss.pos_weight: auto needs correct and mispronounced phonemes in the training "
+                          f"split (its error rate is {rate:g}); give a number")
+    value = round((1 - rate) / rate, 4)
+    logger.info("stage '%s': loss.pos_weight auto = %g (training error rate %.4f)", stage.name, value, rate)
+    return dataclasses.replace(stage, loss={**stage.loss, "pos_weight": value}), {"loss.pos_weight": value}
 
 
 def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = (),
@@ -265,13 +282,14 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
                           "(speech clips and sequences do)")
     if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
         train_set, pseudo = add_pseudo_labels(cfg, task, stage, model, splits.train)
+    trained, resolved = _resolve_auto(stage, task, train_set, where)
     set_dropout(model, stage.dropout)
     frozen = freeze(model, stage.freeze_patterns, where)
     total = sum(p.numel() for p in model.parameters())
 
     work = folder.work_dir(label, stage, main=state.is_main_process)
     state.wait_for_everyone()
-    args = StageTrainingArguments.for_stage(cfg, with_encoder_lr(stage, model, where), index, work,
+    args = StageTrainingArguments.for_stage(cfg, with_encoder_lr(trained, model, where), index, work,
                                             getattr(task, "label_names", ("labels",)))
     stage_callbacks = [TrainingLogCallback(label), *callbacks]
     if stage.early_stopping_patience:
@@ -311,6 +329,11 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
                          "permissions, then rerun the same command to resume") from None
     training_time = time.time() - began
     metrics = _best_checkpoint_metrics(trainer) or trainer.evaluate()
+    if hasattr(task, "tuned_decision"):  # speech: the error flags' threshold, chosen on the eval split (best F1)
+        decision = task.tuned_decision(metrics)
+        trainer.compute_metrics = functools.partial(task.compute_metrics, **decision)  # the test split uses it
+        trainer.accelerator.unwrap_model(trainer.model).config.update(decision)  # and so do evaluate and the pipeline
+        resolved.update(decision)
     test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if splits.test is not None else {}
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -341,6 +364,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         log_history=[e for e in trainer.state.log_history if "step" in e and not any(k in e for k in _SUMMARY)],
     )
+    if resolved:  # values decided while the stage ran: pos_weight: auto, the error threshold
+        record.extra["resolved"] = resolved
     if state.is_main_process:
         def fill(staged: Path) -> None:
             model = trainer.accelerator.unwrap_model(trainer.model)

@@ -184,15 +184,17 @@ class PronunciationAssessmentPipeline(_StagePipeline):
                 "canonical": canonical}
 
     def postprocess(self, model_outputs):
-        from hfstage.metrics.speech import greedy_decode
+        from hfstage.metrics.speech import error_flags, error_probabilities, greedy_decode
 
         tokens = self.speech_processor.tokenizer.convert_ids_to_tokens
         length = int(model_outputs["output_lengths"][0])
         heard = tokens(greedy_decode(model_outputs["logits"][0, :length].float().cpu().numpy(), length))
         canonical = model_outputs["canonical"]
-        probs = torch.sigmoid(model_outputs["error_logits"][0, : len(canonical)].float()).tolist()
-        return {"recognized": heard, "phonemes": [{"phoneme": p, "mispronounced": q > 0.5, "score": q}
-                                                 for p, q in zip(canonical, probs)]}
+        logits = model_outputs["error_logits"][0, : len(canonical)].float().cpu().numpy()
+        threshold = float(getattr(self.model.config, "error_threshold", 0.5))  # chosen on the eval split in training
+        flags, probs = error_flags(logits, threshold), error_probabilities(logits)
+        return {"recognized": heard, "phonemes": [{"phoneme": p, "mispronounced": bool(f), "score": float(q)}
+                                                 for p, f, q in zip(canonical, flags, probs)]}
 
 
 PIPELINES = {

@@ -363,7 +363,7 @@ class SpeechAssessmentTask:
         from transformers import Wav2Vec2Processor
 
         from hfstage.losses.speech import CTCMispronunciationLoss
-        from hfstage.metrics.speech import greedy_decode, speech_metrics
+        from hfstage.metrics.speech import error_flags, greedy_decode, speech_metrics
 
         self.processor = Wav2Vec2Processor.from_pretrained(checkpoint.stage_dir)
         self.vocab = self.processor.tokenizer.get_vocab()
@@ -390,15 +390,16 @@ class SpeechAssessmentTask:
                 out[row, : len(a)] = a
             return out
 
+        threshold = float(getattr(model.config, "error_threshold", 0.5))  # chosen on the eval split when trained
         metrics = {"loss": total / max(1, len(dataset))}
         metrics.update(speech_metrics(pad([c[0] for c in clips], -100.0), np.array([len(c[0]) for c in clips]),
                                       pad([c[2] for c in clips], -100).astype(np.int64), pad([c[1] for c in clips], -100.0),
-                                      pad([c[3] for c in clips], -100).astype(np.int64)))
+                                      pad([c[3] for c in clips], -100).astype(np.int64), threshold))
         tokens = self.processor.tokenizer.convert_ids_to_tokens
         rows = [{"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
                  "predicted": " ".join(tokens(greedy_decode(ctc, len(ctc)))),
                  "labels": " ".join(str(v) for v in c.labels),
-                 "predicted_labels": " ".join(str(int(v > 0)) for v in errs)}
+                 "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold))}
                 for clip_id, c, (ctc, errs, _, _) in zip(dataset.ids, dataset.clips, clips)]
         return metrics, rows
 
@@ -424,9 +425,21 @@ class SpeechAssessmentTask:
         raise ConfigError("speech_assessment models predict phoneme sequences; evaluate them with their own metrics "
                           "(stacking and class decisions do not apply)")
 
-    def compute_metrics(self, eval_pred) -> dict[str, float]:
+    def compute_metrics(self, eval_pred, error_threshold: float = 0.5) -> dict[str, float]:
         from hfstage.metrics.speech import speech_metrics
 
         ctc_logits, error_logits, lengths = eval_pred.predictions[:3]
         labels, error_labels = eval_pred.label_ids
-        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels)
+        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels, error_threshold)
+
+    @staticmethod
+    def tuned_decision(metrics: dict) -> dict[str, float]:
+        """The error flags' threshold chosen on the eval split at the stage's end (its best F1): saved in the model's
+        config, and used for the test split, by ``evaluate`` and by the pipeline."""
+        return {"error_threshold": float(metrics.get("eval_error_best_threshold", 0.5))}
+
+    @staticmethod
+    def error_rate(train: audio.AudioDataset) -> float:
+        """The fraction of the training split's canonical phonemes that are mispronounced (``pos_weight: auto``)."""
+        labels = [v for clip in train.clips for v in clip.labels]
+        return sum(labels) / max(1, len(labels))

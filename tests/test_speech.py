@@ -45,6 +45,19 @@ def l2_data(tmp_path_factory) -> Path:
     return out
 
 
+def test_best_threshold_and_average_precision_by_hand():
+    from hfstage.metrics.speech import best_threshold
+
+    probs = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.1])
+    truth = np.array([1, 0, 1, 1, 0, 0])
+    t, f1 = best_threshold(probs, truth)  # flag the top 4: tp 3, fp 1 -> F1 6/7; the top 3 or 1 do worse
+    assert f1 == pytest.approx(6 / 7) and t == pytest.approx(0.35)
+    assert ((probs > t) == np.array([1, 1, 1, 1, 0, 0], bool)).all()
+    ties = best_threshold(np.array([0.6, 0.6, 0.2]), np.array([1, 0, 0]))  # tied scores are flagged together
+    assert ties == (pytest.approx(0.4), pytest.approx(2 / 3))
+    assert best_threshold(np.array([0.2, 0.3]), np.array([0, 0])) == (0.5, 0.0)
+
+
 def test_edit_distance_greedy_decoding_and_per_by_hand():
     assert edit_distance([1, 2, 3], [1, 2, 3]) == 0
     assert edit_distance([1, 3], [1, 2, 3]) == 1 and edit_distance([1, 2, 3, 4], [1, 2, 3]) == 1
@@ -182,7 +195,8 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     out = tmp_path / "run"
     assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), "quick_test=true",
                  f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]", "model.head=cross",
-                 "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]) == 0
+                 "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64",
+                 "defaults.loss.pos_weight=auto"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert [s["status"] for s in run["stages"]] == ["finished"] * 3
     for stage in run["stages"]:
@@ -203,8 +217,17 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     record = json.loads((out / best / "stage.json").read_text())
     # the recorded eval metrics of the run are reproduced from the saved stage
     assert result["metrics"]["per"] == pytest.approx(record["metrics"]["eval_per"], rel=1e-6)
-    assert result["metrics"]["error_f1"] == pytest.approx(record["metrics"]["eval_error_f1"], rel=1e-6)
+    # evaluate flags at the threshold the stage chose on this (eval) split: the best F1 found there
+    assert result["metrics"]["error_f1"] == pytest.approx(record["metrics"]["eval_error_best_f1"], rel=1e-6)
     assert result["metrics"]["loss"] == pytest.approx(record["metrics"]["eval_loss"], rel=1e-3)
+    # pos_weight: auto resolved from the training split; the error threshold chosen on the eval split, saved
+    # with the model and used by evaluate (and below, by the pipeline)
+    assert record["stage_config"]["loss"]["pos_weight"] == "auto" and record["resolved"]["loss.pos_weight"] > 1
+    threshold = record["resolved"]["error_threshold"]
+    assert threshold == record["metrics"]["eval_error_best_threshold"] and 0 < threshold < 1
+    assert json.loads((out / best / "config.json").read_text())["error_threshold"] == threshold
+    assert result["metrics"]["error_threshold"] == threshold and 0 <= result["metrics"]["error_ap"] <= 1
+    assert record["test_metrics"]["test_error_threshold"] == threshold and "test_error_ap" in record["test_metrics"]
     rows = (out / best / "eval" / "val_predictions.csv").read_text().splitlines()
     assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels" and len(rows) == 1 + 6 * 2
     # the pronunciation-assessment pipeline: one recording (a file, or a waveform at another rate) as evaluate saw it

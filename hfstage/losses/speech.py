@@ -7,7 +7,8 @@ a forced alignment; the error term is a binary loss over the canonical phonemes 
 ``pos_weight`` up-weights the rarer mispronounced phonemes; ``error_loss: focal`` uses
 ``focal_alpha * (1 - p_t)^focal_gamma * BCE`` instead. ``eval_loss`` is the same sum with weights 1
 and plain BCE, so stages with different weights are compared on one scale. In a recipe:
-``loss: {type: ctc_mispronunciation, error_weight: 2.0, pos_weight: 2.0}``.
+``loss: {type: ctc_mispronunciation, error_weight: 2.0, pos_weight: 2.0}``; ``pos_weight: auto`` is the
+training split's ratio of correct to mispronounced phonemes (resolved when the stage starts).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ class CTCMispronunciationLoss(StageLoss):
 
     label_keys = ("error_labels",)
     bound_from_model = ("blank",)  # the vocabulary's padding token, never a recipe's choice
-    checks = {"ctc_weight": NON_NEGATIVE, "error_weight": NON_NEGATIVE, "pos_weight": POSITIVE,
+    checks = {"ctc_weight": NON_NEGATIVE, "error_weight": NON_NEGATIVE,
+              "pos_weight": (lambda v: v == "auto" or (not isinstance(v, str) and v > 0), "must be > 0 or auto"),
               "focal_alpha": POSITIVE, "focal_gamma": NON_NEGATIVE,
               "error_loss": (lambda v: v in ("bce", "focal"), "must be bce or focal")}
 
     def __init__(self, ctc_weight: float = 1.0, error_weight: float = 1.0, error_loss: str = "bce",
-                 pos_weight: float = 1.0, focal_alpha: float = 1.0, focal_gamma: float = 2.0, blank: int = 0):
+                 pos_weight: float | str = 1.0, focal_alpha: float = 1.0, focal_gamma: float = 2.0, blank: int = 0):
         super().__init__()
         self.ctc_weight, self.error_weight, self.error_loss = ctc_weight, error_weight, error_loss
         self.pos_weight, self.focal_alpha, self.focal_gamma, self.blank = pos_weight, focal_alpha, focal_gamma, blank

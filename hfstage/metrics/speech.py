@@ -45,17 +45,53 @@ class PhonemeErrorRate(evaluate.Metric):
         return {"per": errors / max(1, sum(len(r) for r in references))}
 
 
+def error_probabilities(error_logits) -> np.ndarray:
+    """Mispronunciation probabilities of error-head logits (float64)."""
+    return 1 / (1 + np.exp(-np.clip(np.asarray(error_logits, dtype=np.float64), -60, 60)))
+
+
+def error_flags(error_logits, threshold: float = 0.5) -> np.ndarray:
+    """The one decision rule for flags everywhere (metrics, evaluate's rows, the pipeline): ``p > threshold``."""
+    return error_probabilities(error_logits) > threshold
+
+
+def best_threshold(probs: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The probability threshold (flag when ``p > t``) with the best F1 on these phonemes, and that F1. Midway
+    between the last flagged and the next probability, so the same scores give the same flags."""
+    probs, truth = np.asarray(probs, dtype=np.float64), np.asarray(truth).astype(bool)
+    positives = int(truth.sum())
+    if positives == 0 or len(probs) == 0:
+        return 0.5, 0.0
+    order = np.argsort(-probs, kind="stable")
+    ranked, hits = probs[order], truth[order]
+    tp = np.cumsum(hits)
+    flagged = np.arange(1, len(ranked) + 1)
+    last = np.r_[ranked[1:] < ranked[:-1], True]  # cut only where the next score is lower (ties flag together)
+    f1 = np.where(last, 2 * tp / (flagged + positives), -1.0)
+    k = int(np.argmax(f1))
+    below = ranked[k + 1] if k + 1 < len(ranked) else 0.0
+    return float((ranked[k] + below) / 2), float(f1[k])
+
+
 def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarray, error_logits: np.ndarray,
-                   error_labels: np.ndarray) -> dict[str, float]:
-    """PER over the clips and error-detection metrics over the valid canonical phonemes (labels -100 = padding)."""
+                   error_labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """PER over the clips and error-detection metrics over the valid canonical phonemes (labels -100 = padding):
+    precision/recall/F1 of the flags ``p > threshold``, the threshold-free average precision (``error_ap``,
+    AUC-PR), and the threshold with the best F1 on this split (``error_best_threshold``, ``error_best_f1``)."""
+    from sklearn.metrics import average_precision_score
+
     predictions = [greedy_decode(ctc_logits[i], int(lengths[i])) for i in range(len(labels))]
     references = [[int(t) for t in row if t >= 0] for row in labels]
     out = PhonemeErrorRate().compute(predictions=predictions, references=references)
     valid = error_labels >= 0
-    preds = (error_logits[valid] > 0).astype(np.int64)
+    probs = error_probabilities(error_logits[valid])
+    preds = error_flags(error_logits[valid], threshold).astype(np.int64)
     truth = error_labels[valid].astype(np.int64)
     binary = classification_metrics(preds, truth, average="binary")
     weighted = classification_metrics(preds, truth, average="weighted")
     out.update({f"error_{k}": v for k, v in binary.items()})
     out["error_weighted_f1"] = weighted["f1"]
+    out["error_ap"] = float(average_precision_score(truth, probs)) if truth.any() else 0.0
+    out["error_best_threshold"], out["error_best_f1"] = best_threshold(probs, truth)
+    out["error_threshold"] = float(threshold)
     return out
