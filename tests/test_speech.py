@@ -399,3 +399,56 @@ def test_espeak_l2_shapes_mixed_voices_split_by_word_one_substitution(tmp_path, 
     assert "--wrong-fraction 1.5: must be in (0, 1)" in capsys.readouterr().err
     assert main(["prepare", "mnist-pairs", "--out", str(tmp_path / "y"), "--split-by", "word"]) == 2
     assert "--split-by applies to espeak-l2 only" in capsys.readouterr().err
+
+
+def test_ctc_forced_alignment_finds_the_known_best_path():
+    from hfstage.models.alignment import aligned_segments, ctc_forced_align, gop_features
+
+    def posteriors(frames: list[int], vocab: int = 5) -> torch.Tensor:
+        lp = torch.full((len(frames), vocab), 0.1 / (vocab - 1))
+        lp[torch.arange(len(frames)), torch.tensor(frames)] = 0.9
+        return lp.log()
+
+    # frames: a a a <blank> b b b c c c, then two padding frames
+    lp = torch.cat([posteriors([1, 1, 1, 0, 2, 2, 2, 3, 3, 3]), posteriors([0, 0])])[None]
+    segments, ok = ctc_forced_align(lp, torch.tensor([10]), torch.tensor([[1, 2, 3]]), torch.tensor([3]))
+    assert ok.tolist() == [True]
+    assert segments[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3]  # the blank joins the phoneme before it
+    # a repeated phoneme needs a blank between its two frames; padding phonemes (target length 2 of 3) are ignored
+    lp = posteriors([4, 4, 0, 4, 0])[None]
+    segments, ok = ctc_forced_align(lp, torch.tensor([5]), torch.tensor([[4, 4, 0]]), torch.tensor([2]))
+    assert ok.tolist() == [True] and segments[0].tolist() == [0, 0, 0, 1, 1]
+    # too few frames for the phonemes: no path, and the even split is used instead
+    lp = posteriors([1, 2])[None]
+    _, ok = ctc_forced_align(lp, torch.tensor([2]), torch.tensor([[1, 1, 2]]), torch.tensor([3]))
+    assert ok.tolist() == [False]
+    fallback = aligned_segments(lp, torch.tensor([2]), torch.tensor([[1, 1, 2]]), torch.tensor([3]))
+    assert fallback[0].tolist() == [0, 1]
+    # goodness of pronunciation: each phoneme's own frames favour it over every competitor
+    lp = posteriors([1, 1, 1, 0, 2, 2, 2, 3, 3, 3])[None]
+    segments, _ = ctc_forced_align(lp, torch.tensor([10]), torch.tensor([[1, 2, 3]]), torch.tensor([3]))
+    gop = gop_features(lp, segments, torch.tensor([[1, 2, 3]]))
+    assert gop.shape == (1, 3, 3) and (gop[0, :, 2] > 0).all()
+    wrong = gop_features(lp, segments, torch.tensor([[3, 2, 1]]))  # the first and last phonemes are not what was said
+    assert wrong[0, 0, 2] < 0 and wrong[0, 2, 2] < 0 and wrong[0, 1, 2] > 0
+
+
+def test_aligned_head_shapes_masking_and_reload(tmp_path):
+    model = build_model({"type": "speech", "head": "aligned", "encoder": {"hidden_size": 32, "intermediate_size": 64}},
+                        vocab_size=12).eval()
+    waves = torch.randn(2, 8000)
+    mask = torch.ones(2, 8000, dtype=torch.long)
+    mask[1, 5000:] = 0
+    canonical = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    with torch.no_grad():
+        out = model(input_values=waves, attention_mask=mask, canonical_ids=canonical, canonical_mask=canonical.ne(0))
+        short = model(input_values=waves[1:, :5000], attention_mask=mask[1:, :5000], canonical_ids=canonical[1:, :2],
+                      canonical_mask=canonical[1:, :2].ne(0))
+    assert out.error_logits.shape == (2, 4) and torch.isfinite(out.error_logits).all()
+    # padding (of the audio and of the phonemes) changes nothing for the shorter clip
+    torch.testing.assert_close(out.error_logits[1, :2], short.error_logits[0], atol=1e-4, rtol=1e-4)
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModel.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_values=waves, attention_mask=mask, canonical_ids=canonical,
+                                         canonical_mask=canonical.ne(0)).error_logits, out.error_logits)

@@ -7,7 +7,10 @@ canonical phoneme: is it mispronounced?). The error heads see the canonical phon
 - ``simple``: the clip's mean audio vector (a linear layer over both);
 - ``transformer``: the same, then a few transformer layers across the canonical phonemes;
 - ``cross``: cross-attention from each canonical phoneme to the audio frames;
-- ``hierarchical``: frame -> phoneme-level pooling (the clip's frames split evenly over its phonemes).
+- ``hierarchical``: frame -> phoneme-level pooling (the clip's frames split evenly over its phonemes);
+- ``aligned``: each phoneme's own frames, found by a CTC forced alignment of the canonical phonemes under the
+  CTC head's posteriors (``models/alignment.py``; the even split only for a clip with no path), pooled, plus
+  goodness-of-pronunciation evidence (the phoneme's mean log-posterior there against its best competitor's).
 
 The encoder is built from ``encoder`` (a small random one by default: no weights are downloaded) or, with
 ``encoder_path``, loaded by ``Wav2Vec2Model.from_pretrained`` when the run starts.
@@ -30,9 +33,10 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from hfstage.errors import ConfigError
+from hfstage.models.alignment import aligned_segments, gop_features, segment_mean
 from hfstage.models.base import MODELS
 
-HEADS = ("simple", "transformer", "cross", "hierarchical")
+HEADS = ("simple", "transformer", "cross", "hierarchical", "aligned")
 TINY_ENCODER = {
     "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
     "conv_dim": [32, 32, 32, 32, 32], "conv_kernel": [10, 3, 3, 3, 2], "conv_stride": [5, 2, 2, 2, 2],
@@ -93,6 +97,8 @@ class SpeechAssessmentModel(PreTrainedModel):
         elif config.head == "cross":
             self.cross = nn.MultiheadAttention(d, config.head_heads, dropout=config.dropout, batch_first=True)
             self.cross_norm = nn.LayerNorm(d)
+        elif config.head == "aligned":
+            self.gop_proj = nn.Linear(3, d)  # GOP evidence (own, competitor, difference) into the segment's context
         self.error_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1))
         self.post_init()
 
@@ -126,10 +132,10 @@ class SpeechAssessmentModel(PreTrainedModel):
         error_logits = None
         if canonical_ids is not None:
             error_logits = self._errors(hidden, frames, lengths, canonical_ids,
-                                        canonical_mask if canonical_mask is not None else canonical_ids.ne(0))
+                                        canonical_mask if canonical_mask is not None else canonical_ids.ne(0), logits)
         return SpeechOutput(logits=logits, error_logits=error_logits, output_lengths=lengths)
 
-    def _errors(self, hidden, frames, lengths, canonical_ids, canonical_mask) -> torch.Tensor:
+    def _errors(self, hidden, frames, lengths, canonical_ids, canonical_mask, logits) -> torch.Tensor:
         audio = self.audio_proj(hidden)  # (B, T, D)
         phon = self.phoneme_embed(canonical_ids)  # (B, P, D)
         keep = frames.unsqueeze(-1).to(audio.dtype)
@@ -140,6 +146,12 @@ class SpeechAssessmentModel(PreTrainedModel):
             context = self.cross_norm(attended + phon)
         elif head == "hierarchical":
             context = self._segments(audio, lengths, canonical_mask)
+        elif head == "aligned":
+            log_probs = logits.detach().float().log_softmax(-1)
+            segments = aligned_segments(log_probs, lengths, canonical_ids, canonical_mask.sum(1).long(),
+                                        blank=self.config.pad_token_id)
+            gop = gop_features(log_probs, segments, canonical_ids, blank=self.config.pad_token_id)
+            context = segment_mean(audio, segments, canonical_ids.shape[1]) + self.gop_proj(gop.to(audio.dtype))
         else:
             context = pooled.unsqueeze(1).expand_as(phon)
             if head == "transformer":
