@@ -1,5 +1,6 @@
 """The benchmark scripts run in their smoke mode, so they do not rot."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("data_loading.py", "min_loader_to_step_ratio", 0.0, float("inf")),
     ("scaling.py", "worst_epoch_time_linearity", 0.0, float("inf")),
     ("data_memory.py", "peak_rss_ratio_16x_vs_1x", 0.5, 1.25),
+    pytest.param("speech_baseline.py", "speech_baseline_test_error_f1", 0.0, 1.0, marks=pytest.mark.skipif(
+        shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")),
 ])
 def test_benchmark_quick_mode_prints_its_headline(script, headline, low, high):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
