@@ -113,7 +113,8 @@ def main() -> None:
     optim = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
     epochs = 2 if args.quick else args.epochs
     steps = epochs * ((len(data["train"]) + 15) // 16)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=2e-3, total_steps=steps,
+                                                pct_start=max(0.1, 2.5 / steps))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
 
     def batches(items, shuffle):
