@@ -410,6 +410,14 @@ class SpeechAssessmentTask:
     def model_args(self, splits: Splits) -> dict[str, Any]:
         return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[audio.PAD]}
 
+    @staticmethod
+    def check_stage_model(stage: StageConfig, model, where: str) -> None:
+        """SpecAugment masks act on the mel_conformer encoder's features (wav2vec2 has its own mask_time_prob)."""
+        masks = [k for k in ("time_mask", "freq_mask") if stage.augmentation.get(k)]
+        if masks and model.config.encoder.get("type") != "mel_conformer":
+            raise ConfigError(f"{where}.augmentation.{masks[0]}: SpecAugment masks need model.encoder.type: "
+                              "mel_conformer (a wav2vec2 encoder masks with its own encoder.mask_time_prob)")
+
     def check_stage(self, stage: StageConfig, where: str) -> None:
         if stage.loss["type"] != "ctc_mispronunciation":
             raise ConfigError(f"{where}.loss: speech_assessment trains with loss ctc_mispronunciation, not "
@@ -419,7 +427,8 @@ class SpeechAssessmentTask:
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         aug = stage.augmentation if (training and stage is not None) else {}
-        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0), aug.get("gain", 0.0))
+        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0), aug.get("gain", 0.0),
+                                   aug.get("time_mask", 0.0), aug.get("freq_mask", 0.0))
 
     def decide(self, predictions):
         raise ConfigError("speech_assessment models predict phoneme sequences; evaluate them with their own metrics "

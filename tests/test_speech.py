@@ -23,7 +23,7 @@ from hfstage.data.audio import (
     load_clips,
     make_processor,
 )
-from hfstage.errors import DataError
+from hfstage.errors import ConfigError, DataError
 from hfstage.losses.speech import CTCMispronunciationLoss
 from hfstage.metrics.speech import edit_distance, greedy_decode, speech_metrics
 from hfstage.models import build_model
@@ -452,3 +452,57 @@ def test_aligned_head_shapes_masking_and_reload(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(input_values=waves, attention_mask=mask, canonical_ids=canonical,
                                          canonical_mask=canonical.ne(0)).error_logits, out.error_logits)
+
+
+MEL = {"type": "mel_conformer", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "ff_size": 64, "num_mel_bins": 40}
+
+
+def test_mel_conformer_encoder_shapes_padding_and_spec_augment(tmp_path):
+    from hfstage.models.mel_encoder import MelConformerEncoder
+
+    encoder = MelConformerEncoder(**{k: v for k, v in MEL.items() if k != "type"}).eval()
+    waves = torch.randn(2, 16000)
+    mask = torch.ones(2, 16000, dtype=torch.long)
+    mask[1, 9600:] = 0
+    with torch.no_grad():
+        out = encoder(waves, attention_mask=mask).last_hidden_state
+        short = encoder(waves[1:, :9600], attention_mask=mask[1:, :9600]).last_hidden_state
+    assert out.shape == (2, 25, 32)  # 98 STFT frames wholly inside the second, subsampled 4x
+    lengths = encoder.output_lengths(mask.sum(-1))
+    assert lengths.tolist() == [25, 15] and short.shape[1] == 15
+    torch.testing.assert_close(out[1, :15], short[0], atol=1e-4, rtol=1e-4)  # padding changes nothing
+    assert torch.count_nonzero(out[1, 15:]) == 0
+    feats = encoder.log_mel(waves, encoder.feature_lengths(mask.sum(-1)))
+    masked = encoder.spec_augment(feats, encoder.feature_lengths(mask.sum(-1)), torch.tensor([0.3, 0.3]))
+    assert masked.shape == feats.shape and (masked == 0).sum() > (feats == 0).sum()
+    # the model: the mel encoder in place of wav2vec2, reloaded from its config
+    model = build_model({"type": "speech", "head": "aligned", "encoder": MEL}, vocab_size=12).eval()
+    canonical = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    with torch.no_grad():
+        got = model(input_values=waves, attention_mask=mask, canonical_ids=canonical, canonical_mask=canonical.ne(0))
+    assert got.logits.shape == (2, 25, 12) and got.output_lengths.tolist() == [25, 15]
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModel.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_values=waves, attention_mask=mask, canonical_ids=canonical,
+                                         canonical_mask=canonical.ne(0)).error_logits, got.error_logits)
+    with pytest.raises(ConfigError, match="encoder.depth: not an argument of the mel_conformer encoder"):
+        build_model({"type": "speech", "encoder": {"type": "mel_conformer", "depth": 3}}, vocab_size=12)
+
+
+@needs_espeak
+def test_mel_conformer_recipe_trains_with_spec_augment(l2_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["quick_test=true", f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]",
+              "model.encoder={type: mel_conformer, hidden_size: 32, num_layers: 1, num_heads: 2, ff_size: 64}",
+              "stages.2.freeze_patterns=[]", "stages.2.augmentation={time_mask: 0.2, freq_mask: 0.2}"]
+    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common]) == 0
+    record = json.loads((out / "stage_2_finetune" / "stage.json").read_text())
+    assert math.isfinite(record["metrics"]["eval_loss"]) and "eval_per" in record["metrics"]
+    capsys.readouterr()
+    # SpecAugment on a wav2vec2 encoder is refused before anything is written
+    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), "quick_test=true",
+                 f"data.path={l2_data}", f"output_dir={tmp_path / 'w2v'}", "report_to=[none]",
+                 "stages.2.augmentation={time_mask: 0.2}"]) == 2
+    assert "augmentation.time_mask: SpecAugment masks need model.encoder.type: mel_conformer" in capsys.readouterr().err
+    assert not (tmp_path / "w2v").exists()

@@ -38,7 +38,11 @@ PAD, UNK = "<pad>", "<unk>"
 AUDIO_AUGMENTATIONS: Registry = Registry("speech augmentation")
 AUDIO_AUGMENTATIONS.register("noise")("Gaussian noise, this fraction of the clip's standard deviation.")
 AUDIO_AUGMENTATIONS.register("gain")("Random gain of up to this many dB either way.")
-_LIMITS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0)}
+AUDIO_AUGMENTATIONS.register("time_mask")("SpecAugment (mel_conformer encoder): two time masks, each up to this "
+                                          "fraction of the clip.")
+AUDIO_AUGMENTATIONS.register("freq_mask")("SpecAugment (mel_conformer encoder): two frequency masks, each up to this "
+                                          "fraction of the mel bands.")
+_LIMITS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5)}
 
 
 def check_audio_augmentation(augmentation: dict[str, float], where: str) -> None:
@@ -282,9 +286,11 @@ class AudioCollator:
     """Pads waves (normalised by the feature extractor, with an attention mask), CTC targets (-100), canonical
     phoneme ids (``<pad>``) with their mask, and error labels (-100)."""
 
-    def __init__(self, feature_extractor, noise: float = 0.0, gain: float = 0.0):
+    def __init__(self, feature_extractor, noise: float = 0.0, gain: float = 0.0, time_mask: float = 0.0,
+                 freq_mask: float = 0.0):
         self.extractor = feature_extractor
         self.noise, self.gain = noise, gain
+        self.spec_augment = (time_mask, freq_mask) if time_mask or freq_mask else None
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         waves = [s["wave"] for s in samples]
@@ -309,4 +315,5 @@ class AudioCollator:
             "canonical_mask": pad([[1] * len(s["canonical"]) for s in samples], 0, torch.long),
             "labels": pad([s["spoken"] for s in samples], -100, torch.long),
             "error_labels": pad([s["error_labels"] for s in samples], -100, torch.float),
+            **({"spec_augment": torch.tensor(self.spec_augment)} if self.spec_augment else {}),
         }

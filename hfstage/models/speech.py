@@ -12,8 +12,10 @@ canonical phoneme: is it mispronounced?). The error heads see the canonical phon
   CTC head's posteriors (``models/alignment.py``; the even split only for a clip with no path), pooled, plus
   goodness-of-pronunciation evidence (the phoneme's mean log-posterior there against its best competitor's).
 
-The encoder is built from ``encoder`` (a small random one by default: no weights are downloaded) or, with
-``encoder_path``, loaded by ``Wav2Vec2Model.from_pretrained`` when the run starts.
+The encoder is a wav2vec2 built from ``encoder`` (a small random one by default: no weights are downloaded) or,
+with ``encoder_path``, loaded by ``Wav2Vec2Model.from_pretrained`` when the run starts; or, with
+``encoder: {type: mel_conformer, ...}``, log-mel features into a conformer (``models/mel_encoder.py``), the
+from-scratch front-end.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from transformers.utils import ModelOutput
 from hfstage.errors import ConfigError
 from hfstage.models.alignment import aligned_segments, gop_features, segment_mean
 from hfstage.models.base import MODELS
+from hfstage.models.mel_encoder import MEL_DEFAULTS, MelConformerEncoder
 
 HEADS = ("simple", "transformer", "cross", "hierarchical", "aligned")
 TINY_ENCODER = {
@@ -60,7 +63,20 @@ class SpeechAssessmentConfig(PretrainedConfig):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.vocab_size = int(vocab_size)
         self.head = head
-        self.encoder = {**TINY_ENCODER, **(encoder or {})}
+        encoder = dict(encoder or {})
+        if encoder.get("type", "wav2vec2") not in ("wav2vec2", "mel_conformer"):
+            raise ValueError(f"encoder.type must be wav2vec2 (default) or mel_conformer, got {encoder['type']!r}")
+        if encoder.get("type") == "mel_conformer":
+            unknown = sorted(set(encoder) - {"type", *MEL_DEFAULTS})
+            if unknown:
+                raise ValueError(f"encoder.{unknown[0]}: not an argument of the mel_conformer encoder (it takes "
+                                 f"{', '.join(MEL_DEFAULTS)})")
+            if encoder_path is not None:
+                raise ValueError("encoder_path loads a pretrained wav2vec2 encoder; leave it unset with "
+                                 "encoder.type: mel_conformer")
+            self.encoder = {**MEL_DEFAULTS, **encoder}
+        else:
+            self.encoder = {**TINY_ENCODER, **encoder}
         self.encoder_path = encoder_path
         self.head_dim, self.head_layers, self.head_heads, self.dropout = head_dim, head_layers, head_heads, dropout
 
@@ -85,7 +101,10 @@ class SpeechAssessmentModel(PreTrainedModel):
 
     def __init__(self, config: SpeechAssessmentConfig):
         super().__init__(config)
-        self.encoder = Wav2Vec2Model(Wav2Vec2Config(**config.encoder))
+        if config.encoder.get("type") == "mel_conformer":
+            self.encoder = MelConformerEncoder(**{k: v for k, v in config.encoder.items() if k != "type"})
+        else:
+            self.encoder = Wav2Vec2Model(Wav2Vec2Config(**{k: v for k, v in config.encoder.items() if k != "type"}))
         h, d = self.encoder.config.hidden_size, config.head_dim
         self.dropout = nn.Dropout(config.dropout)
         self.ctc_head = nn.Linear(h, config.vocab_size)
@@ -120,11 +139,16 @@ class SpeechAssessmentModel(PreTrainedModel):
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 canonical_ids: torch.Tensor | None = None, canonical_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, error_labels: torch.Tensor | None = None, **kwargs) -> SpeechOutput:
-        hidden = self.encoder(input_values, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+                labels: torch.Tensor | None = None, error_labels: torch.Tensor | None = None,
+                spec_augment: torch.Tensor | None = None, **kwargs) -> SpeechOutput:
+        mel = isinstance(self.encoder, MelConformerEncoder)
+        extra = {"spec_augment": spec_augment} if mel else {}  # SpecAugment strengths (training batches only)
+        hidden = self.encoder(input_values, attention_mask=attention_mask, **extra).last_hidden_state  # (B, T, H)
         b, t, _ = hidden.shape
         if attention_mask is not None:
-            lengths = self.encoder._get_feat_extract_output_lengths(attention_mask.sum(-1)).clamp(max=t)
+            samples = attention_mask.sum(-1)
+            lengths = (self.encoder.output_lengths(samples) if mel
+                       else self.encoder._get_feat_extract_output_lengths(samples)).clamp(max=t)
         else:
             lengths = torch.full((b,), t, dtype=torch.long, device=hidden.device)
         frames = torch.arange(t, device=hidden.device)[None, :] < lengths[:, None]
