@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from hfstage.reporting import format_number
-from hfstage.run_dir import CURVES_PNG, RunRecord, StageRecord
+from hfstage.run_dir import CURVES_PNG, RunRecord, StageRecord, headline_metrics
 
 # task kind -> (pipeline_tag or None when no Hub task fits, model-index task type, task name, its pipeline)
 TASK_CARDS = {
@@ -66,9 +66,7 @@ def _results(records: list[StageRecord], task: str, data_name: str, named: bool)
 
 
 def _table(records: list[StageRecord], best: int | None) -> str:
-    speech = any("eval_per" in r.metrics for r in records)
-    columns = ("eval_loss", "eval_per", "eval_error_f1", "test_per", "test_error_f1") if speech else (
-        "eval_loss", "eval_accuracy", "test_accuracy")
+    columns = ("eval_loss", *headline_metrics(records))
     rows = ["| stage | kept | " + " | ".join(c.replace("_", " ") for c in columns) + " | started from |",
             "|---|---|" + "---|" * len(columns) + "---|"]
     for r in records:

@@ -39,6 +39,7 @@ from hfstage.errors import (
     HfstageError,
     Interrupted,
     StageError,
+    first_line,
 )
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
@@ -62,11 +63,10 @@ from hfstage.run_dir import (
 )
 from hfstage.surgery import freeze, set_dropout, with_encoder_lr
 from hfstage.tasks import TASKS, Splits
-from hfstage.tracking import CurriculumTracking
+from hfstage.tracking import TRAINER_SUMMARY_KEYS, CurriculumTracking
 from hfstage.trainer import StageTrainer, StageTrainingArguments
 
 logger = logging.getLogger("hfstage")
-_SUMMARY = ("train_runtime", "total_flos")  # the Trainer's end-of-training summary entry
 
 
 def _resolve_auto(stage: StageConfig, task, train_set, where: str) -> tuple[StageConfig, dict]:
@@ -313,7 +313,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     except (ValueError, TypeError, ImportError) as exc:  # e.g. a training_args value only the accelerator judges
         passed = f" (training_args: {', '.join(stage.training_args)})" if stage.training_args else ""
         raise StageError(f"stage {index} '{stage.name}': the Trainer refused this stage's arguments{passed}: "
-                         f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+                         f"{first_line(exc)}") from None
     resume = last_complete_checkpoint(work)
     logger.info(
         "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
@@ -362,7 +362,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         total_parameters=total,
         world_size=state.num_processes,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        log_history=[e for e in trainer.state.log_history if "step" in e and not any(k in e for k in _SUMMARY)],
+        log_history=[e for e in trainer.state.log_history
+                     if "step" in e and not any(k in e for k in TRAINER_SUMMARY_KEYS)],
     )
     if resolved:  # values decided while the stage ran: pos_weight: auto, the error threshold
         record.extra["resolved"] = resolved

@@ -5,6 +5,11 @@ with code 2 before anything is written.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its first), or its type's name when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class HfstageError(Exception):
     """Base class: a problem with the input, reported without a traceback."""
 

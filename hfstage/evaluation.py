@@ -45,6 +45,8 @@ def checkpoint_task(checkpoint: Checkpoint):
         task.columns = dict(checkpoint.data.columns)
     if hasattr(task, "bind"):
         task.bind(load_saved_config(checkpoint.stage_dir))
+    if hasattr(task, "bind_stage"):  # speech: the stage's own processor (feature extractor and phoneme vocabulary)
+        task.bind_stage(checkpoint.stage_dir)
     return task
 
 

@@ -26,7 +26,7 @@ from hfstage.config import (
     upgrade_saved_stage,
 )
 from hfstage.errors import CheckpointError, ConfigError
-from hfstage.reporting import format_number, format_table, lower_is_better
+from hfstage.reporting import flatten, format_number, format_table, lower_is_better
 from hfstage.run_dir import RUN_JSON, RunDir, RunRecord, StageRecord, format_stage_table
 
 DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
@@ -117,23 +117,9 @@ def compare_runs(paths: list[str], metrics: list[str] | None = None, fmt: str = 
     return format_table(rows) + "\n* best value of the column (lowest for losses and error rates)"
 
 
-def _flat_config(data, prefix: str = "") -> dict[str, object]:
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            out.update(_flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):  # stages: by number, as overrides
-        out = {}
-        for i, value in enumerate(data, 1):
-            out.update(_flat_config(value, f"{prefix}.{i}"))
-        return out
-    return {prefix: data}
-
-
 def config_differences(paths: list[str], fmt: str = "table") -> str:
     """The resolved config keys (``stages.2.lr``, ``data.path`` ...) whose values differ between the runs."""
-    configs = [_flat_config(load_run(path)[0].config) for path in paths]
+    configs = [flatten(load_run(path)[0].config, number_mappings=True) for path in paths]
     keys = sorted({k for c in configs for k in c}, key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")])
     missing = object()
     differing = [k for k in keys if k not in ("output_dir", "defaults") and not k.startswith("defaults.")

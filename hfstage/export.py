@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hfstage.checkpoint import atomic_write_json, publish_dir, staging_dir
-from hfstage.errors import CheckpointError, ConfigError, DataError, StageError
+from hfstage.errors import CheckpointError, ConfigError, DataError, StageError, first_line
 
 logger = logging.getLogger("hfstage")
 
@@ -51,12 +51,7 @@ def _batches(checkpoint, model, sizes: tuple[int, int]) -> list[dict[str, torch.
     """Two real batches (of ``sizes``) from the stage's eval split, as the evaluation collator makes them."""
     from hfstage.evaluation import checkpoint_task, split_path
 
-    task = checkpoint_task(checkpoint)
-    if hasattr(task, "save_with_model") and checkpoint.task == "speech_assessment":
-        from transformers import Wav2Vec2Processor
-
-        task.processor = Wav2Vec2Processor.from_pretrained(checkpoint.stage_dir)
-        task.vocab = task.processor.tokenizer.get_vocab()
+    task = checkpoint_task(checkpoint)  # (speech: with the stage's processor)
     split = split_path(checkpoint.data, "val")
     dataset = task.load_split(split, "the stage's eval split", limit=sum(sizes))
     if len(dataset) < 2:
@@ -99,7 +94,8 @@ def export_stage(stage: str | Path, fmt: str = "onnx", out: str | Path | None = 
             expected = [t.float().numpy() for t in wrapped(*(check_batch[n] for n in names))]
         if fmt == "onnx":
             target = staged / "model.onnx"
-            got, exporter, opset = _onnx(wrapped, trace_args, names, outputs, dynamic, opset, target, check_batch)
+            got, exporter, opset = _onnx(wrapped, trace_args, names, outputs, dynamic, opset, target, check_batch,
+                                         expected)
         else:
             target = staged / "model.pt2"
             got, exporter = _pt2(wrapped, trace_args, names, dynamic, target, check_batch), "torch.export"
@@ -123,10 +119,18 @@ def export_stage(stage: str | Path, fmt: str = "onnx", out: str | Path | None = 
     return result
 
 
-def _onnx(wrapped, args, names, outputs, dynamic, opset, target: Path, check_batch):
+def _dynamic_shapes(names: list[str], dynamic: dict) -> tuple:
+    """torch.export's ``dynamic_shapes`` for the positional inputs: one ``Dim`` per axis label, shared by the inputs
+    that carry it (``input_values`` and ``attention_mask`` have the same time axis)."""
+    dims: dict[str, torch.export.Dim] = {}
+    return (tuple({axis: dims.setdefault(label, torch.export.Dim.DYNAMIC) for axis, label in dynamic[n].items()}
+                  for n in names),)
+
+
+def _onnx(wrapped, args, names, outputs, dynamic, opset, target: Path, check_batch, expected):
     """Export with the TorchScript-based exporter (it handles packed RNN sequences, which torch.export refuses);
     if its graph fails on the second batch (a shape traced as a constant) or it cannot export the model, with the
-    torch.export-based one. Returns the outputs of the exported model on ``check_batch``."""
+    torch.export-based one. Returns the outputs of the exported model on ``check_batch`` (``expected``: PyTorch's)."""
     try:
         import onnxruntime
     except ImportError:
@@ -138,7 +142,6 @@ def _onnx(wrapped, args, names, outputs, dynamic, opset, target: Path, check_bat
         used = {i.name for i in session.get_inputs()}  # an input the graph never reads is dropped by the exporter
         return session.run(None, {n: check_batch[n].numpy() for n in names if n in used})
 
-    expected = None
     failures = []
     for dynamo in (False, True):
         # traced with autograd on: in no_grad mode torch swaps in fused kernels (the transformer encoder's fast
@@ -147,12 +150,9 @@ def _onnx(wrapped, args, names, outputs, dynamic, opset, target: Path, check_bat
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporters' deprecation and shape-inference notes
                 if dynamo:
-                    dims: dict = {}
-                    shapes = tuple({a: dims.setdefault(label, torch.export.Dim.DYNAMIC) for a, label in dynamic[n].items()}
-                                   for n in names)
                     torch.onnx.export(wrapped, args, str(target), input_names=names, output_names=outputs,
-                                      opset_version=max(opset, 18), dynamic_shapes=(shapes,), dynamo=True,
-                                      verbose=False)
+                                      opset_version=max(opset, 18), dynamic_shapes=_dynamic_shapes(names, dynamic),
+                                      dynamo=True, verbose=False)
                 else:
                     torch.onnx.export(wrapped, args, str(target), input_names=names, output_names=outputs,
                                       opset_version=opset, dynamo=False,
@@ -161,11 +161,8 @@ def _onnx(wrapped, args, names, outputs, dynamic, opset, target: Path, check_bat
             got = run()
         except Exception as exc:  # noqa: BLE001  either exporter, or onnxruntime on its graph
             failures.append(f"{'torch.export' if dynamo else 'TorchScript'} exporter: "
-                            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]}")
+                            f"{first_line(exc)[:160]}")
             continue
-        if expected is None:
-            with torch.no_grad():
-                expected = [t.float().numpy() for t in wrapped(*(check_batch[n] for n in names))]
         if all(np.shape(g) == np.shape(e) and np.allclose(g, e, atol=TOLERANCE) for g, e in zip(got, expected)):
             return got, "torch.export" if dynamo else "torchscript", max(opset, 18) if dynamo else opset
         failures.append(f"{'torch.export' if dynamo else 'TorchScript'} exporter: its graph differs on a second batch")
@@ -173,14 +170,11 @@ def _onnx(wrapped, args, names, outputs, dynamic, opset, target: Path, check_bat
 
 
 def _pt2(wrapped, args, names, dynamic, target: Path, check_batch):
-    dims: dict[str, torch.export.Dim] = {}
-    shapes = tuple({axis: dims.setdefault(label, torch.export.Dim.DYNAMIC) for axis, label in dynamic[n].items()}
-                   for n in names)
     try:
-        program = torch.export.export(wrapped, args, dynamic_shapes=(shapes,))
+        program = torch.export.export(wrapped, args, dynamic_shapes=_dynamic_shapes(names, dynamic))
     except Exception as exc:  # noqa: BLE001  torch.export refuses some layers (packed RNN sequences)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"--format pt2: torch.export cannot capture this model ({first[:200]}); use --format onnx") from None
+        raise ConfigError(f"--format pt2: torch.export cannot capture this model ({first_line(exc)[:200]}); "
+                          "use --format onnx") from None
     torch.export.save(program, str(target))
     loaded = torch.export.load(str(target)).module()
     with torch.no_grad():

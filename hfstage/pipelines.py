@@ -52,7 +52,7 @@ class _StagePipeline(Pipeline):
         return {}, {}, {}
 
     def _stage_folder(self) -> Path:
-        return Path(self.model.config.name_or_path or self.model.config._name_or_path)
+        return Path(self.model.config.name_or_path)
 
     def _settings(self, kind: str) -> dict[str, Any]:
         path = self._stage_folder() / PROCESSOR_FILE

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from hfstage.config import RunConfig
 from hfstage.devices import cpu_only, distributed_state
-from hfstage.errors import CheckpointError, ConfigError
+from hfstage.errors import CheckpointError, ConfigError, first_line
 from hfstage.losses import build_loss
 from hfstage.pseudo import check_pseudo_labels
 from hfstage.resolve import resolve_checkpoint
@@ -65,11 +65,11 @@ def check_stage_arguments(cfg, label_names: Sequence[str] = ("labels",)) -> None
         try:
             args = StageTrainingArguments.for_stage(cfg, stage, index, work, label_names)
         except (ValueError, TypeError, ImportError, KeyError) as exc:
-            raise ConfigError(f"{where}: TrainingArguments refused this stage{passed}: {_first_line(exc)}") from None
+            raise ConfigError(f"{where}: TrainingArguments refused this stage{passed}: {first_line(exc)}") from None
         try:
             Trainer.get_optimizer_cls_and_kwargs(args)
         except (ValueError, TypeError, ImportError, KeyError) as exc:
-            raise ConfigError(f"{where}.optim: {stage.optim!r}: {_first_line(exc)}") from None
+            raise ConfigError(f"{where}.optim: {stage.optim!r}: {first_line(exc)}") from None
         if stage.scheduler != "reduce_lr_on_plateau":  # that one needs the eval metric, not a step count
             probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=stage.lr)
             try:
@@ -77,14 +77,7 @@ def check_stage_arguments(cfg, label_names: Sequence[str] = ("labels",)) -> None
                               scheduler_specific_kwargs=dict(stage.scheduler_kwargs))
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{where}.scheduler_kwargs: scheduler {stage.scheduler!r} refused "
-                                  f"{dict(stage.scheduler_kwargs)}: {_first_line(exc)}") from None
+                                  f"{dict(stage.scheduler_kwargs)}: {first_line(exc)}") from None
         if stage.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"{where}.mixed_precision: this GPU has no bf16; use fp16")
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

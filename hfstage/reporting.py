@@ -37,3 +37,20 @@ def versions() -> dict[str, str]:
 def lower_is_better(metric: str) -> bool:
     """Losses and error rates (``eval_loss``, ``eval_per``, ``..._wer``) are better when lower."""
     return metric.endswith(("loss", "_per", "_wer", "_cer", "error_rate"))
+
+
+def flatten(data, prefix: str = "", number_mappings: bool = False) -> dict[str, object]:
+    """A nested config as ``a.b.c`` keys. With ``number_mappings`` a list of mappings (the stages) is numbered from
+    1, as overrides address stages (``stages.2.lr``); other lists are values."""
+    if isinstance(data, dict):
+        out: dict[str, object] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key), number_mappings))
+        return out
+    if number_mappings and isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        out = {}
+        for i, value in enumerate(data, 1):
+            out.update(flatten(value, f"{prefix}.{i}", number_mappings))
+        return out
+    return {prefix: data}
+

@@ -480,11 +480,17 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
+def headline_metrics(records: list[StageRecord]) -> tuple[str, ...]:
+    """The task's headline metrics on eval and test: accuracy, or PER and error F1 for speech."""
+    if any("eval_per" in r.metrics for r in records):
+        return ("eval_per", "eval_error_f1", "test_per", "test_error_f1")
+    return ("eval_accuracy", "test_accuracy")
+
+
 def format_stage_table(records: list[StageRecord], best_stage: int | None) -> str:
     """The stages table: stage, kept, eval loss, the task's headline metrics (accuracy, or PER and error F1
     for speech) on eval and test, time."""
-    speech = any("eval_per" in r.metrics for r in records)
-    columns = ("eval_per", "eval_error_f1", "test_per", "test_error_f1") if speech else ("eval_accuracy", "test_accuracy")
+    columns = headline_metrics(records)
     header = ("stage", "kept", "eval_loss", *columns, "time_s", "started_from")
     rows = [header]
     for r in records:

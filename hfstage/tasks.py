@@ -355,18 +355,23 @@ class SpeechAssessmentTask:
     def train_fingerprint(self, data: DataConfig) -> str:
         return self.split_fingerprint(run_split_refs(data)["train_file"], "data.train_file")
 
+    def bind_stage(self, stage_dir: Path) -> None:
+        """Read splits with a saved stage's processor: its feature extractor and its phoneme vocabulary."""
+        from transformers import Wav2Vec2Processor
+
+        self.processor = Wav2Vec2Processor.from_pretrained(stage_dir)
+        self.vocab = self.processor.tokenizer.get_vocab()
+
     def evaluate_stage(self, checkpoint, path: Path, field: str, accelerator, batch_size: int = 32):
         """(metrics, one row per clip) of a saved stage on a split: loss, PER, error detection; the rows hold
-        the reference and predicted phonemes and error flags."""
+        the reference and predicted phonemes and error flags. The task is bound to the stage (``bind_stage``, done by
+        ``evaluation.checkpoint_task``)."""
         import torch
         from torch.utils.data import DataLoader
-        from transformers import Wav2Vec2Processor
 
         from hfstage.losses.speech import CTCMispronunciationLoss
         from hfstage.metrics.speech import error_flags, greedy_decode, speech_metrics
 
-        self.processor = Wav2Vec2Processor.from_pretrained(checkpoint.stage_dir)
-        self.vocab = self.processor.tokenizer.get_vocab()
         dataset = self.load_split(path, field)
         model = checkpoint.load_model().eval().to(accelerator.device)
         loader = DataLoader(dataset, batch_size=min(batch_size, 32), shuffle=False,

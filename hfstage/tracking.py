@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from hfstage.callbacks import StageCallback
+from hfstage.reporting import flatten
 
 logger = logging.getLogger("hfstage")
 
-# the Trainer's end-of-train summary: one number per stage, not a curve
-_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
+# the Trainer's end-of-train summary entry: one number per stage, not a curve
+TRAINER_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
 
 
 def metric_name(key: str) -> str:
@@ -37,17 +38,12 @@ def metric_name(key: str) -> str:
 
 def _scalars(logs: dict[str, Any]) -> dict[str, float]:
     return {metric_name(k): float(v) for k, v in logs.items()
-            if k not in _SUMMARY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            if k not in TRAINER_SUMMARY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``a.b.c`` keys (lists and mappings inside stay JSON text)."""
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: json.dumps(data) if isinstance(data, (list, dict)) else data}
+def _flat(data: dict) -> dict[str, Any]:
+    """A nested config as ``a.b.c`` keys, lists as JSON text (tracker parameters are scalars)."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(data).items()}
 
 
 def run_name(output_dir: str | Path) -> str:
@@ -118,7 +114,7 @@ class MLflowTracker(Tracker):
         if run is None:
             run = mlflow.start_run(run_name=name)
             mlflow.log_dict(config, "hfstage_config.json")
-            mlflow.log_params({k: v for k, v in _flat({k: v for k, v in config.items() if k not in ("stages", "defaults")}).items()})
+            mlflow.log_params(_flat({k: v for k, v in config.items() if k not in ("stages", "defaults")}))
         logger.info("mlflow: run %s (%s) in %s", name, run.info.run_id, uri)
         return run.info.run_id
 

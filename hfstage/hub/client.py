@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from hfstage.errors import CheckpointError, ConfigError, HubError
+from hfstage.errors import CheckpointError, ConfigError, HubError, first_line
 from hfstage.hub.refs import stage_tag
 
 logger = logging.getLogger("hfstage")
@@ -98,8 +98,7 @@ def _describe(exc: Exception, what: str, repo_id: str) -> str:
         from huggingface_hub import constants
 
         return f"{what} {repo_id}: could not reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{what} {repo_id}: " + (f"HTTP {status}: " if status else "") + first
+    return f"{what} {repo_id}: " + (f"HTTP {status}: " if status else "") + first_line(exc)
 
 
 def call(what: str, repo_id: str, fn, *args, **kwargs):
