@@ -116,7 +116,7 @@ def main(argv=None) -> float:
     print(table)
     by = {r["method"]: r for r in result["methods"]}
     best = next(r for name, r in by.items() if name.startswith("best single"))
-    saved = by[f"{result['meta_learner']} stack"]
+    saved = next(r for r in result["methods"] if r.get("chosen"))
     gain = saved["test_accuracy"] - best["test_accuracy"]
     if not args.quick:
         body = (f"{machine_line()}\n\nBase models: `hfstage train --config configs/pairs_base.yaml` with "

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", choices=("both", "substitution"),
                    help="espeak-l2 only: substitutions and final-consonant deletions (both, default) or substitutions only")
     p.add_argument("--errors-per-clip", type=int, choices=(1, 2), help="espeak-l2 only: at most 1 or 2 errors (default 2)")
+    p.add_argument("--voices", type=int, help="espeak-l2 with --split-by word only: how many of the 8 voices "
+                   "(default all)")
 
     p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage) on a data split")
     p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>), a run folder (its best stage), "
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, help="base models: run folders (best stage), stage folders or hf:// references")
     p.add_argument("--out", required=True, help="folder for stack.json and the fitted meta-learner")
     p.add_argument("--data", help="folder with the split files (default: what the first model trained on)")
-    p.add_argument("--meta", default="lightgbm", help="meta-learner saved for `predict`: lightgbm or logreg")
+    p.add_argument("--meta", default="auto", help="meta-learner saved for `predict`: mean, selection (greedy ensemble "
+                   "selection), logreg, lightgbm, or auto (default: the best of them by CV on the meta-train split)")
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the meta-learner's CV")
     p.add_argument("--agreement", action="store_true", help="add std/max/min of the base probabilities as features")
     p.add_argument("--passthrough", action="store_true", help="add the original inputs (flattened) as features")
@@ -181,7 +184,7 @@ def _prepare(args) -> int:
     preparer = PREPARERS.get(args.name, "prepare")
     flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
              "mnist-images": ("train_images", "val_images", "test_images"),
-             "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip")}
+             "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip", "voices")}
     sizes = {k: getattr(args, k) for names in flags.values() for k in names if getattr(args, k) is not None}
     wrong = [k for k in sizes if k not in flags.get(args.name, ())]
     if wrong:

@@ -38,7 +38,8 @@ from hfstage.resolve import Checkpoint, fold_checkpoints, resolve_checkpoint
 
 logger = logging.getLogger("hfstage")
 
-META_LEARNERS = ("lightgbm", "logreg")
+META_LEARNERS = ("mean", "selection", "logreg", "lightgbm")
+META_CHOICES = (*META_LEARNERS, "auto")
 STACK_JSON = "stack.json"
 META_JSON = "stack_meta.json"
 PREDICTIONS_NPZ = "predictions.npz"
@@ -146,7 +147,49 @@ def meta_features(probs: np.ndarray, agreement: bool, passthrough: np.ndarray | 
     return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1), names
 
 
+class ProbabilityAverage:
+    """A weighted mean of the base models' probabilities: ``mean`` (equal weights) or Caruana et al.'s greedy
+    ensemble selection (``selection``, what AutoGluon's WeightedEnsemble does): start empty and, ``rounds``
+    times, add (with replacement) the base model whose addition gives the lowest log-loss on the meta-train
+    split; the weights are how often each was added. It reads the base probabilities, not the meta-features."""
+
+    uses_probabilities = True
+
+    def __init__(self, kind: str, rounds: int = 50):
+        self.kind, self.rounds = kind, rounds
+        self.weights: np.ndarray | None = None
+
+    def fit(self, probs: np.ndarray, y: np.ndarray) -> "ProbabilityAverage":
+        m = probs.shape[1]
+        if self.kind == "mean":
+            self.weights = np.full(m, 1.0 / m)
+            return self
+        counts = np.zeros(m)
+        total = np.zeros_like(probs[:, 0], dtype=np.float64)
+        for step in range(1, self.rounds + 1):
+            losses = [log_loss((total + probs[:, i]) / step, y) for i in range(m)]
+            best = int(np.argmin(losses))  # ties: the first (earlier models)
+            counts[best] += 1
+            total += probs[:, best]
+        self.weights = counts / counts.sum()
+        return self
+
+    def predict(self, probs: np.ndarray) -> np.ndarray:
+        return np.tensordot(self.weights, np.moveaxis(probs, 1, 0), axes=1)
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels; binary (N,) positive-class or (N, C) probabilities."""
+    eps = 1e-7
+    p = probs if probs.ndim == 1 else probs[np.arange(len(y)), y]
+    if probs.ndim == 1:
+        p = np.where(y == 1, p, 1 - p)
+    return float(-np.log(np.clip(p, eps, 1.0)).mean())
+
+
 def make_meta_learner(kind: str, seed: int):
+    if kind in ("mean", "selection"):
+        return ProbabilityAverage(kind)
     if kind == "lightgbm":
         import lightgbm as lgb
 
@@ -157,11 +200,17 @@ def make_meta_learner(kind: str, seed: int):
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(C=1.0, max_iter=2000)
-    raise ConfigError(f"--meta: unknown meta-learner {kind!r}; choose one of {', '.join(META_LEARNERS)}")
+    raise ConfigError(f"--meta: unknown meta-learner {kind!r}; choose one of {', '.join(META_CHOICES)}")
 
 
-def meta_proba(model, X: np.ndarray, n_classes: int | None) -> np.ndarray:
+def fit_meta(model, X: np.ndarray, probs: np.ndarray, y: np.ndarray):
+    return model.fit(probs, y) if getattr(model, "uses_probabilities", False) else model.fit(X, y)
+
+
+def meta_proba(model, X: np.ndarray, n_classes: int | None, probs: np.ndarray | None = None) -> np.ndarray:
     """(N,) positive-class probabilities (binary, ``n_classes`` None) or (N, C), whatever classes it saw."""
+    if getattr(model, "uses_probabilities", False):
+        return model.predict(probs)
     proba = model.predict_proba(X)
     classes = list(model.classes_)
     if n_classes is None:
@@ -172,18 +221,21 @@ def meta_proba(model, X: np.ndarray, n_classes: int | None) -> np.ndarray:
 
 
 def cross_validated(kind: str, X: np.ndarray, y: np.ndarray, folds: int, seed: int,
-                    n_classes: int | None = None) -> tuple[np.ndarray, float]:
-    """Out-of-fold probabilities of the meta-learner on (X, y), and the total fit time."""
+                    n_classes: int | None = None, probs: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Out-of-fold probabilities of the meta-learner on (X, y) (``probs``: the base probabilities, which
+    ``mean`` and ``selection`` read), and the total fit time. Everything a meta-learner chooses (selection's
+    weights included) is chosen inside the training folds only."""
     from sklearn.model_selection import StratifiedKFold
 
+    probs = X if probs is None else probs
     oof = np.zeros(len(y)) if n_classes is None else np.zeros((len(y), n_classes))
     seconds = 0.0
     for train_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
         model = make_meta_learner(kind, seed)
         began = time.time()
-        model.fit(X[train_idx], y[train_idx])
+        fit_meta(model, X[train_idx], probs[train_idx], y[train_idx])
         seconds += time.time() - began
-        oof[held_idx] = meta_proba(model, X[held_idx], n_classes)
+        oof[held_idx] = meta_proba(model, X[held_idx], n_classes, probs[held_idx])
     return oof, seconds
 
 
@@ -195,12 +247,18 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float((predicted(probs) == y).mean())
 
 
+STACK_METHODS = {"mean": "mean of probabilities", "selection": "ensemble selection", "logreg": "logreg stack",
+                 "lightgbm": "lightgbm stack"}
+
+
 def score_methods(names: list[str], p_train: np.ndarray, y: np.ndarray, p_test: np.ndarray, y_test: np.ndarray,
                   X: np.ndarray, X_test: np.ndarray, folds: int, seed: int) -> tuple[list[dict], dict]:
     """Every method on the same folds and test split; returns (rows, fitted meta-learners by kind).
 
-    Base models and simple ensembles need no fitting, so their ``cv_accuracy`` is their accuracy on
-    the whole meta-train split (the union of the folds).
+    Base models need no fitting, so their ``cv_accuracy`` is their accuracy on the whole meta-train split
+    (the union of the folds). Every meta-learner (``mean``, ``selection``, ``logreg``, ``lightgbm``) is
+    scored by k-fold cross-validation on the meta-train split (its ``cv_accuracy``, what ``--meta auto``
+    chooses by), then refitted on all of it.
     """
     n_classes = p_train.shape[2] if p_train.ndim == 3 else None
     rows = []
@@ -210,22 +268,30 @@ def score_methods(names: list[str], p_train: np.ndarray, y: np.ndarray, p_test: 
     best = int(np.argmax([accuracy(p_train[:, i], y) for i in range(len(names))]))
     rows.append({"method": f"best single ({names[best]})", "cv_accuracy": accuracy(p_train[:, best], y),
                  "test_accuracy": accuracy(p_test[:, best], y_test)})
-    rows.append({"method": "mean of probabilities", "cv_accuracy": accuracy(p_train.mean(1), y),
-                 "test_accuracy": accuracy(p_test.mean(1), y_test)})
     rows.append({"method": "majority vote", "cv_accuracy": accuracy(majority_vote(p_train), y),
                  "test_accuracy": accuracy(majority_vote(p_test), y_test)})
     fitted = {}
-    for kind in ("logreg", "lightgbm"):
-        oof, cv_seconds = cross_validated(kind, X, y, folds, seed, n_classes)
+    for kind, label in STACK_METHODS.items():
+        oof, cv_seconds = cross_validated(kind, X, y, folds, seed, n_classes, p_train)
         model = make_meta_learner(kind, seed)
         began = time.time()
-        model.fit(X, y)
+        fit_meta(model, X, p_train, y)
         fit_seconds = time.time() - began
         fitted[kind] = model
-        rows.append({"method": f"{kind} stack", "cv_accuracy": accuracy(oof, y),
-                     "test_accuracy": accuracy(meta_proba(model, X_test, n_classes), y_test),
+        rows.append({"method": label, "meta": kind, "cv_accuracy": accuracy(oof, y),
+                     "cv_log_loss": round(log_loss(oof, y), 6),
+                     "test_accuracy": accuracy(meta_proba(model, X_test, n_classes, p_test), y_test),
                      "fit_seconds": round(fit_seconds, 3), "cv_fit_seconds": round(cv_seconds, 3)})
     return rows, fitted
+
+
+def choose_meta(rows: list[dict]) -> str:
+    """``--meta auto``: the meta-learner with the best cross-validated accuracy on the meta-train split; a tie
+    goes to the lower CV log-loss, then to the simpler one (mean, selection, logreg, lightgbm)."""
+    candidates = [r for r in rows if r.get("meta")]
+    order = list(STACK_METHODS)
+    best = min(candidates, key=lambda r: (-r["cv_accuracy"], r["cv_log_loss"], order.index(r["meta"])))
+    return best["meta"]
 
 
 def majority_vote(probs: np.ndarray) -> np.ndarray:
@@ -262,7 +328,7 @@ def out_of_fold_inputs(bases: list[BaseModel]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(columns, axis=1), y
 
 
-def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta: str = "lightgbm", folds: int = 5,
+def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta: str = "auto", folds: int = 5,
           agreement: bool = False, passthrough: bool = False, train_split: str = "val", test_split: str = "test",
           seed: int = 0) -> dict:
     """Fit and score the stack; writes stack.json, the meta-learner and its feature order into ``out``.
@@ -271,8 +337,8 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     the training split (``oof.npy``); otherwise every base model predicts ``train_split`` (k-fold runs
     through the mean of their folds: none of them trained on it).
     """
-    if meta not in META_LEARNERS:
-        raise ConfigError(f"--meta: unknown meta-learner {meta!r}; choose one of {', '.join(META_LEARNERS)}")
+    if meta not in META_CHOICES:
+        raise ConfigError(f"--meta: unknown meta-learner {meta!r}; choose one of {', '.join(META_CHOICES)}")
     if folds < 2:
         raise ConfigError(f"--folds: {folds} must be >= 2")
     if len(models) < 2:
@@ -313,12 +379,17 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     X_test, _ = meta_features(p_test, agreement, _inputs(test_set) if passthrough else None)
 
     rows, fitted = score_methods([b.name for b in bases], p_train, y, p_test, y_test, X, X_test, folds, seed)
+    chosen = choose_meta(rows) if meta == "auto" else meta
+    for row in rows:
+        if row.get("meta") == chosen:
+            row["chosen"] = True
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_record = {
         "format_version": 2,
-        "meta_learner": meta,
+        "meta_learner": chosen,
+        "meta_requested": meta,
         "task": task_name,
         "classes": None if p_train.ndim == 2 else int(p_train.shape[2]),
         "features": names,
@@ -332,12 +403,12 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
         "folds": folds,
         "seed": seed,
     }
-    save_meta_learner(fitted[meta], meta, out)
+    save_meta_learner(fitted[chosen], chosen, out)
     # the base models' probabilities (meta-train and test) and labels, to try other meta-learners on
     atomic_save_npz(out / PREDICTIONS_NPZ, meta_train=p_train, meta_train_labels=y, test=p_test, test_labels=y_test,
                     models=np.array([b.reference for b in bases]))
     atomic_write_json(out / META_JSON, meta_record)
-    result = {"methods": rows, "meta_learner": meta, "folds": folds, "meta_train": meta_record["meta_train"],
+    result = {"methods": rows, "meta_learner": chosen, "meta_requested": meta, "folds": folds, "meta_train": meta_record["meta_train"],
               "samples": {"meta_train": len(y), "test": len(y_test)},
               "data": {k: str(v) for k, v in files.items()}, "base_models": [b.reference for b in bases]}
     atomic_write_json(out / STACK_JSON, result)
@@ -349,8 +420,11 @@ def _labels(dataset) -> np.ndarray:
 
 
 def save_meta_learner(model, kind: str, out: Path) -> None:
-    """LightGBM as its own text format; logistic regression as JSON coefficients (never pickle)."""
-    if kind == "lightgbm":
+    """LightGBM as its own text format; logistic regression as JSON coefficients, a probability average as its
+    weights (never pickle)."""
+    if kind in ("mean", "selection"):
+        atomic_write_json(out / "meta_weights.json", {"kind": kind, "weights": model.weights.tolist()})
+    elif kind == "lightgbm":
         atomic_write_text(out / "meta_model.txt", model.booster_.model_to_string())
         atomic_write_json(out / "meta_classes.json", [int(c) for c in model.classes_])
     else:
@@ -359,7 +433,16 @@ def save_meta_learner(model, kind: str, out: Path) -> None:
 
 
 def load_meta_predictor(out: Path, kind: str, n_classes: int | None = None):
-    """X -> (N,) positive-class probabilities (binary) or (N, C)."""
+    """(X, base probabilities) -> (N,) positive-class probabilities (binary) or (N, C)."""
+    if kind in ("mean", "selection"):
+        model = ProbabilityAverage(kind)
+        model.weights = np.asarray(read_json(out / "meta_weights.json")["weights"])
+        return lambda X, probs: model.predict(probs)
+    predictor = _load_feature_predictor(out, kind, n_classes)
+    return lambda X, probs: predictor(X)
+
+
+def _load_feature_predictor(out: Path, kind: str, n_classes: int | None):
     def spread(p: np.ndarray, classes: list[int]) -> np.ndarray:
         if n_classes is None:
             return p
@@ -406,15 +489,17 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
     X, names = meta_features(probs, meta["agreement"], _inputs(dataset) if meta["passthrough"] else None)
     if names != meta["features"]:
         raise CheckpointError(f"{stack_dir / META_JSON}: the features do not match what the stack was fitted on")
-    p = load_meta_predictor(stack_dir, meta["meta_learner"], meta.get("classes"))(X)
+    p = load_meta_predictor(stack_dir, meta["meta_learner"], meta.get("classes"))(X, probs)
     labels = _labels(dataset)
     summary = {"samples": len(labels), "accuracy": accuracy(p, labels), "data_file": str(file)}
     return summary, predictions_csv(predicted(p), labels, p)
 
 
 def format_stack(result: dict) -> str:
-    rows = [("method", "cv_accuracy", "test_accuracy", "fit_s")]
+    rows = [("method", "cv_accuracy", "test_accuracy", "fit_s", "saved")]
     for r in result["methods"]:
         rows.append((r["method"], f"{r['cv_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
-                     f"{r['fit_seconds']:.2f}" if "fit_seconds" in r else "-"))
-    return format_table(rows) + f"\n(cv: {result['folds']}-fold on {result['samples']['meta_train']} samples of the meta-train split)"
+                     f"{r['fit_seconds']:.2f}" if "fit_seconds" in r else "-", "*" if r.get("chosen") else ""))
+    how = "chosen by CV accuracy (--meta auto)" if result.get("meta_requested") == "auto" else "as asked"
+    return (format_table(rows) + f"\n(cv: {result['folds']}-fold on {result['samples']['meta_train']} samples of the "
+            f"meta-train split; saved meta-learner: {result['meta_learner']}, {how})")

@@ -11,7 +11,16 @@ import pytest
 from conftest import ROOT
 
 from hfstage.cli import main
-from hfstage.stacking import majority_vote, meta_features, score_methods
+from hfstage.stacking import (
+    ProbabilityAverage,
+    choose_meta,
+    load_meta_predictor,
+    log_loss,
+    majority_vote,
+    meta_features,
+    save_meta_learner,
+    score_methods,
+)
 
 
 def crafted(n, rng):
@@ -44,6 +53,52 @@ def test_scores_match_hand_computation_and_the_stack_finds_the_informative_model
         assert by[kind]["test_accuracy"] >= by["best single (informative)"]["test_accuracy"] - 0.02
     coef = fitted["logreg"].coef_[0]
     assert abs(coef[1]) > 5 * max(abs(coef[0]), abs(coef[2]))
+
+
+def test_ensemble_selection_known_answers(tmp_path):
+    rng = np.random.default_rng(3)
+    # one informative (under-confident) model and two noise models: every round adds the informative one
+    p, y = crafted(800, rng)
+    selection = ProbabilityAverage("selection").fit(p, y)
+    assert selection.weights.tolist() == [0.0, 1.0, 0.0]
+    # two models wrong on disjoint halves, a third right but hesitant everywhere: the 50/50 blend of the first two
+    # is right and confident everywhere, so selection alternates between them and never adds the third
+    y = np.ones(400, dtype=int)
+    a = np.where(np.arange(400) < 200, 0.45, 0.95)
+    b = np.where(np.arange(400) < 200, 0.95, 0.45)
+    c = np.full(400, 0.55)
+    probs = np.stack([a, b, c], axis=1)
+    selection = ProbabilityAverage("selection", rounds=20).fit(probs, y)
+    assert selection.weights.tolist() == [0.5, 0.5, 0.0]
+    assert log_loss(selection.predict(probs), y) < min(log_loss(probs[:, i], y) for i in range(3))
+    assert (selection.predict(probs) > 0.5).all() and ((probs[:, :2] > 0.5).mean(axis=0) == 0.5).all()
+    # saved as its weights and read back to the same predictions (multi-class too)
+    multi, y_multi = crafted_multiclass(300, rng)
+    fitted = ProbabilityAverage("selection").fit(multi, y_multi)
+    save_meta_learner(fitted, "selection", tmp_path)
+    again = load_meta_predictor(tmp_path, "selection", 4)(None, multi)
+    assert np.allclose(again, fitted.predict(multi)) and again.shape == (300, 4)
+    assert fitted.weights.argmax() == 1 and fitted.weights.sum() == pytest.approx(1.0)
+
+
+def test_meta_auto_chooses_by_cross_validation():
+    rng = np.random.default_rng(4)
+    # noise around one informative model: the mean is clearly worst and is never chosen
+    p, y = crafted(1000, rng)
+    X, _ = meta_features(p, agreement=False, passthrough=None)
+    rows, _ = score_methods(["a", "informative", "b"], p, y, p, y, X, X, 5, 0)
+    cv = {r["meta"]: r["cv_accuracy"] for r in rows if r.get("meta")}
+    assert choose_meta(rows) != "mean" and cv[choose_meta(rows)] == max(cv.values())
+    assert cv["selection"] == pytest.approx(((p[:, 1] > 0.5) == y).mean())  # selection = the informative model
+    # the label is the XOR of two models' decisions: only the trees can learn it
+    y = rng.integers(0, 2, 1000)
+    first = rng.integers(0, 2, 1000)
+    second = first ^ y
+    p = np.stack([np.where(first == 1, 0.8, 0.2), np.where(second == 1, 0.8, 0.2)], axis=1) + rng.normal(0, 0.03, (1000, 2))
+    X, _ = meta_features(p, agreement=False, passthrough=None)
+    rows, _ = score_methods(["first", "second"], p, y, p, y, X, X, 5, 0)
+    assert choose_meta(rows) == "lightgbm"
+    assert {r["meta"]: r for r in rows if r.get("meta")}["lightgbm"]["cv_accuracy"] > 0.95
 
 
 def test_majority_vote_ties_are_negative():
@@ -94,9 +149,28 @@ def test_stack_end_to_end_and_predict(two_runs, tmp_path, pair_data, capsys):
 def test_lightgbm_meta_learner_is_saved_as_text(two_runs, tmp_path, pair_data):
     a, b = two_runs
     out = tmp_path / "stack"
-    assert main(["stack", "--models", str(a), str(b), "--out", str(out), "--folds", "2"]) == 0
+    assert main(["stack", "--models", str(a), str(b), "--out", str(out), "--folds", "2", "--meta", "lightgbm"]) == 0
     assert (out / "meta_model.txt").read_text().startswith("tree")
     assert main(["predict", "--stack", str(out), "--data", str(pair_data)]) == 0
+
+
+def test_meta_auto_end_to_end_saves_and_predicts_its_choice(two_runs, tmp_path, pair_data, capsys):
+    a, b = two_runs
+    out = tmp_path / "auto"
+    assert main(["stack", "--models", str(a), str(b / "stage_1_baseline"), "--out", str(out), "--folds", "3"]) == 0
+    table = capsys.readouterr().out
+    result = json.loads((out / "stack.json").read_text())
+    chosen = [r for r in result["methods"] if r.get("chosen")]
+    assert result["meta_requested"] == "auto" and len(chosen) == 1 and chosen[0]["meta"] == result["meta_learner"]
+    assert json.loads((out / "stack_meta.json").read_text())["meta_learner"] == result["meta_learner"]
+    for method in ("mean of probabilities", "ensemble selection", "logreg stack", "lightgbm stack"):
+        assert method in table
+    assert f"saved meta-learner: {result['meta_learner']}, chosen by CV accuracy" in table
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--stack", str(out), "--data", str(pair_data), "--out", str(preds)]) == 0
+    with open(preds) as fh:
+        rows = list(csv.DictReader(fh))
+    assert np.mean([r["label"] == r["prediction"] for r in rows]) == pytest.approx(chosen[0]["test_accuracy"])
 
 
 def test_stacking_on_training_data_is_refused(two_runs, tmp_path, capsys):
@@ -203,6 +277,6 @@ def test_multiclass_stack_end_to_end_on_sequences(sequence_data, tmp_path, capsy
                  str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert len(rows) == 371 and rows[0].startswith("id,label,prediction,probability,p_0")
-    lgbm = next(r for r in result["methods"] if r["method"] == "lightgbm stack")
+    lgbm = next(r for r in result["methods"] if r.get("chosen"))
     printed = capsys.readouterr().out
     assert f"accuracy {lgbm['test_accuracy']:.4f}" in printed

@@ -332,7 +332,7 @@ def _word_list(word_source: str | Path | None, words: int | None) -> list[str]:
 @PREPARERS.register("espeak-l2")
 def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None, word_source: str | Path | None = None,
                       split_by: str = "voice", wrong_fraction: float | None = None, errors: str = "both",
-                      errors_per_clip: int = 2) -> dict:
+                      errors_per_clip: int = 2, voices: int | None = None) -> dict:
     """Spoken English words by espeak-ng in several accents, correctly and mispronounced, with exact labels.
 
     ``<out>/audio/<split>/<voice>_<word>_<ok|l2>.wav`` (16 kHz mono) and ``<out>/metadata.jsonl``: per clip
@@ -346,7 +346,8 @@ def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None, 
     val and test splits never said in training); ``wrong_fraction`` (default: each word said once right and
     once wrong; a fraction: one clip per voice and word, mispronounced with that probability); ``errors``
     (``both``: substitutions and final-consonant deletions; ``substitution`` only); ``errors_per_clip``
-    (1 or 2: at most that many substituted phonemes in a wrong clip).
+    (1 or 2: at most that many substituted phonemes in a wrong clip); ``voices`` (``split_by: word`` only: the
+    first that many of the 8 voices say every word).
     """
     import json
     import shutil
@@ -363,13 +364,18 @@ def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None, 
         raise ConfigError(f"--errors-per-clip {errors_per_clip}: choose 1 or 2")
     if wrong_fraction is not None and not 0 < wrong_fraction < 1:
         raise ConfigError(f"--wrong-fraction {wrong_fraction}: must be in (0, 1)")
+    mixed = tuple(v for group in L2_VOICES.values() for v in group)
+    if voices is not None and split_by != "word":
+        raise ConfigError("--voices: only with --split-by word (split by voice, each split has its own accents)")
+    if voices is not None and not 1 <= voices <= len(mixed):
+        raise ConfigError(f"--voices {voices}: choose 1 to {len(mixed)}")
+    mixed = mixed[: voices or len(mixed)]
     out = Path(out)
     rng = np.random.default_rng(seed)
     vocabulary = _word_list(word_source, words)
     if split_by == "voice":
         plan = {split: (voices, vocabulary) for split, voices in L2_VOICES.items()}
     else:
-        mixed = tuple(v for voices in L2_VOICES.values() for v in voices)
         order = [vocabulary[i] for i in rng.permutation(len(vocabulary))]
         n_train = max(1, round(L2_SPLIT_FRACTIONS["train"] * len(order)))
         n_val = max(1, round(L2_SPLIT_FRACTIONS["val"] * len(order)))
@@ -381,11 +387,11 @@ def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None, 
     staged = staging_dir(out / "audio")
     shape = {"words": len(vocabulary), "word_source": str(word_source) if word_source else "built-in",
              "split_by": split_by, "wrong_fraction": wrong_fraction, "errors": errors,
-             "errors_per_clip": errors_per_clip}
+             "errors_per_clip": errors_per_clip, "voices": len(mixed) if split_by == "word" else None}
     rows, summary = [], {"source": "espeak-ng synthesis", "seed": seed, "shape": shape, "splits": {}}
-    for split, (voices, split_words) in plan.items():
+    for split, (split_voices, split_words) in plan.items():
         (staged / split).mkdir()
-        for voice in voices:
+        for voice in split_voices:
             for word in split_words:
                 tokens = espeak_phonemes(word, voice.split("+")[0])
                 wrong = mispronounce(tokens, rng, errors, errors_per_clip)
@@ -404,7 +410,7 @@ def prepare_espeak_l2(out: str | Path, seed: int = 0, words: int | None = None, 
         clips = [r for r in rows if r["split"] == split]
         phonemes = sum(len(r["labels"]) for r in clips)
         wrong_phonemes = int(sum(sum(r["labels"]) for r in clips))
-        summary["splits"][split] = {"clips": len(clips), "voices": len(voices), "words": len(split_words),
+        summary["splits"][split] = {"clips": len(clips), "voices": len(split_voices), "words": len(split_words),
                                     "mispronounced_clips": sum(1 for r in clips if any(r["labels"])),
                                     "mispronounced_phonemes": wrong_phonemes,
                                     "phoneme_error_rate": round(wrong_phonemes / max(1, phonemes), 4)}
