@@ -26,7 +26,7 @@ register_pipelines()  # pipeline("pair-classification" | "feature-sequence-class
 _API = {
     "train": ("hfstage.api", "train"),
     "predict": ("hfstage.api", "predict"),
-    "evaluate": ("hfstage.evaluation", "evaluate_checkpoint"),
+    "evaluate": ("hfstage.api", "evaluate"),
     "stack": ("hfstage.stacking", "stack"),
     "push": ("hfstage.hub.push", "push"),
     "pull": ("hfstage.hub.pull", "pull"),

@@ -77,3 +77,16 @@ def predict(runs: Sequence[str] = (), images: str | Path | None = None, out: str
     from hfstage.predict import predict_images
 
     return predict_images(list(runs), images, out, tta, proba, batch_size)
+
+
+def evaluate(path: str | Path, data_dir: str | None = None, split: str = "test", save_predictions: bool = False,
+             batch_size: int = 512, out: str | Path | None = None) -> dict:
+    """``hfstage evaluate``: a run (its best stage), a stage, an ``hf://`` reference, or a fitted stack (a folder
+    written by ``hfstage stack`` or a stacking recipe); returns the ``eval/<split>.json`` record, whose
+    ``metrics.accuracy`` is the test accuracy whatever was evaluated."""
+    from hfstage.evaluation import evaluate_checkpoint
+    from hfstage.stacking import evaluate_stack, is_stack
+
+    if is_stack(path):
+        return evaluate_stack(path, data_dir, split, save_predictions, None if out is None else str(out))
+    return evaluate_checkpoint(path, data_dir, split, save_predictions, batch_size, None if out is None else str(out))

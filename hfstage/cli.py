@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voices", type=int, help="espeak-l2 with --split-by word only: how many of the 8 voices "
                    "(default all)")
 
-    p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage) on a data split")
+    p = sub.add_parser("evaluate", help="evaluate a saved stage (or a run's best stage, or a stack) on a data split")
     p.add_argument("checkpoint", help="a stage folder (stage_<N>_<name>), a run folder (its best stage), "
-                   "or hf://OWNER/NAME[@REVISION][/stage_<N>_<name>]")
+                   "hf://OWNER/NAME[@REVISION][/stage_<N>_<name>], or a stack folder (stack_meta.json)")
     p.add_argument("--out", help="folder for the eval files (default: eval/ beside a local stage, "
                    "./eval/<owner>--<name>/<stage> for a Hub one)")
     p.add_argument("--data", help="folder with the split files (default: what the run trained on)")
@@ -162,9 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from hfstage.config import load_config
+    from hfstage.config import load_config, read_yaml
+    from hfstage.ensemble import is_stack_job, load_stack_job, run_stack_job
     from hfstage.sweeps import run_seeds
 
+    if is_stack_job(read_yaml(args.config)):  # a stacking recipe: its bases, then the stack
+        run_stack_job(load_stack_job(args.config, args.overrides))
+        return 0
     cfg = load_config(args.config, args.overrides)
     run_seeds(cfg, config_file=args.config)
     return 0
@@ -202,10 +206,10 @@ def _prepare(args) -> int:
 def _evaluate(args) -> int:
     import json
 
-    from hfstage.evaluation import evaluate_checkpoint, format_result
+    from hfstage.api import evaluate
+    from hfstage.evaluation import format_result
 
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.save_predictions, args.batch_size,
-                                 args.out)
+    result = evaluate(args.checkpoint, args.data, args.split, args.save_predictions, args.batch_size, args.out)
     from hfstage.devices import distributed_state
 
     if distributed_state().is_main_process:

@@ -407,6 +407,8 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of run fields, got {type(raw).__name__}")
     raw = dict(raw)
+    if "bases" in raw:
+        raise ConfigError(f"{source}: bases: this is a stacking recipe; run it with `hfstage train --config {source}`")
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{source}: defaults: expected a mapping of stage fields")

@@ -315,11 +315,15 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         raise StageError(f"stage {index} '{stage.name}': the Trainer refused this stage's arguments{passed}: "
                          f"{first_line(exc)}") from None
     resume = last_complete_checkpoint(work)
-    logger.info(
-        "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
-        index, len(cfg.stages), stage.name, stage.epochs, stage.lr, stage.loss["type"], frozen, total,
-        started_from or "random init", f", resuming {resume}" if resume else "",
-    )
+    if getattr(model, "fits_without_gradients", False):
+        logger.info("stage %d/%d '%s': %s fitted in one pass on the training split", index, len(cfg.stages),
+                    stage.name, model.config.estimator)
+    else:
+        logger.info(
+            "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
+            index, len(cfg.stages), stage.name, stage.epochs, stage.lr, stage.loss["type"], frozen, total,
+            started_from or "random init", f", resuming {resume}" if resume else "",
+        )
     began = time.time()
     try:
         trainer.train(resume_from_checkpoint=resume)

@@ -18,6 +18,8 @@ from hfstage.surgery import check_patterns, with_encoder_lr
 def check_stages(cfg: RunConfig, task, model) -> None:
     """Every stage against the task (augmentations, losses, labels) and the model (name patterns, heads)."""
     batch_targets = set(getattr(task, "label_names", ("labels",)))
+    if getattr(model, "fits_without_gradients", False):
+        check_fitted_stages(cfg)
     for index, stage in enumerate(cfg.stages, 1):
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
@@ -48,6 +50,28 @@ def check_stages(cfg: RunConfig, task, model) -> None:
         if stage.mixed_precision == "fp16" and cpu_only():
             raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
     check_stage_arguments(cfg, tuple(getattr(task, "label_names", ("labels",))))
+
+
+# what a model fitted in one pass (models/estimator.py) reads of its stage; every other field is refused
+FITTED_STAGE_FIELDS = ("name", "description", "batch_size", "eval_batch_size")
+
+
+def check_fitted_stages(cfg: RunConfig) -> None:
+    """A model fitted in one pass has one stage and no gradient settings: a set learning rate, epochs, loss or
+    augmentation would be silently ignored, so each is refused by name."""
+    import dataclasses
+
+    from hfstage.config import StageConfig
+
+    where = f"model.type {cfg.model['type']}"
+    if len(cfg.stages) != 1:
+        raise ConfigError(f"stages: {where} is fitted in one pass (no gradient steps); give it exactly one stage, "
+                          f"not {len(cfg.stages)}")
+    stage, blank = cfg.stages[0], StageConfig(name=cfg.stages[0].name)
+    for f in dataclasses.fields(StageConfig):
+        if f.name not in FITTED_STAGE_FIELDS and getattr(stage, f.name) != getattr(blank, f.name):
+            raise ConfigError(f"stages.1.{f.name}: {where} is fitted in one pass and has no {f.name}; set its "
+                              "parameters in model.params (e.g. learning_rate, num_leaves for LightGBM)")
 
 
 def check_stage_arguments(cfg, label_names: Sequence[str] = ("labels",)) -> None:

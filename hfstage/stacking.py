@@ -33,7 +33,7 @@ from hfstage.data.sources import SplitRef, split_fingerprint, split_ref
 from hfstage.errors import CheckpointError, ConfigError
 from hfstage.evaluation import checkpoint_task, predict, predictions_csv, split_path
 from hfstage.folds import labels_of
-from hfstage.reporting import format_table
+from hfstage.reporting import format_table, versions
 from hfstage.resolve import Checkpoint, fold_checkpoints, resolve_checkpoint
 
 logger = logging.getLogger("hfstage")
@@ -330,12 +330,12 @@ def out_of_fold_inputs(bases: list[BaseModel]) -> tuple[np.ndarray, np.ndarray]:
 
 def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta: str = "auto", folds: int = 5,
           agreement: bool = False, passthrough: bool = False, train_split: str = "val", test_split: str = "test",
-          seed: int = 0) -> dict:
+          seed: int = 0, meta_train_samples: int | None = None) -> dict:
     """Fit and score the stack; writes stack.json, the meta-learner and its feature order into ``out``.
 
     When every base model is a k-fold run, the meta-learner trains on their out-of-fold predictions of
     the training split (``oof.npy``); otherwise every base model predicts ``train_split`` (k-fold runs
-    through the mean of their folds: none of them trained on it).
+    through the mean of their folds: none of them trained on it), or its first ``meta_train_samples``.
     """
     if meta not in META_CHOICES:
         raise ConfigError(f"--meta: unknown meta-learner {meta!r}; choose one of {', '.join(META_CHOICES)}")
@@ -353,6 +353,9 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     if data_dir is not None:
         data.path = data_dir
     use_oof = all(b.cv is not None for b in bases)
+    if use_oof and meta_train_samples is not None:
+        raise ConfigError("meta_train_samples: every base is a k-fold run, so the meta-learner trains on their "
+                          "out-of-fold predictions of the whole training split; limit data.max_train_samples instead")
     files = {"test": split_path(data, test_split)}
     if use_oof:
         files["meta-train (out-of-fold)"] = split_path(data, "train")
@@ -367,7 +370,7 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
         p_train, y = out_of_fold_inputs(bases)
         train_set = task.load_split(files["meta-train (out-of-fold)"], "data.train_file") if passthrough else None
     else:
-        train_set = task.load_split(files["meta-train"], f"--train-split {train_split}")
+        train_set = task.load_split(files["meta-train"], f"--train-split {train_split}", meta_train_samples)
         y = _labels(train_set)
         logger.info("predicting %d base models on %s and %s", len(bases), files["meta-train"], files["test"])
         p_train = base_probabilities(bases, task, train_set)
@@ -396,6 +399,7 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
         "agreement": agreement,
         "passthrough": passthrough,
         "meta_train": "out-of-fold" if use_oof else train_split,
+        "meta_train_samples": int(len(y)),
         "base_models": [{"reference": b.reference, "kfold": b.cv is not None,
                          "stage_dirs": [str(c.stage_dir.resolve()) for c in b.checkpoints],
                          "hub": b.checkpoint.reference,  # hf://...@<commit>/stage: found again on any machine
@@ -470,8 +474,8 @@ def _load_feature_predictor(out: Path, kind: str, n_classes: int | None):
     return softmax
 
 
-def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test") -> tuple[dict, str]:
-    """(summary, predictions CSV) of a saved stack on ``data_dir``'s split."""
+def predict_with_stack(stack_dir: str | Path, data_dir: str | None, split: str = "test") -> tuple[dict, str]:
+    """(summary, predictions CSV) of a saved stack on ``data_dir``'s split (default: the base models' data)."""
     stack_dir = Path(stack_dir)
     if not (stack_dir / META_JSON).is_file():
         raise CheckpointError(f"{stack_dir}: no {META_JSON}; not a folder written by `hfstage stack`")
@@ -481,7 +485,8 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
              for b in meta["base_models"]]
     task = checkpoint_task(bases[0].checkpoint)
     data = bases[0].checkpoint.data
-    data.path = data_dir
+    if data_dir is not None:
+        data.path = data_dir
     file = split_path(data, split)
     check_no_leak(bases, {split: file})
     dataset = task.load_split(file, f"--split {split}")
@@ -491,8 +496,31 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str, split: str = "test"
         raise CheckpointError(f"{stack_dir / META_JSON}: the features do not match what the stack was fitted on")
     p = load_meta_predictor(stack_dir, meta["meta_learner"], meta.get("classes"))(X, probs)
     labels = _labels(dataset)
-    summary = {"samples": len(labels), "accuracy": accuracy(p, labels), "data_file": str(file)}
+    summary = {"samples": len(labels), "accuracy": accuracy(p, labels), "log_loss": log_loss(p, labels),
+               "data_file": str(file), "task": meta["task"], "meta_learner": meta["meta_learner"]}
     return summary, predictions_csv(predicted(p), labels, p)
+
+
+def is_stack(path: str | Path) -> bool:
+    return (Path(path) / META_JSON).is_file()
+
+
+def evaluate_stack(path: str | Path, data_dir: str | None = None, split: str = "test", save_predictions: bool = False,
+                   out: str | None = None) -> dict:
+    """``hfstage evaluate STACK_DIR``: the saved stack's accuracy (and log-loss) on a split, written to
+    ``<stack>/eval/<split>.json`` in the form a stage's evaluation has."""
+    began = time.time()
+    summary, table = predict_with_stack(path, data_dir, split)
+    result = {"checkpoint": str(path), "stage_name": f"stack ({summary['meta_learner']})", "task": summary["task"],
+              "split": split, "data_file": summary["data_file"], "samples": summary["samples"],
+              "metrics": {"loss": summary["log_loss"], "accuracy": summary["accuracy"]},
+              "seconds": round(time.time() - began, 3), "world_size": 1,
+              "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()}
+    eval_dir = Path(out) if out else Path(path) / "eval"
+    atomic_write_json(eval_dir / f"{split}.json", result)
+    if save_predictions:
+        atomic_write_text(eval_dir / f"{split}_predictions.csv", table)
+    return result
 
 
 def format_stack(result: dict) -> str:

@@ -220,6 +220,8 @@ class StageTrainer(Trainer):
         The process's malloc is also set up for training once (``hfstage.devices.tune_cpu_allocator``:
         ~30% faster steps on the CPU, where every step otherwise page-faults its memory back in).
         """
+        if getattr(self.model, "fits_without_gradients", False):
+            return self._fit_without_gradients()
         tune_cpu_allocator()
         already = gc.get_freeze_count()
         gc.freeze()
@@ -228,6 +230,37 @@ class StageTrainer(Trainer):
         finally:
             if not already:
                 gc.unfreeze()
+
+    def _features(self, dataset):
+        """(features, labels) of a whole split, in order, without augmentation (the eval collator)."""
+        import numpy as np
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
+                            collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
+        xs, ys = [], []
+        for batch in loader:
+            ys.append(batch.pop("labels").numpy())
+            xs.append(self.model.features(**batch))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def _fit_without_gradients(self):
+        """A model fitted in one pass (``models/estimator.py``): features of the training split, fit (LightGBM
+        early-stops on the eval split), no optimizer and no steps; evaluation then runs as for any model."""
+        import time
+
+        from transformers.trainer_utils import TrainOutput
+
+        began = time.time()
+        x, y = self._features(self.train_dataset)
+        x_eval, y_eval = self._features(self.eval_dataset) if self.eval_dataset is not None else (None, None)
+        logged = self.model.fit_estimator(x, y, x_eval, y_eval)
+        seconds = time.time() - began
+        self.state.epoch = 1.0
+        self.state.log_history.append({"step": 0, "epoch": 1.0, "features": int(x.shape[1]), **logged})
+        logger.info("fitted %s on %d samples x %d features in %.1f s (%s)", self.model.config.estimator, len(x),
+                    x.shape[1], seconds, ", ".join(f"{k} {v}" for k, v in logged.items()))
+        return TrainOutput(0, 0.0, {"train_runtime": seconds})
 
     def _clip_grad_norm(self, model):
         """Gradient clipping straight through ``torch.nn.utils.clip_grad_norm_`` in the plain cases.

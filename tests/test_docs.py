@@ -73,7 +73,7 @@ def test_the_python_api_example_runs(recipe, tmp_path, capsys, monkeypatch):
     assert printed[-2] == "finished stage_1_baseline" and printed[-1].startswith("test accuracy 0.")  # after the table
     assert (tmp_path / "runs" / "api" / "stage_1_baseline" / "eval" / "test.json").is_file()
     assert {"train", "evaluate", "predict", "stack", "push", "pull", "load_config"} <= set(hfstage.__all__)
-    assert hfstage.evaluate.__name__ == "evaluate_checkpoint" and hfstage.pull.__module__ == "hfstage.hub.pull"
+    assert hfstage.evaluate.__module__ == "hfstage.api" and hfstage.pull.__module__ == "hfstage.hub.pull"
 
 
 def test_version_flag(capsys):

@@ -7,7 +7,7 @@ The registry and ``build_model`` live in ``models/base.py``.
 
 from __future__ import annotations
 
-from hfstage.models import pair_cnn, sequence, speech, timm_classifier  # noqa: F401  (registers the models)
+from hfstage.models import estimator, pair_cnn, sequence, speech, timm_classifier  # noqa: F401  (registers the models)
 from hfstage.models.base import (
     MODELS,
     build_model,

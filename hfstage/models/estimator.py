@@ -1,0 +1,280 @@
+"""Non-neural base models: LightGBM or a logistic regression on features the task defines.
+
+``model: {type: estimator, estimator: lightgbm|logreg, params: {...}, features: auto}`` is a model like any
+other: the curriculum runs it as one stage with no gradient steps (``StageTrainer`` fits it on the training
+split's features, LightGBM early-stopping on the eval split), evaluation, keep/skip, ``folds`` (out-of-fold
+files), ``hfstage stack``, ``evaluate`` and the Hub treat it like the neural models. So a stack can mix bases
+that disagree with the CNNs.
+
+Features (``features``; ``auto`` picks the task's):
+
+- ``pair_stats`` (pairs): for each image, its pixels average-pooled by ``pool`` and simple statistics (ink
+  mean/std/fraction, centroid, spread, bounding box, row and column profiles); for the pair, ``|a - b|`` and
+  ``a * b`` of both, plus their cosine similarity and distance. Symmetric in the two images.
+- ``sequence_stats`` (sequences): per channel over the valid frames, mean, std, min, max, first, last, slope
+  and mean absolute step; plus the clip's length.
+
+The fitted estimator is saved in ``model.safetensors`` like any weights (LightGBM's own text model as bytes,
+the logistic regression's standardisation and coefficients as tensors), so ``from_pretrained``, the Hub and
+``hfstage evaluate`` load it with no pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from hfstage.models.base import MODELS
+
+ESTIMATORS = ("lightgbm", "logreg")
+FEATURES = ("pair_stats", "sequence_stats")
+LIGHTGBM_DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.5,
+                     "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "num_boost_round": 1000,
+                     "early_stopping_rounds": 50}
+LOGREG_DEFAULTS = {"C": 1.0, "max_iter": 2000}
+
+
+def _lightgbm_parameters() -> set[str] | None:
+    """Every LightGBM parameter name and alias, as LightGBM itself lists them (None: this LightGBM cannot say)."""
+    try:
+        from lightgbm.basic import _ConfigAliases
+
+        aliases = _ConfigAliases._get_all_param_aliases()
+    except (ImportError, AttributeError):
+        return None
+    return set(aliases) | {a for names in aliases.values() for a in names} | {"num_boost_round", "early_stopping_rounds"}
+
+
+class EstimatorConfig(PretrainedConfig):
+    model_type = "hfstage_estimator"
+
+    def __init__(self, estimator: str = "lightgbm", params: dict | None = None, features: str = "auto", pool: int = 2,
+                 image_size: list[int] | None = None, in_channels: int = 1, input_dim: int | None = None,
+                 num_labels: int | None = None, state_shapes: dict | None = None, seed: int = 0, **kwargs):
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        if features == "auto":
+            features = "pair_stats" if image_size is not None else "sequence_stats"
+        if features not in FEATURES:
+            raise ValueError(f"features must be auto or one of {', '.join(FEATURES)}, got {features!r}")
+        if features == "pair_stats" and image_size is None:
+            raise ValueError("features pair_stats: the data are not image pairs")
+        if features == "sequence_stats" and input_dim is None:
+            raise ValueError("features sequence_stats: the data are not feature sequences")
+        if not isinstance(pool, int) or pool < 1:
+            raise ValueError(f"pool must be a positive integer, got {pool!r}")
+        params = dict(params or {})
+        allowed = LIGHTGBM_DEFAULTS if estimator == "lightgbm" else LOGREG_DEFAULTS
+        if estimator == "logreg":
+            unknown = sorted(set(params) - set(allowed) - {"tol", "solver", "l1_ratio"})
+            if unknown:
+                raise ValueError(f"params: logreg takes {', '.join(sorted(allowed))}, tol, solver, l1_ratio; not "
+                                 f"{', '.join(unknown)}")
+        else:
+            known = _lightgbm_parameters()
+            unknown = sorted(set(params) - known) if known is not None else []
+            if unknown:  # LightGBM itself would only warn and ignore them
+                raise ValueError(f"params: {', '.join(unknown)} is not a LightGBM parameter (see its Parameters page)")
+        self.estimator = estimator
+        self.params = params
+        self.features = features
+        self.pool = pool
+        self.image_size = list(image_size) if image_size is not None else None
+        self.in_channels = in_channels
+        self.input_dim = input_dim
+        self.state_shapes = dict(state_shapes or {})  # buffer name -> [shape, dtype], set when fitted
+        self.seed = seed
+        if num_labels is not None:
+            kwargs["num_labels"] = num_labels
+        super().__init__(**kwargs)
+
+    @property
+    def binary(self) -> bool:
+        return self.features == "pair_stats"
+
+
+@dataclass
+class EstimatorOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+
+
+# -- features ------------------------------------------------------------------------------------------
+
+
+def _image_stats(x: np.ndarray) -> np.ndarray:
+    """(N, H, W) in [0, 1] -> (N, S) statistics of each image."""
+    n, h, w = x.shape
+    mass = x.sum(axis=(1, 2)) + 1e-6
+    rows, cols = np.arange(h, dtype=np.float32) / h, np.arange(w, dtype=np.float32) / w
+    row_profile, col_profile = x.mean(axis=2), x.mean(axis=1)
+    cy = (row_profile * w * rows).sum(1) / mass
+    cx = (col_profile * h * cols).sum(1) / mass
+    sy = np.sqrt(np.maximum((row_profile * w * (rows - cy[:, None]) ** 2).sum(1) / mass, 0))
+    sx = np.sqrt(np.maximum((col_profile * h * (cols - cx[:, None]) ** 2).sum(1) / mass, 0))
+    on = x > 0.2
+    any_row, any_col = on.any(axis=2), on.any(axis=1)
+    top = np.where(any_row.any(1), any_row.argmax(1), 0) / h
+    bottom = np.where(any_row.any(1), h - 1 - any_row[:, ::-1].argmax(1), 0) / h
+    left = np.where(any_col.any(1), any_col.argmax(1), 0) / w
+    right = np.where(any_col.any(1), w - 1 - any_col[:, ::-1].argmax(1), 0) / w
+    grad = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
+    stats = [x.mean((1, 2)), x.std((1, 2)), (x > 0.5).mean((1, 2)), cy, cx, sy, sx, top, bottom, left, right,
+             bottom - top, right - left, grad]
+    return np.concatenate([np.stack(stats, axis=1), row_profile, col_profile], axis=1).astype(np.float32)
+
+
+def pair_stats(pixel_values: np.ndarray, pool: int) -> np.ndarray:
+    """(B, 2, H, W) or (B, 2, C, H, W) in [0, 1] -> (B, F), symmetric in the two images."""
+    x = pixel_values.astype(np.float32)
+    if x.ndim == 5:
+        x = x.mean(axis=2)
+    b, _, h, w = x.shape
+    hp, wp = h // pool, w // pool
+    pooled = x[:, :, : hp * pool, : wp * pool].reshape(b, 2, hp, pool, wp, pool).mean(axis=(3, 5)).reshape(b, 2, -1)
+    a, c = pooled[:, 0], pooled[:, 1]
+    sa, sc = _image_stats(x[:, 0]), _image_stats(x[:, 1])
+    cosine = (a * c).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1) + 1e-6)
+    distance = np.linalg.norm(a - c, axis=1)
+    return np.concatenate([np.abs(a - c), a * c, np.abs(sa - sc), sa * sc, np.minimum(sa, sc), np.maximum(sa, sc),
+                           cosine[:, None], distance[:, None]], axis=1).astype(np.float32)
+
+
+def sequence_stats(input_values: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """(B, T, F) with a (B, T) mask -> (B, 8F + 1): statistics of the valid frames only."""
+    x = input_values.astype(np.float64)
+    m = attention_mask.astype(bool)
+    n = np.maximum(m.sum(1), 1)
+    w = m[..., None].astype(np.float64)
+    mean = (x * w).sum(1) / n[:, None]
+    std = np.sqrt(np.maximum(((x - mean[:, None]) ** 2 * w).sum(1) / n[:, None], 0))
+    big = np.where(m[..., None], x, np.inf)
+    low = big.min(1)
+    high = np.where(m[..., None], x, -np.inf).max(1)
+    last = x[np.arange(len(x)), n - 1]
+    t = np.arange(x.shape[1], dtype=np.float64)[None, :, None]
+    t_mean = ((t * w).sum(1) / n[:, None])
+    slope = (((t - t_mean[:, None]) * (x - mean[:, None]) * w).sum(1)
+             / np.maximum(((t - t_mean[:, None]) ** 2 * w).sum(1), 1e-9))
+    steps = np.abs(np.diff(x, axis=1)) * (m[:, 1:] & m[:, :-1])[..., None]
+    step = steps.sum(1) / np.maximum(n - 1, 1)[:, None]
+    feats = [mean, std, low, high, x[:, 0], last, slope, step, n[:, None].astype(np.float64)]
+    return np.nan_to_num(np.concatenate(feats, axis=1), posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+@MODELS.register("estimator")
+class EstimatorModel(PreTrainedModel):
+    """A fitted LightGBM or logistic regression behind the interface of a neural model (see the module doc)."""
+
+    config_class = EstimatorConfig
+    fits_without_gradients = True
+
+    def __init__(self, config: EstimatorConfig):
+        super().__init__(config)
+        self.main_input_name = "pixel_values" if config.features == "pair_stats" else "input_values"
+        for name, (shape, dtype) in config.state_shapes.items():
+            self.register_buffer(name, torch.zeros(shape, dtype=getattr(torch, dtype)))
+        # the logits' temperature (1: the estimator's own probabilities); also gives the model the floating
+        # parameter transformers reads its dtype from
+        self.temperature = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+        self._cache: tuple | None = None
+        self.post_init()
+
+    def _init_weights(self, module) -> None:  # nothing to initialise: fitted, not trained
+        pass
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.config.state_shapes)
+
+    def features(self, pixel_values=None, input_values=None, attention_mask=None, **_) -> np.ndarray:
+        if self.config.features == "pair_stats":
+            return pair_stats(pixel_values.detach().float().cpu().numpy(), self.config.pool)
+        return sequence_stats(input_values.detach().float().cpu().numpy(), attention_mask.detach().cpu().numpy())
+
+    def _set_state(self, **arrays: np.ndarray) -> None:
+        shapes = {}
+        for name, value in arrays.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(value))
+            self.register_buffer(name, tensor)
+            shapes[name] = [list(tensor.shape), str(tensor.dtype).removeprefix("torch.")]
+        self.config.state_shapes = shapes
+        self._cache = None
+
+    def fit_estimator(self, x: np.ndarray, y: np.ndarray, x_eval: np.ndarray | None, y_eval: np.ndarray | None) -> dict:
+        """Fit on the training features; returns what to log (the rounds LightGBM kept)."""
+        cfg = self.config
+        classes = 2 if cfg.binary else cfg.num_labels
+        if cfg.estimator == "lightgbm":
+            import lightgbm as lgb
+
+            params = {**LIGHTGBM_DEFAULTS, **cfg.params}
+            rounds, patience = int(params.pop("num_boost_round")), int(params.pop("early_stopping_rounds"))
+            params.update({"objective": "binary"} if cfg.binary else {"objective": "multiclass", "num_class": classes})
+            params.update({"seed": cfg.seed, "deterministic": True, "force_row_wise": True, "num_threads": 2,
+                           "verbose": -1})
+            train = lgb.Dataset(x, y)
+            sets, callbacks = [], []
+            if x_eval is not None and patience > 0:
+                sets = [lgb.Dataset(x_eval, y_eval, reference=train)]
+                callbacks = [lgb.early_stopping(patience, verbose=False)]
+            booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks)
+            text = booster.model_to_string(num_iteration=booster.best_iteration or None)
+            self._set_state(booster=np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy())
+            return {"boosting_rounds": int(booster.best_iteration or booster.current_iteration())}
+        from sklearn.linear_model import LogisticRegression
+
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        model = LogisticRegression(**{**LOGREG_DEFAULTS, **cfg.params}).fit((x - mean) / std, y)
+        coef = np.full((1 if cfg.binary else classes, x.shape[1]), 0.0)
+        bias = np.full(len(coef), -1e4)  # a class absent from the training split is never predicted
+        if cfg.binary:
+            coef, bias = model.coef_, model.intercept_
+        else:
+            coef[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+        self._set_state(mean=mean.astype(np.float32), std=std.astype(np.float32), coef=coef.astype(np.float32),
+                        bias=bias.astype(np.float32))
+        return {"iterations": int(np.max(model.n_iter_))}
+
+    def _predictor(self):
+        """(features -> probabilities), parsed once per fitted state."""
+        key = tuple((id(b), b._version) for b in self.buffers())
+        if self._cache is None or self._cache[0] != key:
+            if self.config.estimator == "lightgbm":
+                import lightgbm as lgb
+
+                booster = lgb.Booster(model_str=self.booster.numpy().tobytes().decode("utf-8"))
+                fn = booster.predict
+            else:
+                mean, std = self.mean.numpy(), self.std.numpy()
+                coef, bias = self.coef.numpy().astype(np.float64), self.bias.numpy().astype(np.float64)
+
+                def fn(x):
+                    z = ((x - mean) / std) @ coef.T + bias
+                    if self.config.binary:
+                        return 1 / (1 + np.exp(-z[:, 0]))
+                    z = np.exp(z - z.max(1, keepdims=True))
+                    return z / z.sum(1, keepdims=True)
+            self._cache = (key, fn)
+        return self._cache[1]
+
+    def forward(self, labels=None, **inputs) -> EstimatorOutput:
+        """The task's logits: one log-odds per pair, or C log-probabilities per sequence."""
+        if not self.fitted:
+            raise RuntimeError("this estimator model has not been fitted; train its stage first")
+        p = np.asarray(self._predictor()(self.features(**inputs)), dtype=np.float64)
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        logits = np.log(p / (1 - p)) if self.config.binary else np.log(p)
+        device = next(iter(v for v in inputs.values() if torch.is_tensor(v))).device
+        logits = torch.as_tensor(logits, dtype=torch.float32, device=device)
+        return EstimatorOutput(logits=logits / self.temperature)
+
+
+AutoConfig.register(EstimatorConfig.model_type, EstimatorConfig)
+AutoModel.register(EstimatorConfig, EstimatorModel)

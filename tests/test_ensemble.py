@@ -1,0 +1,171 @@
+"""Non-neural bases (models/estimator.py) and the stacking recipe (ensemble.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY_MODEL, write_recipe
+
+from hfstage.cli import main
+from hfstage.config import load_config
+from hfstage.models.estimator import pair_stats, sequence_stats
+from hfstage.sweeps import run_seeds
+
+ESTIMATOR_STAGE = [{"name": "fit"}]
+
+
+def estimator_recipe(path, data, out, estimator="lightgbm", **fields):
+    params = {"num_boost_round": 40, "early_stopping_rounds": 10} if estimator == "lightgbm" else {"C": 0.1}
+    return write_recipe(path, data, out, ESTIMATOR_STAGE, model={"type": "estimator", "estimator": estimator,
+                                                                 "params": params},
+                        defaults={"batch_size": 64, "eval_batch_size": 64}, **fields)
+
+
+def test_pair_and_sequence_features_are_what_they_say():
+    rng = np.random.default_rng(0)
+    pair = rng.random((3, 2, 8, 8)).astype(np.float32)
+    f = pair_stats(pair, pool=2)
+    swapped = pair_stats(pair[:, ::-1].copy(), pool=2)
+    assert np.allclose(f, swapped)  # symmetric in the two images
+    assert np.allclose(f[:, :16], np.abs(pair[:, 0].reshape(3, 4, 2, 4, 2).mean((2, 4)) -
+                                          pair[:, 1].reshape(3, 4, 2, 4, 2).mean((2, 4))).reshape(3, 16))
+    same = pair_stats(np.repeat(pair[:, :1], 2, axis=1), pool=2)
+    assert np.allclose(same[:, -1], 0) and np.allclose(same[:, -2], 1, atol=1e-5)  # distance 0, cosine 1
+    x = np.zeros((2, 6, 1), dtype=np.float32)
+    x[0, :4, 0] = [1, 2, 3, 4]
+    x[0, 4:, 0] = 100.0  # padding must not count
+    x[1, :, 0] = [5, 5, 5, 5, 5, 5]
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6])
+    s = sequence_stats(x, mask)  # mean, std, min, max, first, last, slope, mean |step|, length
+    assert s[0].tolist() == pytest.approx([2.5, np.std([1, 2, 3, 4]), 1, 4, 1, 4, 1, 1, 4])
+    assert s[1].tolist() == pytest.approx([5, 0, 5, 5, 5, 5, 0, 0, 6])
+
+
+@pytest.mark.parametrize("estimator", ["lightgbm", "logreg"])
+def test_estimator_base_k_fold_files_reload_and_leak_refusal(estimator, pair_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = load_config(estimator_recipe(tmp_path / "r.yaml", pair_data, out, estimator, folds=2))
+    summary = run_seeds(cfg)[0]
+    capsys.readouterr()
+    oof, ids = np.load(out / "oof.npy"), np.load(out / "oof_ids.npy")
+    assert oof.shape == (320,) and ids.shape == (320,) and np.load(out / "test_probs.npy").shape == (160,)
+    assert ((oof > 0) & (oof < 1)).all() and summary["oof_accuracy"] > 0.6  # real digits: better than chance
+    stage = out / "fold_0" / "stage_1_fit"
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["global_steps"] == 0 and record["metrics"]["eval_accuracy"] > 0.6
+    # the saved stage is a transformers model: from_pretrained gives the same predictions
+    from transformers import AutoModel
+
+    from hfstage.data.npz_pairs import PairCollator
+    from hfstage.tasks import TASKS
+
+    model = AutoModel.from_pretrained(stage)
+    assert type(model).__name__ == "EstimatorModel" and model.config.estimator == estimator
+    test = TASKS.get("pair_classification")().load_split(pair_data / "test_public.npz")
+    batch = PairCollator()([test[i] for i in range(16)])
+    batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (16,) and torch.isfinite(logits).all()
+    assert main(["evaluate", str(stage), "--split", "test", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics"]["accuracy"] == pytest.approx(record["test_metrics"]["test_accuracy"])
+    # stacking an estimator on its own training split is a leak: refused by name
+    plain = tmp_path / "plain"
+    assert main(["train", "--config", str(estimator_recipe(tmp_path / "p.yaml", pair_data, plain, estimator))]) == 0
+    capsys.readouterr()
+    code = main(["stack", "--models", str(plain), str(stage), "--out", str(tmp_path / "s"), "--train-split", "train"])
+    assert code == 2 and f"{plain}: trained on" in capsys.readouterr().err
+
+
+def test_estimator_on_sequences_and_refused_stage_fields(sequence_data, tmp_path, capsys):
+    out = tmp_path / "seq"
+    recipe = estimator_recipe(tmp_path / "r.yaml", sequence_data, out, "logreg", task="sequence_classification")
+    assert main(["train", "--config", str(recipe)]) == 0
+    record = json.loads((out / "stage_1_fit" / "stage.json").read_text())
+    assert record["test_metrics"]["test_accuracy"] > 0.5  # 9 classes: chance is 0.11
+    for override, message in (("stages.1.lr=0.1", "stages.1.lr: model.type estimator is fitted in one pass"),
+                              ("model.params.max_iters=3", "logreg takes C, max_iter"),
+                              ("model.estimator=lightgbm", "C is not a LightGBM parameter")):
+        assert main(["train", "--config", str(recipe), f"output_dir={tmp_path / 'no'}", override]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+def stack_recipe(tmp_path, pair_data, **fields):
+    write_recipe(tmp_path / "cnn.yaml", pair_data, tmp_path / "unused", [{"name": "base", "epochs": 1}])
+    estimator_recipe(tmp_path / "lgbm.yaml", pair_data, tmp_path / "unused")
+    job = {"output_dir": str(tmp_path / "job"), "data": {"path": str(pair_data)},
+           "bases": [{"name": "cnn", "recipe": "cnn.yaml", "overrides": {"seed": 3}},
+                     {"name": "cnn_folds", "recipe": "cnn.yaml", "folds": 2},
+                     {"name": "lgbm", "recipe": "lgbm.yaml"}],
+           "meta_folds": 3, **fields}
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def test_stack_recipe_trains_missing_bases_then_stacks_and_resumes(pair_data, tmp_path, capsys):
+    path = stack_recipe(tmp_path, pair_data)
+    assert main(["train", "--config", str(path), "meta_train_samples=120"]) == 0
+    job = tmp_path / "job"
+    table = capsys.readouterr().out
+    result = json.loads((job / "stack.json").read_text())
+    assert result["samples"] == {"meta_train": 120, "test": 160} and result["meta_train"] == "val"
+    assert [r["method"] for r in result["methods"]][:3] == [f"base: {job / n}" for n in ("cnn", "cnn_folds", "lgbm")]
+    assert sum(bool(r.get("chosen")) for r in result["methods"]) == 1 and "ensemble selection" in table
+    assert json.loads((job / "stack_meta.json").read_text())["meta_learner"] == result["meta_learner"]
+    assert json.loads((job / "cnn" / "run.json").read_text())["config"]["seed"] == 3
+    assert (job / "cnn_folds" / "oof.npy").is_file() and (job / "cnn_folds" / "fold_1" / "run.json").is_file()
+    # the stack evaluates like a run: its test accuracy is metrics.accuracy
+    assert main(["evaluate", str(job), "--split", "test", "--json"]) == 0
+    chosen = next(r for r in result["methods"] if r.get("chosen"))
+    assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(chosen["test_accuracy"])
+    # a rerun skips the finished bases; a missing one is trained again, alone
+    stamps = {n: (job / n / "run.json").stat().st_mtime_ns for n in ("cnn", "lgbm")}
+    import shutil
+
+    shutil.rmtree(job / "cnn_folds")
+    assert main(["train", "--config", str(path), "meta_train_samples=120"]) == 0
+    assert {n: (job / n / "run.json").stat().st_mtime_ns for n in ("cnn", "lgbm")} == stamps
+    assert (job / "cnn_folds" / "oof.npy").is_file()
+    again = json.loads((job / "stack.json").read_text())
+    assert [r["test_accuracy"] for r in again["methods"]][:2] == [r["test_accuracy"] for r in result["methods"]][:2]
+
+
+def test_stack_recipe_overrides_reach_every_base_and_bad_recipes_are_refused(pair_data, tmp_path, capsys):
+    from hfstage.ensemble import base_config, load_stack_job
+
+    path = stack_recipe(tmp_path, pair_data)
+    job = load_stack_job(path, ["quick_test=true", "quick_test_samples=100", f"output_dir={tmp_path / 'other'}",
+                                "data.max_eval_samples=40"])
+    assert job.bases[2].overrides == []
+    job.bases[2].overrides = ["model.estimator=logreg", "model.params={C: 0.5}"]
+    lgbm = base_config(job, job.bases[2])
+    assert lgbm.model["estimator"] == "logreg" and lgbm.model["params"] == {"C": 0.5}
+    for base in job.bases:
+        cfg = base_config(job, base)
+        assert cfg.quick_test and cfg.data.max_train_samples == 100 and cfg.data.max_eval_samples == 40
+        assert cfg.output_dir == str(tmp_path / "other" / base.name) and cfg.data.path == str(pair_data)
+    for override, message in (("metaa=auto", "metaa: not a stacking-recipe field (did you mean 'meta'?)"),
+                              ("meta=xgboost", "meta: 'xgboost'; choose one of mean, selection, logreg, lightgbm, auto"),
+                              ("bases.1.recipe=nope.yaml", "bases.1.recipe: "),
+                              ("bases.2.folds=1", "bases.2.folds: must be 0 (no folds) or >= 2"),
+                              ("bases.1.overrides.seeds=[1,2]", "seeds: a stack base is one model")):
+        assert main(["train", "--config", str(path), override]) == 2, override
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+    assert main(["plan", "--config", str(path)]) == 2
+    assert "this is a stacking recipe" in capsys.readouterr().err
+
+
+def test_shipped_stack_recipe_loads():
+    from hfstage.ensemble import load_stack_job
+
+    job = load_stack_job(ROOT / "configs" / "pairs_stack.yaml")
+    assert len(job.bases) >= 4 and any(b.recipe.endswith("pairs_lightgbm.yaml") for b in job.bases)
+    assert TINY_MODEL  # the shared tiny model stays importable for the recipes above
