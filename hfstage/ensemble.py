@@ -73,8 +73,13 @@ def _as_overrides(value: Any, where: str) -> list[str]:
     """A mapping ``{key: value}`` or a list of ``key=value`` strings -> ``key=value`` strings."""
     if value is None:
         return []
-    if isinstance(value, dict):  # nested mappings set single keys: {model: {estimator: logreg}} = model.estimator
-        return [text for k, v in value.items() for text in _flatten_shared(str(k), v)]
+    if isinstance(value, dict):
+        # a dotted key sets its value as given ({model.params: {C: 0.1}} replaces model.params); a nested mapping
+        # sets single keys ({model: {estimator: logreg}} is model.estimator=logreg, as on the command line)
+        out = []
+        for k, v in value.items():
+            out += [f"{k}={json.dumps(v)}"] if "." in str(k) else _flatten_shared(str(k), v)
+        return out
     if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
         return list(value)
     raise ConfigError(f"{where}: expected a mapping of recipe keys or a list of key=value strings, got {value!r}")

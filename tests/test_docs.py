@@ -40,7 +40,8 @@ def test_the_docs_show_commands_and_the_readme_fits_a_screen():
 @pytest.mark.parametrize("page, argv", shown_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
 def test_every_shown_command_parses_and_its_recipe_loads(page, argv, monkeypatch):
     from hfstage.cli import build_parser
-    from hfstage.config import load_config
+    from hfstage.config import load_config, read_yaml
+    from hfstage.ensemble import is_stack_job, load_stack_job
 
     monkeypatch.chdir(ROOT)
     if argv == ["--version"]:
@@ -51,8 +52,9 @@ def test_every_shown_command_parses_and_its_recipe_loads(page, argv, monkeypatch
     args, extra = build_parser().parse_known_args(argv)  # argparse exits (a failure) on an unknown verb or flag
     assert all("=" in e and not e.startswith("-") for e in extra), f"{page}: unknown arguments {extra}"
     recipe = getattr(args, "config", None)
-    if recipe and (ROOT / recipe).is_file():
-        load_config(ROOT / recipe, [*args.overrides, *extra])  # every override names a real field
+    if recipe and (ROOT / recipe).is_file():  # every override names a real field
+        load = load_stack_job if is_stack_job(read_yaml(ROOT / recipe)) else load_config
+        load(ROOT / recipe, [*args.overrides, *extra])
 
 
 def test_the_run_folder_python_example_runs(finished_run, capsys):

@@ -143,7 +143,11 @@ def test_stack_recipe_overrides_reach_every_base_and_bad_recipes_are_refused(pai
     path = stack_recipe(tmp_path, pair_data)
     job = load_stack_job(path, ["quick_test=true", "quick_test_samples=100", f"output_dir={tmp_path / 'other'}",
                                 "data.max_eval_samples=40"])
+    from hfstage.ensemble import _as_overrides
+
     assert job.bases[2].overrides == []
+    assert _as_overrides({"model": {"estimator": "logreg"}, "model.params": {"C": 0.1}}, "x") == [
+        'model.estimator="logreg"', 'model.params={"C": 0.1}']
     job.bases[2].overrides = ["model.estimator=logreg", "model.params={C: 0.5}"]
     lgbm = base_config(job, job.bases[2])
     assert lgbm.model["estimator"] == "logreg" and lgbm.model["params"] == {"C": 0.5}
