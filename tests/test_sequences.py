@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from hfstage.models import build_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("arch", ["cnn", "gru", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["cnn", "gru", "lstm", "transformer", "resnet1d", "inception"])
 def test_padding_does_not_change_the_output_and_models_reload(arch, tmp_path):
     torch.manual_seed(0)
     model = build_model({"type": "sequence", "arch": arch, "hidden_dim": 16, "num_layers": 2, "num_heads": 2},
@@ -38,12 +39,43 @@ def test_padding_does_not_change_the_output_and_models_reload(arch, tmp_path):
     assert a.shape == (3, 5)
     assert torch.allclose(a, b, atol=1e-5)
     model.train()
-    model(input_values=short, attention_mask=mask(7)).logits.sum().backward()
+    model(input_values=short, attention_mask=mask(7)).logits.sum().backward()  # BatchNorm statistics move
     model.eval().save_pretrained(tmp_path)
     again = AutoModel.from_pretrained(tmp_path).eval()
     assert again.config.arch == arch and again.config.num_labels == 5
     with torch.no_grad():
-        assert torch.allclose(again(input_values=short, attention_mask=mask(7)).logits, a, atol=1e-6)
+        ref = model(input_values=short, attention_mask=mask(7)).logits
+        assert torch.allclose(again(input_values=short, attention_mask=mask(7)).logits, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch, layers, shortcuts", [("resnet1d", 3, 3), ("inception", 6, 2)])
+def test_time_series_architectures_shapes_and_batchnorm_over_valid_frames(arch, layers, shortcuts):
+    from hfstage.models.sequence import MaskedBatchNorm1d
+
+    torch.manual_seed(1)
+    model = build_model({"type": "sequence", "arch": arch, "hidden_dim": 8, "num_layers": layers},
+                        input_dim=2, num_labels=3)
+    found = [name for name, _ in model.named_modules() if re.fullmatch(r".*(\.shortcut|\.shortcuts\.\d+)", name)]
+    assert len(found) == shortcuts
+    assert model.config.kernel_sizes == ([7, 5, 3] if arch == "resnet1d" else [39, 19, 9])
+    lengths = torch.tensor([50, 20])
+    x = torch.randn(2, 50, 2) * (torch.arange(50)[None, :, None] < lengths[:, None, None])
+    mask = (torch.arange(50)[None, :] < lengths[:, None]).long()
+    padded_x = torch.cat([x, torch.zeros(2, 30, 2)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 30, dtype=torch.long)], 1)
+    stats = []
+    for inputs, m in ((x, mask), (padded_x, padded_mask)):  # one training forward each, from the same start
+        trained = build_model({"type": "sequence", "arch": arch, "hidden_dim": 8, "num_layers": layers},
+                              input_dim=2, num_labels=3)
+        trained.load_state_dict(model.state_dict())
+        trained.train()
+        assert trained(input_values=inputs, attention_mask=m).logits.shape == (2, 3)
+        stats.append(torch.cat([b.running_mean for b in trained.modules() if isinstance(b, MaskedBatchNorm1d)]))
+    assert torch.allclose(stats[0], stats[1], atol=1e-6)  # padded frames never reach the batch statistics
+    with pytest.raises(ValueError, match="kernel_sizes is for arch resnet1d or inception"):
+        from hfstage.models.sequence import SequenceConfig
+
+        SequenceConfig(arch="gru", kernel_sizes=[3, 3, 3])
 
 
 def test_augmentations_touch_valid_frames_only():
@@ -108,11 +140,14 @@ def test_label_outside_the_training_classes_is_refused(sequence_data, tmp_path, 
     assert "val.npz: key 'y' has class 12, outside the 9 classes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("arch", ["gru", "transformer"])
+@pytest.mark.parametrize("arch", ["gru", "transformer", "inception"])
 def test_sign_5stage_recipe_quick_test(sequence_data, tmp_path, arch):
     out = tmp_path / "run"
+    # the recipe's finetune stage freezes the input projection, which the convolutional time-series nets lack
+    extra = ["stages.4.freeze_patterns=[]"] if arch == "inception" else []
     assert main(["train", "--config", str(ROOT / "configs/sign_5stage.yaml"), "quick_test=true",
-                 f"data.path={sequence_data}", f"output_dir={out}", "report_to=[none]", f"model.arch={arch}"]) == 0
+                 f"data.path={sequence_data}", f"output_dir={out}", "report_to=[none]", f"model.arch={arch}",
+                 *extra]) == 0
     run = json.loads((out / "run.json").read_text())
     assert [s["status"] for s in run["stages"]] == ["finished"] * 5
     record = json.loads((out / "stage_1_baseline/stage.json").read_text())
