@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="write a real data set in hfstage's format")
     p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs), mnist-images (MNIST digits as PNG "
-                   "class folders + unlabelled test images), japanese-vowels (sequences) or espeak-l2 (speech: "
+                   "class folders + unlabelled test images), japanese-vowels (sequences), aeon --dataset NAME (a UCR/UEA time-series "
+                   "set aeon bundles: ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels) or espeak-l2 (speech: "
                    "words said right and wrong by espeak-ng, exact per-phoneme labels)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", help="aeon only: which bundled UCR/UEA set")
     p.add_argument("--train-pairs", type=int, help="mnist-pairs only (default 60000)")
     p.add_argument("--val-pairs", type=int, help="mnist-pairs only (default 10000)")
     p.add_argument("--test-pairs", type=int, help="mnist-pairs only (default 10000)")
@@ -188,7 +190,8 @@ def _prepare(args) -> int:
     preparer = PREPARERS.get(args.name, "prepare")
     flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
              "mnist-images": ("train_images", "val_images", "test_images"),
-             "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip", "voices")}
+             "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip", "voices"),
+             "aeon": ("dataset",)}
     sizes = {k: getattr(args, k) for names in flags.values() for k in names if getattr(args, k) is not None}
     wrong = [k for k in sizes if k not in flags.get(args.name, ())]
     if wrong:

@@ -231,18 +231,18 @@ class StageTrainer(Trainer):
             if not already:
                 gc.unfreeze()
 
-    def _features(self, dataset):
+    def _features(self, dataset, fit: bool = False):
         """(features, labels) of a whole split, in order, without augmentation (the eval collator)."""
         import numpy as np
         from torch.utils.data import DataLoader
 
         loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
                             collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
-        xs, ys = [], []
-        for batch in loader:
-            ys.append(batch.pop("labels").numpy())
-            xs.append(self.model.features(**batch))
-        return np.concatenate(xs), np.concatenate(ys)
+        batches = list(loader)
+        ys = [batch.pop("labels").numpy() for batch in batches]
+        if fit:
+            self.model.fit_features(batches)
+        return np.concatenate([self.model.features(**batch) for batch in batches]), np.concatenate(ys)
 
     def _fit_without_gradients(self):
         """A model fitted in one pass (``models/estimator.py``): features of the training split, fit (LightGBM
@@ -252,7 +252,7 @@ class StageTrainer(Trainer):
         from transformers.trainer_utils import TrainOutput
 
         began = time.time()
-        x, y = self._features(self.train_dataset)
+        x, y = self._features(self.train_dataset, fit=True)
         x_eval, y_eval = self._features(self.eval_dataset) if self.eval_dataset is not None else (None, None)
         logged = self.model.fit_estimator(x, y, x_eval, y_eval)
         seconds = time.time() - began

@@ -173,3 +173,23 @@ def test_shipped_stack_recipe_loads():
     job = load_stack_job(ROOT / "configs" / "pairs_stack.yaml")
     assert len(job.bases) >= 4 and any(b.recipe.endswith("pairs_lightgbm.yaml") for b in job.bases)
     assert TINY_MODEL  # the shared tiny model stays importable for the recipes above
+
+
+def test_minirocket_base_on_an_aeon_set_saves_its_transform(tmp_path, capsys):
+    """MiniRocket features (aeon) with a logistic regression, on GunPoint as `hfstage prepare aeon` writes it:
+    the fitted transform is saved with the model and the reloaded stage predicts what training measured."""
+    data, out = tmp_path / "gunpoint", tmp_path / "mr"
+    assert main(["prepare", "aeon", "--dataset", "GunPoint", "--out", str(data)]) == 0
+    assert np.load(data / "train.npz")["x"].shape == (40, 150, 1) and np.load(data / "test_public.npz")["y"].shape == (150,)
+    assert main(["train", "--config", str(ROOT / "configs/sequences_minirocket.yaml"), f"data.path={data}",
+                 f"output_dir={out}", "report_to=[none]"]) == 0
+    record = json.loads((out / "stage_1_fit" / "stage.json").read_text())
+    assert record["test_metrics"]["test_accuracy"] >= 0.9  # MiniRocket's published GunPoint accuracy is ~0.99
+    saved = json.loads((out / "stage_1_fit" / "config.json").read_text())
+    assert saved["series_length"] == 150 and "mr_biases" in saved["state_shapes"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["accuracy"] == pytest.approx(record["test_metrics"]["test_accuracy"])
+    assert main(["prepare", "aeon", "--dataset", "GunPointt", "--out", str(tmp_path / "no")]) == 2
+    assert "did you mean 'GunPoint'" in capsys.readouterr().err

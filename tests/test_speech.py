@@ -193,7 +193,7 @@ def test_bad_audio_and_metadata_rows(tmp_path):
 @needs_espeak
 def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), "quick_test=true",
+    assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), "quick_test=true",
                  f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]", "model.head=cross",
                  "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64",
                  "defaults.loss.pos_weight=auto"]) == 0
@@ -333,7 +333,7 @@ def test_speech_from_a_saved_dataset_with_list_columns_trains_like_the_metadata(
     assert native == saved and "test_per" in saved
     import hfstage  # the same splits as Dataset objects, from Python
 
-    final = hfstage.train(ROOT / "configs/speech_multitask.yaml", train_dataset=splits["train"], eval_dataset=splits["val"],
+    final = hfstage.train(ROOT / "configs/speech_wav2vec2.yaml", train_dataset=splits["train"], eval_dataset=splits["val"],
                           overrides=[f"output_dir={tmp_path / 'api'}", "quick_test=true", "report_to=[none]",
                                      "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64", columns])
     assert final.status == "finished"
@@ -361,7 +361,7 @@ def test_speech_from_an_audiofolder_with_list_columns(l2_data, tmp_path):
 def run_metrics(out: Path, data: list[str]) -> dict:
     """The speech recipe's quick test (tiny encoder) with ``data`` overrides: its last stage's metrics (no timings)."""
     common = ["quick_test=true", "report_to=[none]", "model.encoder.hidden_size=32", "model.encoder.intermediate_size=64"]
-    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), f"output_dir={out}", *common,
+    assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), f"output_dir={out}", *common,
                  *data]) == 0
     record = json.loads((out / "stage_3_polish" / "stage.json").read_text())
     return {k: v for part in ("metrics", "test_metrics") for k, v in record[part].items()
@@ -491,17 +491,17 @@ def test_mel_conformer_encoder_shapes_padding_and_spec_augment(tmp_path):
 
 
 @needs_espeak
-def test_speech_mel_recipe_trains_with_spec_augment(l2_data, tmp_path, capsys):
+def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["quick_test=true", f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]",
               "model.encoder.hidden_size=32", "model.encoder.num_layers=1", "model.encoder.num_heads=2",
               "model.encoder.ff_size=64", "stages.2.augmentation.time_mask=0.2"]
-    assert main(["train", "--config", str(ROOT / "configs/speech_mel.yaml"), *common]) == 0
+    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common]) == 0
     record = json.loads((out / "stage_2_finetune" / "stage.json").read_text())
     assert math.isfinite(record["metrics"]["eval_loss"]) and "eval_per" in record["metrics"]
     capsys.readouterr()
     # SpecAugment on a wav2vec2 encoder is refused before anything is written
-    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), "quick_test=true",
+    assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), "quick_test=true",
                  f"data.path={l2_data}", f"output_dir={tmp_path / 'w2v'}", "report_to=[none]",
                  "stages.2.augmentation={time_mask: 0.2}"]) == 2
     assert "augmentation.time_mask: SpecAugment masks need model.encoder.type: mel_conformer" in capsys.readouterr().err

@@ -125,18 +125,35 @@ def prepare_mnist_pairs(out: str | Path, seed: int = 0, train_pairs: int = 60000
 def prepare_japanese_vowels(out: str | Path, seed: int = 0, val_fraction: float = 0.2) -> dict:
     """UEA JapaneseVowels (9 speakers, 12 LPC cepstrum channels, 7-29 frames) from aeon's bundled copy.
 
-    Variable-length multivariate clips, like keypoint sequences of sign language: padded to the
-    longest clip with ``lengths``, standardised per channel with the training split's statistics.
-    The official train split is divided (stratified, by ``seed``) into train and val; test is the
-    official test split.
+    Variable-length multivariate clips, like keypoint sequences of sign language (see ``prepare_aeon``)."""
+    return prepare_aeon(out, seed, val_fraction, dataset="JapaneseVowels")
+
+
+# the UCR/UEA sets aeon ships inside its package (no download)
+AEON_BUNDLED = ("ArrowHead", "BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels")
+
+
+@PREPARERS.register("aeon")
+def prepare_aeon(out: str | Path, seed: int = 0, val_fraction: float = 0.2, dataset: str = "GunPoint") -> dict:
+    """A UCR/UEA time-series classification set bundled with aeon (``--dataset``: ArrowHead, BasicMotions,
+    GunPoint, ItalyPowerDemand, JapaneseVowels), in the sequences layout.
+
+    Clips are padded to the longest with ``lengths`` and standardised per channel with the training split's
+    statistics. The official train split is divided (stratified, by ``seed``) into train and val; test is
+    the official test split.
     """
     try:
         from aeon.datasets import load_classification
     except ImportError:
-        raise DataError("japanese-vowels: the 'aeon' package is not installed (pip install aeon)") from None
+        raise DataError("aeon data sets: the 'aeon' package is not installed (pip install 'hfstage[data]')") from None
+    if dataset not in AEON_BUNDLED:
+        from hfstage.arguments import closest
+
+        raise ConfigError(f"--dataset {dataset!r}{closest(dataset, AEON_BUNDLED)}: aeon bundles "
+                          f"{', '.join(AEON_BUNDLED)} (others would need a download)")
     out = Path(out)
-    train_x, train_y = load_classification("JapaneseVowels", split="train")
-    test_x, test_y = load_classification("JapaneseVowels", split="test")
+    train_x, train_y = load_classification(dataset, split="train")
+    test_x, test_y = load_classification(dataset, split="test")
     classes = sorted(set(train_y) | set(test_y), key=lambda c: int(c) if str(c).isdigit() else str(c))
     index = {c: i for i, c in enumerate(classes)}
     longest = max(x.shape[1] for x in list(train_x) + list(test_x))
@@ -165,12 +182,12 @@ def prepare_japanese_vowels(out: str | Path, seed: int = 0, val_fraction: float 
         "test_public": (x_te, np.array([index[c] for c in test_y]), len_te),
     }
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"source": "aeon JapaneseVowels (UEA)", "seed": seed, "classes": len(classes), "splits": {}}
+    summary = {"source": f"aeon {dataset} (UCR/UEA)", "seed": seed, "classes": len(classes), "splits": {}}
     for name, (x, y, lengths) in splits.items():
         x = ((x - mean) / std) * (np.arange(longest)[None, :, None] < lengths[:, None, None])
         staged = staging_dir(out / f"{name}.npz")
-        np.savez_compressed(staged / "data.npz", x=x.astype(np.float32), y=y, lengths=lengths,
-                            classes=np.array([f"speaker_{c}" for c in classes]))
+        names = [f"speaker_{c}" for c in classes] if dataset == "JapaneseVowels" else [f"class_{c}" for c in classes]
+        np.savez_compressed(staged / "data.npz", x=x.astype(np.float32), y=y, lengths=lengths, classes=np.array(names))
         (staged / "data.npz").replace(out / f"{name}.npz")
         staged.rmdir()
         summary["splits"][name] = {"clips": int(len(y)), "classes": int(len(np.unique(y)))}

@@ -13,6 +13,10 @@ Features (``features``; ``auto`` picks the task's):
   ``a * b`` of both, plus their cosine similarity and distance. Symmetric in the two images.
 - ``sequence_stats`` (sequences): per channel over the valid frames, mean, std, min, max, first, last, slope
   and mean absolute step; plus the clip's length.
+- ``minirocket`` (sequences; aeon, the ``data`` extra): aeon's MiniRocket features (~10k PPV features of
+  random dilated convolutions, fitted on the training split) of each clip's valid frames resampled to one
+  length (MiniRocket needs equal lengths), plus the ``sequence_stats``. With ``estimator: logreg`` this is
+  the MiniRocket classifier, with probabilities for stacking.
 
 The fitted estimator is saved in ``model.safetensors`` like any weights (LightGBM's own text model as bytes,
 the logistic regression's standardisation and coefficients as tensors), so ``from_pretrained``, the Hub and
@@ -31,7 +35,9 @@ from transformers.utils import ModelOutput
 from hfstage.models.base import MODELS
 
 ESTIMATORS = ("lightgbm", "logreg")
-FEATURES = ("pair_stats", "sequence_stats")
+FEATURES = ("pair_stats", "sequence_stats", "minirocket")
+MINIROCKET_PARAMETERS = ("mr_channels_per_combination", "mr_channel_indices", "mr_dilations",
+                         "mr_features_per_dilation", "mr_biases")
 LIGHTGBM_DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.5,
                      "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "num_boost_round": 1000,
                      "early_stopping_rounds": 50}
@@ -63,8 +69,13 @@ class EstimatorConfig(PretrainedConfig):
             raise ValueError(f"features must be auto or one of {', '.join(FEATURES)}, got {features!r}")
         if features == "pair_stats" and image_size is None:
             raise ValueError("features pair_stats: the data are not image pairs")
-        if features == "sequence_stats" and input_dim is None:
-            raise ValueError("features sequence_stats: the data are not feature sequences")
+        if features in ("sequence_stats", "minirocket") and input_dim is None:
+            raise ValueError(f"features {features}: the data are not feature sequences")
+        if features == "minirocket":
+            try:
+                import aeon  # noqa: F401
+            except ImportError:
+                raise ValueError("features minirocket needs aeon: pip install 'hfstage[data]'") from None
         if not isinstance(pool, int) or pool < 1:
             raise ValueError(f"pool must be a positive integer, got {pool!r}")
         params = dict(params or {})
@@ -87,6 +98,8 @@ class EstimatorConfig(PretrainedConfig):
         self.in_channels = in_channels
         self.input_dim = input_dim
         self.state_shapes = dict(state_shapes or {})  # buffer name -> [shape, dtype], set when fitted
+        self.series_length = kwargs.pop("series_length", None)  # minirocket: clips are resampled to it
+        self.minirocket_meta = kwargs.pop("minirocket_meta", None)  # minirocket: aeon's metadata of the fit
         self.seed = seed
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
@@ -143,6 +156,17 @@ def pair_stats(pixel_values: np.ndarray, pool: int) -> np.ndarray:
                            cosine[:, None], distance[:, None]], axis=1).astype(np.float32)
 
 
+def resample_valid(x: np.ndarray, mask: np.ndarray, length: int) -> np.ndarray:
+    """(B, T, F) padded clips -> (B, F, length): each clip's valid frames linearly resampled to ``length``."""
+    out = np.zeros((len(x), x.shape[2], length), dtype=np.float32)
+    target = np.linspace(0.0, 1.0, length)
+    for i, n in enumerate(np.maximum(mask.sum(1).astype(int), 1)):
+        source = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+        for c in range(x.shape[2]):
+            out[i, c] = np.interp(target, source, x[i, :n, c]) if n > 1 else x[i, 0, c]
+    return out
+
+
 def sequence_stats(input_values: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     """(B, T, F) with a (B, T) mask -> (B, 8F + 1): statistics of the valid frames only."""
     x = input_values.astype(np.float64)
@@ -196,10 +220,49 @@ class EstimatorModel(PreTrainedModel):
     def features(self, pixel_values=None, input_values=None, attention_mask=None, **_) -> np.ndarray:
         if self.config.features == "pair_stats":
             return pair_stats(pixel_values.detach().float().cpu().numpy(), self.config.pool)
-        return sequence_stats(input_values.detach().float().cpu().numpy(), attention_mask.detach().cpu().numpy())
+        x, mask = input_values.detach().float().cpu().numpy(), attention_mask.detach().cpu().numpy()
+        stats = sequence_stats(x, mask)
+        if self.config.features == "sequence_stats":
+            return stats
+        series = resample_valid(x, mask, self.config.series_length)
+        return np.concatenate([self._minirocket().transform(series).astype(np.float32), stats], axis=1)
+
+    def fit_features(self, batches: list[dict]) -> None:
+        """Fit what the features learn from the training split (MiniRocket's biases) before they are computed."""
+        if self.config.features != "minirocket":
+            return
+        from aeon.transformations.collection.convolution_based import MiniRocket
+
+        x = [b["input_values"].float().numpy() for b in batches]
+        mask = [b["attention_mask"].numpy() for b in batches]
+        length = max(int(m.sum(1).max()) for m in mask)
+        self.config.series_length = max(length, 9)  # MiniRocket's kernels are 9 long
+        series = np.concatenate([resample_valid(a, m, self.config.series_length) for a, m in zip(x, mask)])
+        transform = MiniRocket(random_state=self.config.seed).fit(series)
+        self.config.minirocket_meta = {k: v for k, v in transform.metadata_.items()
+                                       if isinstance(v, (int, float, bool, str, type(None)))}
+        self.config.minirocket_meta["n_kernels_"] = int(transform.n_kernels_)
+        self._pending = dict(zip(MINIROCKET_PARAMETERS, transform.parameters))
+        self._transform = transform
+
+    def _minirocket(self):
+        transform = getattr(self, "_transform", None)
+        if transform is None:
+            from aeon.transformations.collection.convolution_based import MiniRocket
+
+            transform = MiniRocket(random_state=self.config.seed)
+            transform.parameters = tuple(getattr(self, name).numpy() for name in MINIROCKET_PARAMETERS)
+            meta = dict(self.config.minirocket_meta)
+            transform.n_kernels_ = meta.pop("n_kernels_")
+            transform.metadata_ = meta
+            transform._n_jobs = 1  # what fit() sets besides the above
+            transform.is_fitted = True
+            self._transform = transform
+        return transform
 
     def _set_state(self, **arrays: np.ndarray) -> None:
         shapes = {}
+        arrays = {**getattr(self, "_pending", {}), **arrays}  # fitted feature state (MiniRocket) is saved too
         for name, value in arrays.items():
             tensor = torch.from_numpy(np.ascontiguousarray(value))
             self.register_buffer(name, tensor)
@@ -230,12 +293,16 @@ class EstimatorModel(PreTrainedModel):
             return {"boosting_rounds": int(booster.best_iteration or booster.current_iteration())}
         from sklearn.linear_model import LogisticRegression
 
-        mean, std = x.mean(0), x.std(0) + 1e-6
+        mean, std = x.mean(0), x.std(0)
+        std = np.where(std > 1e-6, std, 1.0)  # a constant feature stays 0, whatever it is at test time
         model = LogisticRegression(**{**LOGREG_DEFAULTS, **cfg.params}).fit((x - mean) / std, y)
         coef = np.full((1 if cfg.binary else classes, x.shape[1]), 0.0)
         bias = np.full(len(coef), -1e4)  # a class absent from the training split is never predicted
         if cfg.binary:
             coef, bias = model.coef_, model.intercept_
+        elif len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: the second's log-odds
+            coef[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+            bias[model.classes_[0]] = 0.0
         else:
             coef[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
         self._set_state(mean=mean.astype(np.float32), std=std.astype(np.float32), coef=coef.astype(np.float32),
