@@ -48,7 +48,7 @@ KINDS = {  # data kind -> (recipe, overrides)
     "pairs": ("configs/quickstart.yaml", []),
     "sequences": ("configs/sign_5stage.yaml", []),
     "images": ("configs/images_quick_test.yaml", ["data.max_train_samples=null", "data.max_eval_samples=null"]),
-    "audio": ("configs/speech_multitask.yaml", []),
+    "audio": ("configs/speech_wav2vec2.yaml", []),
 }
 
 
