@@ -177,9 +177,13 @@ def _train(args) -> int:
 
 
 def _plan(args) -> int:
-    from hfstage.config import load_config
+    from hfstage.config import load_config, read_yaml
+    from hfstage.ensemble import is_stack_job, load_stack_job, plan_stack_job
     from hfstage.plan import plan
 
+    if is_stack_job(read_yaml(args.config)):
+        print(plan_stack_job(load_stack_job(args.config, args.overrides)))
+        return 0
     print(plan(load_config(args.config, args.overrides)))
     return 0
 

@@ -182,6 +182,22 @@ def base_finished(cfg) -> bool:
     return folder.status(run) == "finished" and run.config == json.loads(json.dumps(cfg.to_dict()))
 
 
+def plan_stack_job(job: StackJob) -> str:
+    """``hfstage plan`` of a stacking recipe: each base's plan, then the stack's settings."""
+    from hfstage.plan import plan
+
+    parts = []
+    for i, base in enumerate(job.bases, 1):
+        cfg = base_config(job, base)
+        folds = f", {base.folds} folds" if base.folds else ""
+        state = "finished, skipped" if base_finished(cfg) else "to train"
+        parts.append(f"## base {i}/{len(job.bases)} '{base.name}' ({base.recipe}{folds}; {state})\n{plan(cfg)}")
+    meta = (f"## stack into {job.output_dir}: meta {job.meta}, {job.meta_folds}-fold CV on the "
+            f"{'out-of-fold predictions' if all(b.folds for b in job.bases) else repr(job.train_split) + ' split'}"
+            f"{f' (first {job.meta_train_samples})' if job.meta_train_samples else ''}, test {job.test_split!r}")
+    return "\n\n".join(parts + [meta])
+
+
 def run_stack_job(job: StackJob) -> dict:
     """Train the missing bases, then stack them; returns ``stack.json``'s record."""
     from hfstage.devices import distributed_state

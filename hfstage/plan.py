@@ -44,6 +44,11 @@ def plan(cfg: RunConfig) -> str:
         if stage.teacher:
             other.append(f"teacher={stage.teacher['checkpoint']}(T={stage.teacher['temperature']:g},"
                          f"alpha={stage.teacher['alpha']:g})")
+        if getattr(model, "fits_without_gradients", False):  # no epochs, learning rate or loss to show
+            params = ",".join(f"{k}={v}" for k, v in cfg.model.get("params", {}).items())
+            rows.append((str(index), stage.name, "-", "-", "-", "-", "-", "-", "-",
+                         f"fitted in one pass: {cfg.model.get('estimator', 'lightgbm')}({params})"))
+            continue
         rows.append((
             str(index), stage.name, f"{stage.epochs:g}", f"{stage.lr:g}", stage.scheduler,
             describe(stage.loss, stage.label_smoothing), f"{frozen_count(model, stage.freeze_patterns)}/{total}",

@@ -163,8 +163,14 @@ def test_stack_recipe_overrides_reach_every_base_and_bad_recipes_are_refused(pai
         assert main(["train", "--config", str(path), override]) == 2, override
         assert message in capsys.readouterr().err
     assert not (tmp_path / "job").exists()
-    assert main(["plan", "--config", str(path)]) == 2
-    assert "this is a stacking recipe" in capsys.readouterr().err
+    assert main(["plan", "--config", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "## base 3/3 'lgbm'" in shown and "fitted in one pass: lightgbm(num_boost_round=40" in shown
+    assert "## stack into" in shown and "meta auto, 3-fold CV on the 'val' split" in shown
+    from hfstage.config import load_config
+
+    with pytest.raises(Exception, match="this is a stacking recipe"):
+        load_config(path)
 
 
 def test_shipped_stack_recipe_loads():

@@ -63,13 +63,14 @@ class EstimatorConfig(PretrainedConfig):
                  num_labels: int | None = None, state_shapes: dict | None = None, seed: int = 0, **kwargs):
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-        if features == "auto":
+        known = image_size is not None or input_dim is not None  # not when a plan builds it without data
+        if features == "auto" and known:
             features = "pair_stats" if image_size is not None else "sequence_stats"
-        if features not in FEATURES:
+        if features not in (*FEATURES, "auto"):
             raise ValueError(f"features must be auto or one of {', '.join(FEATURES)}, got {features!r}")
-        if features == "pair_stats" and image_size is None:
+        if known and features == "pair_stats" and image_size is None:
             raise ValueError("features pair_stats: the data are not image pairs")
-        if features in ("sequence_stats", "minirocket") and input_dim is None:
+        if known and features in ("sequence_stats", "minirocket") and input_dim is None:
             raise ValueError(f"features {features}: the data are not feature sequences")
         if features == "minirocket":
             try:
