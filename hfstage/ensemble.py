@@ -160,6 +160,19 @@ def base_config(job: StackJob, base: BaseRecipe):
     return cfg
 
 
+def check_base(base: BaseRecipe, cfg) -> None:
+    """What ``hfstage plan`` checks of a recipe (its model builds, its stages fit the task and the model), for one
+    base, so a mistake in the last base stops the job before the first one trains."""
+    from hfstage.models import build_model
+    from hfstage.preflight import check_stages
+    from hfstage.tasks import TASKS
+
+    try:
+        check_stages(cfg, TASKS.get(cfg.task, "task")(), build_model(cfg.model))
+    except ConfigError as exc:
+        raise ConfigError(f"base '{base.name}' ({base.recipe}): {exc}") from None
+
+
 def base_finished(cfg) -> bool:
     """Whether the base's run (every fold and its out-of-fold files, for a k-fold base) is finished with this
     very config."""
@@ -205,8 +218,10 @@ def run_stack_job(job: StackJob) -> dict:
     from hfstage.sweeps import run_seeds
 
     state = distributed_state()
-    for i, base in enumerate(job.bases, 1):
-        cfg = base_config(job, base)
+    configs = [base_config(job, base) for base in job.bases]
+    for base, cfg in zip(job.bases, configs):  # every base's model and stages, before any base trains
+        check_base(base, cfg)
+    for i, (base, cfg) in enumerate(zip(job.bases, configs), 1):
         if base_finished(cfg):
             logger.info("base %d/%d '%s': finished, skipped (%s)", i, len(job.bases), base.name, cfg.output_dir)
             continue

@@ -159,7 +159,8 @@ def test_stack_recipe_overrides_reach_every_base_and_bad_recipes_are_refused(pai
                               ("meta=xgboost", "meta: 'xgboost'; choose one of mean, selection, logreg, lightgbm, auto"),
                               ("bases.1.recipe=nope.yaml", "bases.1.recipe: "),
                               ("bases.2.folds=1", "bases.2.folds: must be 0 (no folds) or >= 2"),
-                              ("bases.1.overrides.seeds=[1,2]", "seeds: a stack base is one model")):
+                              ("bases.1.overrides.seeds=[1,2]", "seeds: a stack base is one model"),
+                              ("bases.3.overrides.model.pool=0", "base 'lgbm' (")):
         assert main(["train", "--config", str(path), override]) == 2, override
         assert message in capsys.readouterr().err
     assert not (tmp_path / "job").exists()
