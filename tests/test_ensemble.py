@@ -174,11 +174,16 @@ def test_stack_recipe_overrides_reach_every_base_and_bad_recipes_are_refused(pai
         load_config(path)
 
 
-def test_shipped_stack_recipe_loads():
-    from hfstage.ensemble import load_stack_job
+def test_shipped_stack_recipes_load():
+    from hfstage.ensemble import base_config, load_stack_job
 
     job = load_stack_job(ROOT / "configs" / "pairs_stack.yaml")
     assert len(job.bases) >= 4 and any(b.recipe.endswith("pairs_lightgbm.yaml") for b in job.bases)
+    job = load_stack_job(ROOT / "configs" / "sequences_stack.yaml", ["data.path=data/ucr_GunPoint"])
+    configs = [base_config(job, b) for b in job.bases]
+    assert all(c.folds == 5 and c.data.path == "data/ucr_GunPoint" for c in configs)
+    assert configs[3].model == {"type": "estimator", "estimator": "lightgbm", "features": "sequence_stats",
+                                "params": {"num_boost_round": 500}}
     assert TINY_MODEL  # the shared tiny model stays importable for the recipes above
 
 
