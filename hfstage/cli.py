@@ -38,16 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("prepare", help="write a real data set in hfstage's format")
-    p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs), mnist-images (MNIST digits as PNG "
+    p.add_argument("name", help="data set: mnist-pairs (MNIST same/different pairs), digits-pairs (a second pair "
+                   "set: scikit-learn's 8x8 digits upscaled), mnist-images (MNIST digits as PNG "
                    "class folders + unlabelled test images), japanese-vowels (sequences), aeon --dataset NAME (a UCR/UEA time-series "
                    "set aeon bundles: ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, JapaneseVowels) or espeak-l2 (speech: "
                    "words said right and wrong by espeak-ng, exact per-phoneme labels)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", help="aeon only: which bundled UCR/UEA set")
-    p.add_argument("--train-pairs", type=int, help="mnist-pairs only (default 60000)")
-    p.add_argument("--val-pairs", type=int, help="mnist-pairs only (default 10000)")
-    p.add_argument("--test-pairs", type=int, help="mnist-pairs only (default 10000)")
+    p.add_argument("--train-pairs", type=int, help="mnist-pairs (default 60000), digits-pairs (6000)")
+    p.add_argument("--val-pairs", type=int, help="mnist-pairs (default 10000), digits-pairs (2000)")
+    p.add_argument("--test-pairs", type=int, help="mnist-pairs (default 10000), digits-pairs (2000)")
     p.add_argument("--train-images", type=int, help="mnist-images only (default 10000, at most 50000)")
     p.add_argument("--val-images", type=int, help="mnist-images only (default 2000, at most 10000)")
     p.add_argument("--test-images", type=int, help="mnist-images only (default 2000, at most 10000)")
@@ -193,6 +194,7 @@ def _prepare(args) -> int:
 
     preparer = PREPARERS.get(args.name, "prepare")
     flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
+             "digits-pairs": ("train_pairs", "val_pairs", "test_pairs"),
              "mnist-images": ("train_images", "val_images", "test_images"),
              "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip", "voices"),
              "aeon": ("dataset",)}
@@ -201,8 +203,8 @@ def _prepare(args) -> int:
     if wrong:
         from hfstage.errors import ConfigError
 
-        owner = next(n for n, names in flags.items() if wrong[0] in names)
-        raise ConfigError(f"prepare {args.name}: --{wrong[0].replace('_', '-')} applies to {owner} only")
+        owners = " and ".join(n for n, names in flags.items() if wrong[0] in names)
+        raise ConfigError(f"prepare {args.name}: --{wrong[0].replace('_', '-')} applies to {owners} only")
     summary = preparer(args.out, seed=args.seed, **sizes)
     for split, info in summary["splits"].items():
         where = Path(args.out) / {"mnist-images": split, "espeak-l2": f"metadata.jsonl ({split})"}.get(args.name, f"{split}.npz")

@@ -205,3 +205,14 @@ def test_minirocket_base_on_an_aeon_set_saves_its_transform(tmp_path, capsys):
     assert metrics["accuracy"] == pytest.approx(record["test_metrics"]["test_accuracy"])
     assert main(["prepare", "aeon", "--dataset", "GunPointt", "--out", str(tmp_path / "no")]) == 2
     assert "did you mean 'GunPoint'" in capsys.readouterr().err
+
+
+def test_digits_pairs_is_a_second_pair_set_split_by_image(tmp_path):
+    from hfstage.data.prepare import prepare_digits_pairs
+
+    summary = prepare_digits_pairs(tmp_path, train_pairs=300, val_pairs=100, test_pairs=100)
+    assert {k: v["images"] for k, v in summary["splits"].items()} == {"train": 1078, "val": 360, "test_public": 359}
+    train, test = (np.load(tmp_path / f"{s}.npz") for s in ("train", "test_public"))
+    assert train["x"].shape == (300, 2, 28, 28) and train["x"].dtype == np.uint8 and train["y"].mean() == 0.5
+    seen = {img.tobytes() for img in train["x"].reshape(-1, 28, 28)}
+    assert not seen & {img.tobytes() for img in test["x"].reshape(-1, 28, 28)}  # no image in two splits
