@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the meta-learner's CV")
     p.add_argument("--agreement", action="store_true", help="add std/max/min of the base probabilities as features")
     p.add_argument("--passthrough", action="store_true", help="add the original inputs (flattened) as features")
-    p.add_argument("--train-split", default="val", help="split the meta-learner trains on (never a base model's training data)")
+    p.add_argument("--train-split", help="split the meta-learner trains on (default val; never a base model's training "
+                   "data; not with k-fold bases, whose out-of-fold predictions are used)")
     p.add_argument("--test-split", default="test")
     p.add_argument("--seed", type=int, default=0)
 

@@ -57,7 +57,7 @@ class StackJob:
     meta_train_samples: int | None = None
     agreement: bool = False
     passthrough: bool = False
-    train_split: str = "val"
+    train_split: str | None = None  # default val; refused when every base is k-fold (their OOF is used)
     test_split: str = "test"
     seed: int = 0
 
@@ -206,7 +206,7 @@ def plan_stack_job(job: StackJob) -> str:
         state = "finished, skipped" if base_finished(cfg) else "to train"
         parts.append(f"## base {i}/{len(job.bases)} '{base.name}' ({base.recipe}{folds}; {state})\n{plan(cfg)}")
     meta = (f"## stack into {job.output_dir}: meta {job.meta}, {job.meta_folds}-fold CV on the "
-            f"{'out-of-fold predictions' if all(b.folds for b in job.bases) else repr(job.train_split) + ' split'}"
+            f"{'out-of-fold predictions' if all(b.folds for b in job.bases) else repr(job.train_split or 'val') + ' split'}"
             f"{f' (first {job.meta_train_samples})' if job.meta_train_samples else ''}, test {job.test_split!r}")
     return "\n\n".join(parts + [meta])
 

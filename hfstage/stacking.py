@@ -329,13 +329,14 @@ def out_of_fold_inputs(bases: list[BaseModel]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta: str = "auto", folds: int = 5,
-          agreement: bool = False, passthrough: bool = False, train_split: str = "val", test_split: str = "test",
+          agreement: bool = False, passthrough: bool = False, train_split: str | None = None, test_split: str = "test",
           seed: int = 0, meta_train_samples: int | None = None) -> dict:
     """Fit and score the stack; writes stack.json, the meta-learner and its feature order into ``out``.
 
     When every base model is a k-fold run, the meta-learner trains on their out-of-fold predictions of
     the training split (``oof.npy``); otherwise every base model predicts ``train_split`` (k-fold runs
-    through the mean of their folds: none of them trained on it), or its first ``meta_train_samples``.
+    through the mean of their folds: none of them trained on it; default ``val``), or its first
+    ``meta_train_samples``.
     """
     if meta not in META_CHOICES:
         raise ConfigError(f"--meta: unknown meta-learner {meta!r}; choose one of {', '.join(META_CHOICES)}")
@@ -353,6 +354,10 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     if data_dir is not None:
         data.path = data_dir
     use_oof = all(b.cv is not None for b in bases)
+    if use_oof and train_split is not None:
+        raise ConfigError(f"train_split {train_split!r}: every base is a k-fold run, so the meta-learner trains on "
+                          "their out-of-fold predictions of the whole training split; leave train_split out")
+    train_split = train_split or "val"
     if use_oof and meta_train_samples is not None:
         raise ConfigError("meta_train_samples: every base is a k-fold run, so the meta-learner trains on their "
                           "out-of-fold predictions of the whole training split; limit data.max_train_samples instead")

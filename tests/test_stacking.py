@@ -240,6 +240,9 @@ def test_stack_of_kfold_runs_uses_their_out_of_fold_predictions(pair_data, tmp_p
                             folds=2, seed=seed)
         run_seeds(load_config(path))
         runs.append(str(tmp_path / f"k{seed}"))
+    capsys.readouterr()
+    assert main(["stack", "--models", *runs, "--out", str(tmp_path / "s"), "--train-split", "val"]) == 2
+    assert "train_split 'val': every base is a k-fold run" in capsys.readouterr().err  # it would do nothing
     assert main(["stack", "--models", *runs, "--out", str(tmp_path / "s"), "--folds", "3", "--meta", "logreg"]) == 0
     result = json.loads((tmp_path / "s" / "stack.json").read_text())
     assert result["meta_train"] == "out-of-fold" and result["samples"] == {"meta_train": 320, "test": 160}
