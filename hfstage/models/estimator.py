@@ -279,6 +279,9 @@ class EstimatorModel(PreTrainedModel):
             import lightgbm as lgb
 
             params = {**LIGHTGBM_DEFAULTS, **cfg.params}
+            if not {"min_data_in_leaf", "min_child_samples", "min_data", "min_data_per_leaf"} & set(cfg.params):
+                # a leaf of 20 samples cannot split a training set of tens (small time-series sets)
+                params["min_data_in_leaf"] = min(20, max(2, len(x) // 10))
             rounds, patience = int(params.pop("num_boost_round")), int(params.pop("early_stopping_rounds"))
             params.update({"objective": "binary"} if cfg.binary else {"objective": "multiclass", "num_class": classes})
             params.update({"seed": cfg.seed, "deterministic": True, "force_row_wise": True, "num_threads": 2,
