@@ -69,6 +69,14 @@ def load_mnist() -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def write_npz_split(out: Path, name: str, **arrays: np.ndarray) -> None:
+    """``<out>/<name>.npz``, written under a staging folder and renamed into place (atomic: same folder)."""
+    staged = staging_dir(out / f"{name}.npz")
+    np.savez_compressed(staged / "data.npz", **arrays)
+    (staged / "data.npz").replace(out / f"{name}.npz")
+    staged.rmdir()
+
+
 def make_pairs(images: np.ndarray, labels: np.ndarray, n_pairs: int, rng: np.random.Generator):
     """Balanced pairs: half of the same class (two distinct images), half of two different classes."""
     classes = np.unique(labels)
@@ -111,10 +119,7 @@ def prepare_mnist_pairs(out: str | Path, seed: int = 0, train_pairs: int = 60000
         images, labels = mnist[index]
         rng = np.random.default_rng([seed, index])
         x, y = make_pairs(images, labels, sizes[name], rng)
-        staged = staging_dir(out / f"{name}.npz")
-        np.savez_compressed(staged / "data.npz", x=x, y=y)
-        (staged / "data.npz").replace(out / f"{name}.npz")  # atomic: same folder, rename
-        staged.rmdir()
+        write_npz_split(out, name, x=x, y=y)
         summary["splits"][name] = {"pairs": int(len(y)), "positive": int(y.sum()), "images": int(len(images))}
         logger.info("wrote %s: %d pairs from %d images", out / f"{name}.npz", len(y), len(images))
     atomic_write_json(out / "prepare.json", summary)
@@ -149,10 +154,7 @@ def prepare_digits_pairs(out: str | Path, seed: int = 0, train_pairs: int = 6000
     for k, (name, index) in enumerate(parts.items()):
         index = np.array(sorted(index))
         x, y = make_pairs(images[index], labels[index], sizes[name], np.random.default_rng([seed, k]))
-        staged = staging_dir(out / f"{name}.npz")
-        np.savez_compressed(staged / "data.npz", x=x, y=y)
-        (staged / "data.npz").replace(out / f"{name}.npz")
-        staged.rmdir()
+        write_npz_split(out, name, x=x, y=y)
         summary["splits"][name] = {"pairs": int(len(y)), "positive": int(y.sum()), "images": int(len(index))}
     atomic_write_json(out / "prepare.json", summary)
     return summary
@@ -220,13 +222,10 @@ def prepare_aeon(out: str | Path, seed: int = 0, val_fraction: float = 0.2, data
     }
     out.mkdir(parents=True, exist_ok=True)
     summary = {"source": f"aeon {dataset} (UCR/UEA)", "seed": seed, "classes": len(classes), "splits": {}}
+    names = np.array([f"speaker_{c}" if dataset == "JapaneseVowels" else f"class_{c}" for c in classes])
     for name, (x, y, lengths) in splits.items():
         x = ((x - mean) / std) * (np.arange(longest)[None, :, None] < lengths[:, None, None])
-        staged = staging_dir(out / f"{name}.npz")
-        names = [f"speaker_{c}" for c in classes] if dataset == "JapaneseVowels" else [f"class_{c}" for c in classes]
-        np.savez_compressed(staged / "data.npz", x=x.astype(np.float32), y=y, lengths=lengths, classes=np.array(names))
-        (staged / "data.npz").replace(out / f"{name}.npz")
-        staged.rmdir()
+        write_npz_split(out, name, x=x.astype(np.float32), y=y, lengths=lengths, classes=names)
         summary["splits"][name] = {"clips": int(len(y)), "classes": int(len(np.unique(y)))}
     atomic_write_json(out / "prepare.json", summary)
     return summary
