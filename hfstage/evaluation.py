@@ -116,11 +116,17 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
 
 
 def _record(checkpoint, split, file, sha256, samples, metrics, began, world_size) -> dict:
-    """What ``eval/<split>.json`` holds."""
+    return eval_record(checkpoint.reference or str(checkpoint.stage_dir), checkpoint.stage_record.stage_name,
+                       checkpoint.task, split, file, sha256, samples, metrics, began, world_size)
+
+
+def eval_record(evaluated: str, stage_name: str, task: str, split: str, file, sha256: str, samples: int, metrics: dict,
+                began: float, world_size: int) -> dict:
+    """What ``eval/<split>.json`` holds (a stage's evaluation, or a fitted stack's)."""
     return {
-        "checkpoint": checkpoint.reference or str(checkpoint.stage_dir),
-        "stage_name": checkpoint.stage_record.stage_name,
-        "task": checkpoint.task,
+        "checkpoint": evaluated,
+        "stage_name": stage_name,
+        "task": task,
         "split": split,
         "data_file": str(file),
         "data_sha256": sha256,

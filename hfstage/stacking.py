@@ -31,9 +31,9 @@ from hfstage.checkpoint import (
 )
 from hfstage.data.sources import SplitRef, split_fingerprint, split_ref
 from hfstage.errors import CheckpointError, ConfigError
-from hfstage.evaluation import checkpoint_task, predict, predictions_csv, split_path
+from hfstage.evaluation import checkpoint_task, eval_record, predict, predictions_csv, split_path
 from hfstage.folds import labels_of
-from hfstage.reporting import format_table, versions
+from hfstage.reporting import format_table
 from hfstage.resolve import Checkpoint, fold_checkpoints, resolve_checkpoint
 
 logger = logging.getLogger("hfstage")
@@ -502,7 +502,8 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str | None, split: str =
     p = load_meta_predictor(stack_dir, meta["meta_learner"], meta.get("classes"))(X, probs)
     labels = _labels(dataset)
     summary = {"samples": len(labels), "accuracy": accuracy(p, labels), "log_loss": log_loss(p, labels),
-               "data_file": str(file), "task": meta["task"], "meta_learner": meta["meta_learner"]}
+               "data_file": str(file), "data_sha256": split_fingerprint(file),  # cached by the leak check
+               "task": meta["task"], "meta_learner": meta["meta_learner"]}
     return summary, predictions_csv(predicted(p), labels, p)
 
 
@@ -516,11 +517,9 @@ def evaluate_stack(path: str | Path, data_dir: str | None = None, split: str = "
     ``<stack>/eval/<split>.json`` in the form a stage's evaluation has."""
     began = time.time()
     summary, table = predict_with_stack(path, data_dir, split)
-    result = {"checkpoint": str(path), "stage_name": f"stack ({summary['meta_learner']})", "task": summary["task"],
-              "split": split, "data_file": summary["data_file"], "samples": summary["samples"],
-              "metrics": {"loss": summary["log_loss"], "accuracy": summary["accuracy"]},
-              "seconds": round(time.time() - began, 3), "world_size": 1,
-              "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()}
+    result = eval_record(str(path), f"stack ({summary['meta_learner']})", summary["task"], split,
+                         summary["data_file"], summary["data_sha256"], summary["samples"],
+                         {"loss": summary["log_loss"], "accuracy": summary["accuracy"]}, began, 1)
     eval_dir = Path(out) if out else Path(path) / "eval"
     atomic_write_json(eval_dir / f"{split}.json", result)
     if save_predictions:
