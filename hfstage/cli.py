@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, help="mnist-images only (default 10000, at most 50000)")
     p.add_argument("--val-images", type=int, help="mnist-images only (default 2000, at most 10000)")
     p.add_argument("--test-images", type=int, help="mnist-images only (default 2000, at most 10000)")
+    p.add_argument("--shift", help="mnist-images only: also write a target domain, the val and test images under a "
+                   "fixed shift (dark-blur-noise or washed-noisy): val_shifted/, test_shifted/ and unlabelled target/")
     p.add_argument("--words", type=int, help="espeak-l2 only: how many words (default: all of the list)")
     p.add_argument("--word-source", help="espeak-l2 only: a text file of words (default: a built-in list of ~150)")
     p.add_argument("--split-by", choices=("voice", "word"),
@@ -82,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <stage>/onnx or <stage>/pt2)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--data", help="folder with the split files, if the stage's data has moved (a real batch checks the export)")
+
+    p = sub.add_parser("inspect-shift", help="image statistics of the training split vs a target folder: how far "
+                       "brightness, contrast, blur, noise, size and colour shifted")
+    p.add_argument("--data", required=True, help="the image data folder (as data.path)")
+    p.add_argument("--train-split", default="train", help="training split under --data: a class-folder tree or a "
+                   "path,label CSV (default: train)")
+    p.add_argument("--target", help="folder of target images, under --data or a path (default: test_images, else test)")
+    p.add_argument("--out", default="shift.json", help="the report (JSON; default shift.json); the histograms of the "
+                   "most shifted statistics go beside it as .png")
+    p.add_argument("--max-images", type=int, default=2000, help="a seeded random sample of at most this many images "
+                   "from each side (default 2000)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
     p = sub.add_parser("stack", help="fit a meta-learner over base models' predictions and compare ensembles")
     p.add_argument("--models", nargs="+", required=True, help="base models: run folders (best stage), stage folders or hf:// references")
@@ -196,7 +210,7 @@ def _prepare(args) -> int:
     preparer = PREPARERS.get(args.name, "prepare")
     flags = {"mnist-pairs": ("train_pairs", "val_pairs", "test_pairs"),
              "digits-pairs": ("train_pairs", "val_pairs", "test_pairs"),
-             "mnist-images": ("train_images", "val_images", "test_images"),
+             "mnist-images": ("train_images", "val_images", "test_images", "shift"),
              "espeak-l2": ("words", "word_source", "split_by", "wrong_fraction", "errors", "errors_per_clip", "voices"),
              "aeon": ("dataset",)}
     sizes = {k: getattr(args, k) for names in flags.values() for k in names if getattr(args, k) is not None}
@@ -233,6 +247,38 @@ def _export(args) -> int:
     result = export_stage(args.stage, args.format, args.out, args.opset, args.data)
     print(f"{result['path']}: {args.format}, dynamic {', '.join(sorted({a for v in result['inputs'].values() for a in v}))}; "
           f"max abs difference vs PyTorch {result['max_abs_difference']:.3g} on a batch of {result['checked_batch_size']}")
+    return 0
+
+
+def _inspect_shift(args) -> int:
+    import json
+
+    from hfstage.checkpoint import atomic_write_json
+    from hfstage.data.shift import inspect_shift, plot_shift, shift_table
+    from hfstage.errors import ConfigError
+
+    data = Path(args.data)
+    if not data.is_dir():
+        raise ConfigError(f"inspect-shift --data: {data} is not a folder")
+    if args.max_images < 2:
+        raise ConfigError(f"inspect-shift --max-images: {args.max_images} must be at least 2")
+    target = args.target or next((t for t in ("test_images", "test") if (data / t).is_dir()), None)
+    if target is None:
+        raise ConfigError(f"inspect-shift --target: give the folder of target images ({data} has no test_images/ or test/)")
+    target = Path(target) if Path(target).is_absolute() or not (data / target).exists() else data / target
+    report, source_stats, target_stats = inspect_shift(data / args.train_split, target, args.max_images)
+    out = Path(args.out)
+    picture = out.with_suffix(".png")
+    report["picture"] = str(picture)
+    atomic_write_json(out, report)
+    plot_shift(report, source_stats, target_stats, picture)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['source']} ({report['source_images']} images) -> {report['target']} "
+              f"({report['target_images']} images); most shifted first\n")
+        print(shift_table(report))
+        print(f"\nwrote {out} and {picture}")
     return 0
 
 
@@ -368,7 +414,7 @@ def _config(args) -> int:
 
 COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "export": _export, "stack": _stack,
             "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "doctor": _doctor, "runs": _runs,
-            "config": _config}
+            "config": _config, "inspect-shift": _inspect_shift}
 
 
 def main(argv: list[str] | None = None) -> int:

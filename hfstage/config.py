@@ -68,6 +68,13 @@ def _f(default=dataclasses.MISSING, help: str = "", check=None, factory=None, pa
 _POSITIVE, _NON_NEGATIVE, _FRACTION, _AT_LEAST_ONE = POSITIVE, NON_NEGATIVE, FRACTION, AT_LEAST_ONE
 
 
+def augmentation_spec(value: Any, where: str) -> dict[str, float]:
+    """Augmentation name -> strength; ``true``/``false`` stand for 1 and 0 (``{match_target: true, hflip: true}``)."""
+    if isinstance(value, dict):
+        value = {k: float(v) if isinstance(v, bool) else v for k, v in value.items()}
+    return coerce(value, dict[str, float], where)
+
+
 def teacher_spec(value: Any, where: str) -> dict[str, Any] | None:
     """``teacher: PATH`` or ``{checkpoint: PATH, temperature: T, alpha: a}`` -> the mapping with defaults filled
     (the distillation loss's constructor arguments)."""
@@ -114,6 +121,11 @@ class StageConfig:
 
     name: str = _f("stage", "Stage name; the stage folder is `stage_<N>_<name>`. Letters, digits, `_`, `-`.")
     description: str = _f("", "Free text saved in `stage.json` as `stage_description`.")
+    kind: str = _f(
+        "train", "`train` (gradient steps) or `adabn`: no gradient steps, the model's BatchNorm statistics re-estimated "
+        "on the unlabelled target images of `data.unlabeled_file` (images; weights untouched).",
+        (lambda v: v in ("train", "adabn"), "must be train or adabn"),
+    )
     epochs: float = _f(1.0, "Training epochs of this stage (fractions allowed).", _POSITIVE)
     lr: float = _f(1e-3, "Peak learning rate.", _POSITIVE)
     scheduler: str = _f(
@@ -156,8 +168,8 @@ class StageConfig:
     )
     label_smoothing: float = _f(0.0, "Label smoothing of the training loss (every loss that takes it).", _FRACTION)
     augmentation: dict[str, float] = _f(
-        help="Training-time augmentations of the task, name -> strength (e.g. `{shift: 0.1, rotate: 10}`).",
-        factory=dict,
+        help="Training-time augmentations of the task, name -> strength (e.g. `{shift: 0.1, rotate: 10}`; `true` = 1).",
+        factory=dict, parse=augmentation_spec,
     )
     class_augmentation: dict[str, float] = _f(
         help="Images: class name -> multiplier of this stage's augmentation strengths for that class's images "
@@ -168,6 +180,10 @@ class StageConfig:
         help="Glob patterns of parameter names to freeze (e.g. `encoder.*`); a pattern starting with `!` keeps "
         "what it matches trainable (`[backbone.*, '!backbone.fc.*']`: head only). Frozen modules stay in eval mode.",
         factory=list,
+    )
+    freeze_batchnorm: bool = _f(
+        False, "BatchNorm layers stay in eval mode: their running statistics (e.g. those a `kind: adabn` stage "
+        "estimated on target images) are kept, their scale and shift still train."
     )
     lr_multipliers: dict[str, float] = _f(
         help="Glob pattern of parameter names -> learning-rate multiplier (first match wins).",
@@ -235,7 +251,8 @@ class DataConfig:
     max_eval_samples: int | None = _f(None, "Use only the first N validation and test samples.")
     num_workers: int = _f(0, "DataLoader worker processes.", _NON_NEGATIVE)
     unlabeled_file: str | None = _f(
-        None, "Images: folder (relative to `path`) of unlabelled images for `pseudo_labels` stages."
+        None, "Images: folder (relative to `path`) of unlabelled (target-domain) images for `pseudo_labels`, "
+        "`augmentation.match_target` and `kind: adabn` stages."
     )
     skip_bad_images: bool = _f(
         False, "Images: leave unreadable image files out (counted in the log) instead of stopping with an error."

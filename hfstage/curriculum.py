@@ -44,6 +44,7 @@ from hfstage.errors import (
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
+from hfstage.adapt import check_adabn_model, fit_target_match, target_images
 from hfstage.cards import stage_card
 from hfstage.models import build_model, save_stage_model
 from hfstage.models.base import is_native
@@ -61,7 +62,7 @@ from hfstage.run_dir import (
     latest_kept,
     stage_dirname,
 )
-from hfstage.surgery import freeze, set_dropout, with_encoder_lr
+from hfstage.surgery import freeze, keep_batchnorm_statistics, set_dropout, with_encoder_lr
 from hfstage.tasks import TASKS, Splits
 from hfstage.tracking import TRAINER_SUMMARY_KEYS, CurriculumTracking
 from hfstage.trainer import StageTrainer, StageTrainingArguments
@@ -282,9 +283,17 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
                           "(speech clips and sequences do)")
     if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
         train_set, pseudo = add_pseudo_labels(cfg, task, stage, model, splits.train)
+    adapted, target_match, adapt_set = {}, {}, None  # domain adaptation (hfstage.adapt)
+    if stage.augmentation.get("match_target"):
+        target_match["target_match"], adapted["match_target"] = fit_target_match(cfg, task, stage, splits.train)
+    if stage.kind == "adabn":
+        check_adabn_model(model, where)
+        adapt_set = target_images(cfg, task)
     trained, resolved = _resolve_auto(stage, task, train_set, where)
     set_dropout(model, stage.dropout)
     frozen = freeze(model, stage.freeze_patterns, where)
+    if stage.freeze_batchnorm and not keep_batchnorm_statistics(model):
+        raise ConfigError(f"{where}.freeze_batchnorm: the model has no BatchNorm layer with running statistics")
     total = sum(p.numel() for p in model.parameters())
 
     work = folder.work_dir(label, stage, main=state.is_main_process)
@@ -305,10 +314,11 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
             args=args,
             train_dataset=train_set,
             eval_dataset=splits.eval,
-            data_collator=task.collator(stage, training=True, model_config=model.config),
+            data_collator=task.collator(stage, training=True, model_config=model.config, **target_match),
             eval_data_collator=task.collator(stage, training=False, model_config=model.config),
             compute_metrics=task.compute_metrics,
             callbacks=stage_callbacks,
+            adapt_dataset=adapt_set,
         )
     except (ValueError, TypeError, ImportError) as exc:  # e.g. a training_args value only the accelerator judges
         passed = f" (training_args: {', '.join(stage.training_args)})" if stage.training_args else ""
@@ -318,6 +328,10 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     if getattr(model, "fits_without_gradients", False):
         logger.info("stage %d/%d '%s': %s fitted in one pass on the training split", index, len(cfg.stages),
                     stage.name, model.config.estimator)
+    elif adapt_set is not None:
+        logger.info("stage %d/%d '%s': BatchNorm statistics re-estimated on %d images of %s (no gradient steps), "
+                    "from %s", index, len(cfg.stages), stage.name, len(adapt_set), cfg.data.unlabeled_file,
+                    started_from or "random init")
     else:
         logger.info(
             "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
@@ -354,7 +368,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         metrics={k: v for k, v in metrics.items() if k.startswith("eval_")},
         test_metrics={k: v for k, v in test_metrics.items() if k.startswith("test_")},
         training_time_s=round(training_time, 3),
-        train_samples_per_second=round(len(train_set) * stage.epochs / max(training_time, 1e-9), 1),
+        train_samples_per_second=(None if adapt_set is not None
+                                  else round(len(train_set) * stage.epochs / max(training_time, 1e-9), 1)),
         global_steps=trainer.state.global_step,
         kept=kept,
         improvement=gain,
@@ -371,6 +386,9 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     )
     if resolved:  # values decided while the stage ran: pos_weight: auto, the error threshold
         record.extra["resolved"] = resolved
+    if adapt_set is not None:
+        adapted["adabn"] = trainer.adapted
+    record.extra.update(adapted)
     if state.is_main_process:
         def fill(staged: Path) -> None:
             model = trainer.accelerator.unwrap_model(trainer.model)

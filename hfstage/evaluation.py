@@ -51,10 +51,16 @@ def checkpoint_task(checkpoint: Checkpoint):
 
 
 def split_path(data: DataConfig, split: str) -> SplitRef:
-    """``train``/``val``/``test`` name the run's splits; any other NAME means ``NAME.npz`` in a folder of hfstage's
-    own files, or the split NAME of a ``datasets`` source."""
+    """``train``/``val``/``test`` name the run's splits; any other NAME means the file or folder NAME under the data
+    folder (an image split's folder: ``test_shifted``), else ``NAME.npz`` there, or the split NAME of a ``datasets``
+    source."""
     field = SPLIT_FIELDS.get(split)
-    name = getattr(data, field) if field else (split if source_kind(data) else f"{split}.npz")
+    if field:
+        name = getattr(data, field)
+    elif source_kind(data) or (Path(data.path) / split).exists():
+        name = split
+    else:
+        name = f"{split}.npz"
     if name is None:
         raise ConfigError(f"--split {split}: the run has no {field}")
     return split_ref(data, name, f"--split {split}")

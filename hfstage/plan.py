@@ -49,6 +49,10 @@ def plan(cfg: RunConfig) -> str:
             rows.append((str(index), stage.name, "-", "-", "-", "-", "-", "-", "-",
                          f"fitted in one pass: {cfg.model.get('estimator', 'lightgbm')}({params})"))
             continue
+        if stage.kind == "adabn":
+            rows.append((str(index), stage.name, "-", "-", "-", "-", "-", "-", "-",
+                         f"kind=adabn: BatchNorm statistics of {cfg.data.unlabeled_file}, no gradient steps"))
+            continue
         rows.append((
             str(index), stage.name, f"{stage.epochs:g}", f"{stage.lr:g}", stage.scheduler,
             describe(stage.loss, stage.label_smoothing), f"{frozen_count(model, stage.freeze_patterns)}/{total}",

@@ -10,6 +10,7 @@ from hfstage.config import RunConfig
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import CheckpointError, ConfigError, first_line
 from hfstage.losses import build_loss
+from hfstage.adapt import check_adabn_model, check_domain_adaptation
 from hfstage.pseudo import check_pseudo_labels
 from hfstage.resolve import resolve_checkpoint
 from hfstage.surgery import check_patterns, with_encoder_lr
@@ -27,6 +28,9 @@ def check_stages(cfg: RunConfig, task, model) -> None:
             task.check_stage_model(stage, model, where)
         with_encoder_lr(stage, model, where)
         check_pseudo_labels(cfg, task, stage, where)
+        check_domain_adaptation(cfg, task, stage, where)
+        if stage.kind == "adabn" or stage.freeze_batchnorm:
+            check_adabn_model(model, where, "kind: adabn" if stage.kind == "adabn" else "freeze_batchnorm")
         loss = build_loss(stage.loss, stage.label_smoothing, f"{where}.loss")
         missing = [k for k in loss.label_keys if k not in batch_targets]
         if missing:

@@ -77,6 +77,15 @@ def freeze(model: nn.Module, patterns: list[str], where: str) -> int:
     return frozen
 
 
+def keep_batchnorm_statistics(model: nn.Module) -> int:
+    """Every BatchNorm layer with running statistics stays in eval mode (normalising with the statistics it has,
+    never updating them) while its scale and shift still train; returns how many layers."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for module in layers:
+        module.register_forward_pre_hook(_keep_eval)
+    return len(layers)
+
+
 def _keep_eval(module: nn.Module, _inputs) -> None:
     if module.training:
         module.eval()

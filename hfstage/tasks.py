@@ -284,14 +284,20 @@ class ImageClassificationTask(MultiClassDecisions):
         if stage.class_augmentation:
             images.class_transforms(model.config, stage.augmentation, stage.class_augmentation, where)
 
-    def collator(self, stage: StageConfig | None, training: bool, model_config=None):
+    def collator(self, stage: StageConfig | None, training: bool, model_config=None, target_match: dict | None = None):
+        """``target_match``: the fitted degradation of ``augmentation.match_target`` (``hfstage.adapt``)."""
         if model_config is None or not hasattr(model_config, "image_size"):
             raise DataError("image_classification needs an image model (model.type: timm) for its transforms")
         aug = stage.augmentation if (training and stage is not None) else None
         per_label = (images.class_transforms(model_config, aug or {}, stage.class_augmentation, f"stage '{stage.name}'")
                      if aug is not None and stage.class_augmentation else None)
+        pre = None
+        if aug and aug.get("match_target") and target_match:
+            from hfstage.data.shift import MatchTarget
+
+            pre = MatchTarget(target_match, aug["match_target"])
         return images.ImageCollator(images.image_transform(model_config, training, aug), aug, model_config.num_labels,
-                                    per_label)
+                                    per_label, pre)
 
 
 @TASKS.register("speech_assessment")
@@ -433,7 +439,7 @@ class SpeechAssessmentTask:
     def collator(self, stage: StageConfig | None, training: bool, model_config=None):
         aug = stage.augmentation if (training and stage is not None) else {}
         return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0), aug.get("gain", 0.0),
-                                   aug.get("time_mask", 0.0), aug.get("freq_mask", 0.0))
+                                   aug.get("time_mask", 0.0), aug.get("freq_mask", 0.0), aug.get("speed", 0.0))
 
     def decide(self, predictions):
         raise ConfigError("speech_assessment models predict phoneme sequences; evaluate them with their own metrics "

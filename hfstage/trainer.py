@@ -183,8 +183,10 @@ class StageTrainer(Trainer):
     # None: the non-finite-loss check is deferred on accelerators and immediate on the CPU
     defer_nonfinite_check: bool | None = None
 
-    def __init__(self, *args, eval_data_collator=None, teacher_model=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, teacher_model=None, adapt_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.adapt_dataset = adapt_dataset  # kind: adabn, the target images whose BatchNorm statistics are taken
+        self.adapted: dict | None = None
         self.teacher_model = teacher_model
         if teacher_model is not None:
             teacher_model.eval().requires_grad_(False)
@@ -222,6 +224,8 @@ class StageTrainer(Trainer):
         """
         if getattr(self.model, "fits_without_gradients", False):
             return self._fit_without_gradients()
+        if self.adapt_dataset is not None:
+            return self._recalibrate_batchnorm()
         tune_cpu_allocator()
         already = gc.get_freeze_count()
         gc.freeze()
@@ -260,6 +264,27 @@ class StageTrainer(Trainer):
         self.state.log_history.append({"step": 0, "epoch": 1.0, "features": int(x.shape[1]), **logged})
         logger.info("fitted %s on %d samples x %d features in %.1f s (%s)", self.model.config.estimator, len(x),
                     x.shape[1], seconds, ", ".join(f"{k} {v}" for k, v in logged.items()))
+        return TrainOutput(0, 0.0, {"train_runtime": seconds})
+
+    def _recalibrate_batchnorm(self):
+        """A ``kind: adabn`` stage: BatchNorm statistics re-estimated on the target images (no augmentation, no
+        gradient steps, weights untouched); evaluation then runs as for any stage."""
+        import time
+
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import TrainOutput
+
+        from hfstage.adapt import recalibrate_batchnorm
+
+        began = time.time()
+        loader = DataLoader(self.adapt_dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
+                            collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
+        self.adapted = recalibrate_batchnorm(self.model, loader)
+        seconds = time.time() - began
+        self.state.epoch = 1.0
+        self.state.log_history.append({"step": 0, "epoch": 1.0, **self.adapted})
+        logger.info("AdaBN: %d BatchNorm layers re-estimated on %d target images in %.1f s",
+                    self.adapted["batchnorm_layers"], self.adapted["target_images"], seconds)
         return TrainOutput(0, 0.0, {"train_runtime": seconds})
 
     def _clip_grad_norm(self, model):

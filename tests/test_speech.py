@@ -490,6 +490,29 @@ def test_mel_conformer_encoder_shapes_padding_and_spec_augment(tmp_path):
         build_model({"type": "speech", "encoder": {"type": "mel_conformer", "depth": 3}}, vocab_size=12)
 
 
+def test_speed_perturbation_changes_duration_and_pitch_together():
+    from hfstage.data.audio import AudioCollator, change_speed
+
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    fast = change_speed(tone, 1.1)
+    assert len(fast) == round(16000 / 1.1) and fast.dtype == np.float32
+    peak = np.abs(np.fft.rfft(fast)).argmax() * 16000 / len(fast)
+    assert peak == pytest.approx(484, abs=3)  # 440 Hz played 1.1x faster
+    assert np.array_equal(change_speed(tone, 1.0), tone)
+
+    class Extractor:  # records the waves the collator hands to the feature extractor
+        def __call__(self, waves, **kwargs):
+            self.lengths = [len(w) for w in waves]
+            return {"input_values": torch.zeros(len(waves), 1), "attention_mask": torch.ones(len(waves), 1)}
+
+    extractor = Extractor()
+    sample = {"wave": tone, "spoken": [1], "canonical": [1], "error_labels": [0]}
+    np.random.seed(0)
+    AudioCollator(extractor, speed=0.2)([sample] * 8)
+    assert all(13333 <= n <= 20000 for n in extractor.lengths) and len(set(extractor.lengths)) > 4
+
+
 @needs_espeak
 def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, capsys):
     out = tmp_path / "run"

@@ -38,11 +38,13 @@ PAD, UNK = "<pad>", "<unk>"
 AUDIO_AUGMENTATIONS: Registry = Registry("speech augmentation")
 AUDIO_AUGMENTATIONS.register("noise")("Gaussian noise, this fraction of the clip's standard deviation.")
 AUDIO_AUGMENTATIONS.register("gain")("Random gain of up to this many dB either way.")
+AUDIO_AUGMENTATIONS.register("speed")("Speed perturbation: each clip played at a random rate within 1 ± this "
+                                      "(tempo and pitch together, as sox's speed; 0.1 = the usual 0.9-1.1).")
 AUDIO_AUGMENTATIONS.register("time_mask")("SpecAugment (mel_conformer encoder): two time masks, each up to this "
                                           "fraction of the clip.")
 AUDIO_AUGMENTATIONS.register("freq_mask")("SpecAugment (mel_conformer encoder): two frequency masks, each up to this "
                                           "fraction of the mel bands.")
-_LIMITS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5)}
+_LIMITS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0), "speed": (0.0, 0.5), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5)}
 
 
 def check_audio_augmentation(augmentation: dict[str, float], where: str) -> None:
@@ -282,18 +284,26 @@ class AudioDataset(Dataset):
                 "error_labels": clip.labels}
 
 
+def change_speed(wave: np.ndarray, rate: float) -> np.ndarray:
+    """The clip played ``rate`` times faster (shorter and higher for rate > 1), by linear interpolation."""
+    n = max(1, round(len(wave) / rate))
+    return np.interp(np.arange(n) * (len(wave) / n), np.arange(len(wave)), wave).astype(np.float32)
+
+
 class AudioCollator:
     """Pads waves (normalised by the feature extractor, with an attention mask), CTC targets (-100), canonical
     phoneme ids (``<pad>``) with their mask, and error labels (-100)."""
 
     def __init__(self, feature_extractor, noise: float = 0.0, gain: float = 0.0, time_mask: float = 0.0,
-                 freq_mask: float = 0.0):
+                 freq_mask: float = 0.0, speed: float = 0.0):
         self.extractor = feature_extractor
-        self.noise, self.gain = noise, gain
+        self.noise, self.gain, self.speed = noise, gain, speed
         self.spec_augment = (time_mask, freq_mask) if time_mask or freq_mask else None
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         waves = [s["wave"] for s in samples]
+        if self.speed:
+            waves = [change_speed(w, np.random.uniform(1 - self.speed, 1 + self.speed)) for w in waves]
         if self.gain:
             waves = [w * np.float32(10 ** (np.random.uniform(-self.gain, self.gain) / 20)) for w in waves]
         if self.noise:

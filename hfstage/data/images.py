@@ -40,11 +40,14 @@ for _name, _help in {
     "random_erasing": "probability of erasing a random rectangle",
     "mixup": "mixup alpha: batches of blended images with blended (soft) labels (timm `Mixup`)",
     "cutmix": "cutmix alpha: a pasted rectangle from another image, labels mixed by area (timm `Mixup`)",
+    "match_target": "fraction of training images degraded toward the brightness, contrast, blur and noise of "
+                    "`data.unlabeled_file` (`true` = all); fitted when the stage starts, recorded in stage.json",
 }.items():
     IMAGE_AUGMENTATIONS.register(_name)(_help)
 _LIMITS = {"hflip": (0, 1), "vflip": (0, 1), "crop": (0.05, 1), "rand_augment": (0, 9), "color_jitter": (0, 1),
-           "random_erasing": (0, 1), "mixup": (0, 10), "cutmix": (0, 10)}
+           "random_erasing": (0, 1), "mixup": (0, 10), "cutmix": (0, 10), "match_target": (0, 1)}
 BATCH_AUGMENTATIONS = ("mixup", "cutmix")
+PRE_AUGMENTATIONS = ("match_target",)  # applied to the decoded image before timm's transforms
 
 
 def check_image_augmentation(augmentation: dict[str, float], where: str, loss: str = "cross_entropy") -> None:
@@ -273,7 +276,7 @@ def scaled_augmentation(augmentation: dict[str, float], factor: float) -> dict[s
     """Every per-image strength times ``factor``, kept within its limits (crop: the area given up is scaled)."""
     out = {}
     for name, value in augmentation.items():
-        if name in BATCH_AUGMENTATIONS:
+        if name in BATCH_AUGMENTATIONS or name in PRE_AUGMENTATIONS:
             continue
         lo, hi = _LIMITS[name]
         scaled = 1 - (1 - value) * factor if name == "crop" else value * factor
@@ -302,7 +305,7 @@ def image_transform(model_config, training: bool, augmentation: dict[str, float]
     size = (3, model_config.image_size, model_config.image_size)
     common = dict(input_size=size, mean=tuple(model_config.mean), std=tuple(model_config.std),
                   interpolation=model_config.interpolation)
-    aug = augmentation or {}
+    aug = {k: v for k, v in (augmentation or {}).items() if k not in PRE_AUGMENTATIONS}
     if not training or not aug:
         return create_transform(is_training=False, crop_pct=1.0, **common)
     crop = aug.get("crop")
@@ -329,8 +332,9 @@ class ImageCollator:
     """
 
     def __init__(self, transform, augmentation: dict[str, float] | None = None, num_labels: int | None = None,
-                 per_label: dict | None = None):
+                 per_label: dict | None = None, pre=None):
         self.transform = transform
+        self.pre = pre  # on the decoded image before timm's transforms (augmentation.match_target's degradation)
         self.per_label = per_label or {}  # class-wise augmentation strength
         self.mixup = None
         aug = augmentation or {}
@@ -342,7 +346,8 @@ class ImageCollator:
             self.num_labels = num_labels
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        x = torch.stack([self.per_label.get(s["labels"], self.transform)(s["image"]) for s in samples])
+        pre = self.pre or (lambda image: image)
+        x = torch.stack([self.per_label.get(s["labels"], self.transform)(pre(s["image"])) for s in samples])
         y = torch.tensor([s["labels"] for s in samples], dtype=torch.long)
         if self.mixup is None:
             return {"pixel_values": x, "labels": y}

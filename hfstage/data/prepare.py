@@ -233,7 +233,7 @@ def prepare_aeon(out: str | Path, seed: int = 0, val_fraction: float = 0.2, data
 
 @PREPARERS.register("mnist-images")
 def prepare_mnist_images(out: str | Path, seed: int = 0, train_images: int = 10000, val_images: int = 2000,
-                         test_images: int = 2000) -> dict:
+                         test_images: int = 2000, shift: str | None = None) -> dict:
     """MNIST digits as PNG files in the layout of an image competition.
 
     ``train/<digit>/*.png``, ``val/<digit>/*.png`` and ``test/<digit>/*.png`` (class folders, read by
@@ -241,8 +241,16 @@ def prepare_mnist_images(out: str | Path, seed: int = 0, train_images: int = 100
     ``hfstage predict --images``) and ``test_labels.csv`` (``id,label``) to score a submission.
     A class-stratified random subset of each MNIST split, by ``seed``; each split folder is written
     under a temporary name and renamed when complete.
+    With ``shift`` (a name of ``hfstage.data.shift.SHIFTS``), a target domain too: ``val_shifted/<digit>/``
+    and ``test_shifted/<digit>/`` (the val and test images under that fixed degradation, labelled) and
+    ``target/<id>.png`` (the shifted test images, unlabelled: what adaptation stages read).
     """
     from PIL import Image
+
+    from hfstage.data.shift import SHIFTS
+
+    if shift is not None and shift not in SHIFTS:
+        raise DataError(f"mnist-images --shift: {shift!r} is not a known shift ({', '.join(SHIFTS)})")
 
     out = Path(out)
     mnist = load_mnist()
@@ -280,8 +288,37 @@ def prepare_mnist_images(out: str | Path, seed: int = 0, train_images: int = 100
         counts = np.bincount(labels[chosen], minlength=10)
         summary["splits"][name] = {"images": int(n), "classes": int((counts > 0).sum())}
         logger.info("wrote %s: %d PNG images in %d class folders", out / name, n, int((counts > 0).sum()))
+        if shift is not None and name in ("val", "test"):
+            _write_shifted(out, name, images[chosen], labels[chosen], chosen, shift, publish)
+            summary["splits"][f"{name}_shifted"] = {"images": int(n), "shift": shift}
+    if shift is not None:
+        summary["shift"] = {"name": shift, **SHIFTS[shift]}
     atomic_write_json(out / "prepare.json", summary)
     return summary
+
+
+def _write_shifted(out: Path, name: str, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, shift: str,
+                   publish) -> None:
+    """``<name>_shifted/<digit>/`` (and for the test split ``target/``): the images under a fixed shift."""
+    from PIL import Image
+
+    from hfstage.data.shift import SHIFTS, degrade
+
+    staged = staging_dir(out / f"{name}_shifted")
+    target = staging_dir(out / "target") if name == "test" else None
+    for image, label, i in zip(images, labels, ids):
+        rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32) / 255.0
+        shifted = degrade(rgb, rng=np.random.default_rng([int(i), 7]), **SHIFTS[shift])
+        grey = Image.fromarray(np.round(shifted[..., 0] * 255).astype(np.uint8), mode="L")
+        folder = staged / str(int(label))
+        folder.mkdir(exist_ok=True)
+        grey.save(folder / f"{name}_{i:05d}.png")
+        if target is not None:
+            grey.save(target / f"{i:05d}.png")
+    publish(staged, out / f"{name}_shifted")
+    if target is not None:
+        publish(target, out / "target")
+    logger.info("wrote %s: the %s images under the %s shift", out / f"{name}_shifted", name, shift)
 
 
 # --------------------------------------------------------------------------------------------------
