@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -32,12 +33,13 @@ from hfstage.checkpoint import RunLock
 from hfstage.config import RunConfig, StageConfig, init_stage_index
 from hfstage.curves import draw_curves
 from hfstage.data.sources import split_fingerprint, split_ref
-from hfstage.devices import distributed_state
+from hfstage.devices import ddp_timeout, distributed_state
 from hfstage.errors import (
     CheckpointError,
     ConfigError,
     HfstageError,
     Interrupted,
+    PeerLost,
     StageError,
     first_line,
 )
@@ -90,7 +92,7 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
         splits: Splits | None = None, task=None) -> RunRecord:
     """Run (or resume) the whole curriculum; returns the final run.json record. ``splits`` (and the ``task`` that
     read them): the data, when it does not come from ``cfg.data`` (``hfstage.train`` with datasets passed in)."""
-    state = distributed_state()
+    state = distributed_state(ddp_timeout(cfg.stages))
     main = state.is_main_process
     main_process_only(main)
     folder = RunDir(cfg.output_dir)
@@ -172,6 +174,48 @@ def _on_every_process(state, action) -> None:
         raise CheckpointError(error)
 
 
+def _check_shared_output(state, folder: RunDir) -> None:
+    """Every process sees the run.json the main process just wrote: the run folder is written once and read by all
+    (the previous stage, the checkpoint to resume), so nodes that do not share output_dir's filesystem would train
+    from different weights. Refused on every process at once, before any stage."""
+    if state.num_processes < 2:
+        return
+    from accelerate.utils import gather_object
+
+    seen = gather_object([(folder.run_json.is_file(), socket.gethostname())])
+    blind = sorted({f"rank {rank} ({host})" for rank, (ok, host) in enumerate(seen) if not ok})
+    if blind:
+        raise ConfigError(f"output_dir {folder.path}: {', '.join(blind)} cannot see the run.json the main process wrote "
+                          "there: the nodes do not share this folder. hfstage writes the run folder once (global "
+                          "main process) and every process reads the previous stage and its checkpoints from it: put "
+                          "output_dir on a filesystem every node mounts (NFS, Lustre, a cloud file store), by the "
+                          "same path on every node")
+
+
+_TIMED_OUT = ("timed out", "timeout")
+_PEER_GONE = ("connection closed", "connection reset", "broken pipe", "connection refused", "socket closed",
+              "end of file", "peer")
+
+
+def collective_failure(exc: BaseException, stage: str | None, processes: int, timeout: float) -> StageError | None:
+    """The error to report when a collective operation of a distributed run failed because another process stalled
+    (a timeout: ``failed``) or died (its connection closed: ``PeerLost``, the run ``interrupted``); None for any
+    other error, and in a single process."""
+    if processes < 2 or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).lower()
+    where = stage or "the run"
+    if any(k in text for k in _TIMED_OUT):
+        return StageError(f"{where}: a collective operation across the {processes} processes timed out after "
+                          f"{timeout:g} s (training_args.ddp_timeout): another process stalled or hung (stopped, "
+                          "swapping, stuck reading data); the stage's last checkpoint is kept: rerun the same command "
+                          "to resume")
+    if any(k in text for k in _PEER_GONE):
+        return PeerLost(f"{where}: another process of the run died ({first_line(exc)[:200]}); the stage's last "
+                        "checkpoint is kept: rerun the same command to resume")
+    return None
+
+
 def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[StageRecord], created_at,
                 tracker_ids: dict) -> RunRecord:
     main = state.is_main_process
@@ -204,6 +248,7 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
                     state.num_processes)
     state.wait_for_everyone()
     try:
+        _check_shared_output(state, folder)
         if main and any(r != "none" for r in cfg.report_to):
             tracking = CurriculumTracking(cfg.report_to, folder.path, cfg.project, cfg.to_dict(), tracker_ids)
             record_run("running")  # the tracker run ids, so a resumed run logs to the same tracker runs
@@ -228,6 +273,10 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
         record_end("interrupted", "stopped by KeyboardInterrupt")
         raise
     except Exception as exc:
+        lost = collective_failure(exc, current, state.num_processes, ddp_timeout(cfg.stages) or 1800)
+        if lost is not None:  # another process died or stalled: one line naming the stage, not a gloo traceback
+            record_end("interrupted" if isinstance(lost, PeerLost) else "failed", str(lost))
+            raise lost from None
         record_end("failed", str(exc) if isinstance(exc, HfstageError) else f"{type(exc).__name__}: {exc}")
         raise
     final = RunRecord.build(cfg, config_file, state.num_processes, records, "finished", created_at,

@@ -15,9 +15,27 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def distributed_state() -> PartialState:
-    """The process group, initialised the same way the Trainer will (CPU gloo when there is no GPU)."""
-    return PartialState(cpu=cpu_only())
+def distributed_state(timeout: float | None = None) -> PartialState:
+    """The process group, initialised the same way the Trainer will (CPU gloo when there is no GPU).
+
+    ``timeout`` (seconds; ``training_args.ddp_timeout``): how long a collective operation waits for the other
+    processes before it fails. It applies when this call creates the group (the first in the process):
+    ``hfstage train`` makes that call with the recipe's value before anything else."""
+    from datetime import timedelta
+
+    return PartialState(cpu=cpu_only(), **({"timeout": timedelta(seconds=timeout)} if timeout else {}))
+
+
+def ddp_timeout(stages) -> float | None:
+    """The recipe's ``training_args.ddp_timeout`` (one value for the whole run: the process group is created once);
+    None when no stage sets it."""
+    from hfstage.errors import ConfigError
+
+    values = {s.training_args["ddp_timeout"] for s in stages if "ddp_timeout" in s.training_args}
+    if len(values) > 1 or (values and len(values) == 1 and any("ddp_timeout" not in s.training_args for s in stages)):
+        raise ConfigError("training_args.ddp_timeout: the collective timeout is set once per run, when the process "
+                          "group is created; set it in defaults.training_args, not differently per stage")
+    return float(values.pop()) if values else None
 
 
 # glibc malloc settings for training (see ``tune_cpu_allocator``)

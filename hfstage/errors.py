@@ -34,6 +34,11 @@ class StageError(HfstageError):
     exit_code = 1
 
 
+class PeerLost(StageError):
+    """Another process of a distributed run died (its connection closed mid-collective): the run is marked
+    ``interrupted``, since a rerun of the same command resumes from the stage's last checkpoint."""
+
+
 class HubError(HfstageError):
     """The Hub refused or failed a request (after retries), or no token was available to write."""
 

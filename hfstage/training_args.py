@@ -70,6 +70,9 @@ RESERVED: dict[str, str] = {
     "do_eval": "a script flag the Trainer ignores: every stage trains and evaluates, and tests when data.test_file is set",
     "do_predict": "a script flag the Trainer ignores: every stage trains and evaluates, and tests when data.test_file is set",
     "local_rank": "set by the launcher (accelerate launch, torchrun)",
+    "save_on_each_node": "the run folder is written once, by the global main process, and every process reads the "
+                         "previous stage and the resume checkpoint from it: output_dir must be on a filesystem every "
+                         "node mounts (see docs/launching.md)",
     "hub_token": "the token comes from HF_TOKEN or `hf auth login`",
     "hub_strategy": "with push_to_hub, hfstage pushes each finished stage itself",
     "hub_always_push": "with push_to_hub, hfstage pushes each finished stage itself",
