@@ -68,6 +68,19 @@ def _f(default=dataclasses.MISSING, help: str = "", check=None, factory=None, pa
 _POSITIVE, _NON_NEGATIVE, _FRACTION, _AT_LEAST_ONE = POSITIVE, NON_NEGATIVE, FRACTION, AT_LEAST_ONE
 
 
+RAY_RESOURCES = ("num_cpus", "num_gpus", "memory")
+
+
+def check_resources(value: dict[str, float], where: str) -> dict[str, float]:
+    for key, amount in value.items():
+        if key not in RAY_RESOURCES:
+            raise ConfigError(f"{where}.{key}: not a resource a unit can ask for{closest(key, list(RAY_RESOURCES))} "
+                              f"(choose from {', '.join(RAY_RESOURCES)})")
+        if amount < 0:
+            raise ConfigError(f"{where}.{key}: {amount:g} must be >= 0")
+    return value
+
+
 def augmentation_spec(value: Any, where: str) -> dict[str, float]:
     """Augmentation name -> strength; ``true``/``false`` stand for 1 and 0 (``{match_target: true, hflip: true}``)."""
     if isinstance(value, dict):
@@ -282,6 +295,21 @@ class RunConfig:
         (lambda v: v == 0 or v >= 2, "must be 0 (no folds) or >= 2"),
     )
     fold: int | None = _f(None, "With `folds`: train only this fold (from 0), e.g. to spread folds over machines.")
+    executor: str = _f(
+        "local", "Where the independent units of a run train (the folds of `folds`, the seeds of `seeds`, the bases of "
+        "a stacking recipe): `local`, one after another in this process, or `ray`, side by side as Ray tasks "
+        "(`pip install 'hfstage[ray]'`; `hfstage train --executor ray`). Same run folders either way.",
+        (lambda v: v in ("local", "ray"), "must be local or ray"),
+    )
+    ray_address: str | None = _f(
+        None, "With `executor: ray`: the Ray cluster to join (`auto`, `HOST:6379`, `ray://HOST:10001`); unset = a Ray "
+        "already started in this process, else a local one on this machine. `hfstage train --address`."
+    )
+    resources: dict[str, float] = _f(
+        help="With `executor: ray`: what each unit asks Ray for, `{num_cpus: 2, num_gpus: 0.25}` (a fraction of a GPU "
+        "lets several small units share one; `memory` in bytes). Default: one CPU.",
+        factory=dict, parse=lambda v, where: check_resources(coerce(v, dict[str, float], where), where),
+    )
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(
         help="Model: `type` (a registered model) plus that model's config arguments.",
@@ -452,6 +480,14 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise ConfigError(f"{source}: fold: {cfg.fold} must name one of the {cfg.folds} folds (0 to {cfg.folds - 1})"
                           if cfg.folds else f"{source}: fold: set only together with folds")
+    if cfg.executor == "ray" and cfg.fold is not None:
+        raise ConfigError(f"{source}: executor: ray trains every fold side by side; fold: {cfg.fold} names one (drop "
+                          "one of the two)")
+    if cfg.executor == "ray" and not cfg.folds and not cfg.seeds:
+        raise ConfigError(f"{source}: executor: ray fans out the independent units of a run (the folds of folds: N, "
+                          "the seeds of seeds: [...], the bases of a stacking recipe); this recipe is one run")
+    if cfg.executor != "ray" and (cfg.resources or cfg.ray_address):
+        raise ConfigError(f"{source}: {'resources' if cfg.resources else 'ray_address'}: applies to executor: ray only")
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ConfigError(f"{source}: hub_repo_id: push_to_hub is on but no repository is named (OWNER/NAME)")
     if cfg.hub_repo_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$", cfg.hub_repo_id):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hfstage.arguments import closest, coerce
-from hfstage.config import apply_override, load_config, read_yaml
+from hfstage.config import apply_override, check_resources, load_config, read_yaml
 from hfstage.errors import ConfigError
 from hfstage.stacking import META_CHOICES
 
@@ -58,6 +58,9 @@ class StackJob:
     agreement: bool = False
     passthrough: bool = False
     train_split: str | None = None  # default val; refused when every base is k-fold (their OOF is used)
+    executor: str = "local"  # local: one base after another; ray: every base (and fold) a Ray task
+    ray_address: str | None = None
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
     test_split: str = "test"
     seed: int = 0
 
@@ -139,6 +142,11 @@ def load_stack_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
     if job.meta not in META_CHOICES:
         raise ConfigError(f"{where}: meta: {job.meta!r}; choose one of {', '.join(META_CHOICES)}")
+    if job.executor not in ("local", "ray"):
+        raise ConfigError(f"{where}: executor: {job.executor!r} must be local or ray")
+    check_resources(job.resources, f"{where}: resources")
+    if job.executor != "ray" and (job.resources or job.ray_address):
+        raise ConfigError(f"{where}: {'resources' if job.resources else 'ray_address'}: applies to executor: ray only")
     if job.meta_folds < 2:
         raise ConfigError(f"{where}: meta_folds: {job.meta_folds} must be >= 2")
     if job.meta_train_samples is not None and job.meta_train_samples < 2 * job.meta_folds:
@@ -221,6 +229,19 @@ def run_stack_job(job: StackJob) -> dict:
     configs = [base_config(job, base) for base in job.bases]
     for base, cfg in zip(job.bases, configs):  # every base's model and stages, before any base trains
         check_base(base, cfg)
+    if job.executor != "local":  # the bases' runs side by side, then each k-fold base's out-of-fold files
+        from hfstage.executors import run_units
+        from hfstage.sweeps import join_units, leaf_units
+
+        todo = [(base, cfg) for base, cfg in zip(job.bases, configs) if not base_finished(cfg)]
+        units, joins = [], []
+        for base, cfg in todo:
+            more, per_seed = leaf_units(cfg, base.recipe, prefix=base.name)
+            units += more
+            joins += [one for one in per_seed if one.folds]
+        run_units(units, job.executor, job.ray_address, job.resources)
+        join_units(joins)
+        configs = []  # every base is trained
     for i, (base, cfg) in enumerate(zip(job.bases, configs), 1):
         if base_finished(cfg):
             logger.info("base %d/%d '%s': finished, skipped (%s)", i, len(job.bases), base.name, cfg.output_dir)

@@ -71,4 +71,7 @@ def plan(cfg: RunConfig) -> str:
     if cfg.folds:
         which = f"fold {cfg.fold} only" if cfg.fold is not None else "then oof.npy and cv.json"
         lines.append(f"{cfg.folds} stratified folds, each a run in {cfg.output_dir}/fold_<k> ({which})")
+    if cfg.executor == "ray":
+        ask = ", ".join(f"{k} {v:g}" for k, v in {"num_cpus": 1.0, **cfg.resources}.items())
+        lines.append(f"executor ray: each seed/fold a Ray task ({ask}) on {cfg.ray_address or 'a local Ray'}")
     return "\n".join(lines)

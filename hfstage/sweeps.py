@@ -42,18 +42,66 @@ from hfstage.tasks import TASKS
 def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> list:
     """One run per seed of ``cfg.seeds`` in ``<output_dir>/seed_<s>`` (or the single run when there are none);
     each is a k-fold run when ``cfg.folds`` is set. Returns each run's RunRecord (k-fold: its CV summary)."""
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
+    if cfg.executor != "local":
+        return _fan_out(cfg, config_file, callbacks)
     one_run = run_folds if cfg.folds else run
     if not cfg.seeds:
         return [one_run(cfg, config_file, callbacks)]
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
-    finals = []
-    for seed in cfg.seeds:
-        one = dataclasses.replace(cfg, seed=seed, seeds=[], output_dir=str(Path(cfg.output_dir) / f"seed_{seed}"),
-                                  hub_repo_id=f"{cfg.hub_repo_id}-seed-{seed}" if cfg.hub_repo_id else None,
-                                  stages=[dataclasses.replace(s) for s in cfg.stages])
-        finals.append(one_run(one, config_file, callbacks))
+    finals = [one_run(seed_config(cfg, seed), config_file, callbacks) for seed in cfg.seeds]
     if distributed_state().is_main_process:
+        print(format_seed_table(cfg, finals), flush=True)
+    return finals
+
+
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    return dataclasses.replace(cfg, seed=seed, seeds=[], output_dir=str(Path(cfg.output_dir) / f"seed_{seed}"),
+                               hub_repo_id=f"{cfg.hub_repo_id}-seed-{seed}" if cfg.hub_repo_id else None,
+                               stages=[dataclasses.replace(s) for s in cfg.stages])
+
+
+def leaf_units(cfg: RunConfig, config_file: str | None = None, prefix: str = "") -> tuple[list, list[RunConfig]]:
+    """(the runs a recipe trains -- each seed, each fold of each seed -- as executor units, the per-seed configs
+    whose folds are joined afterwards); the executor settings stripped (``executors.as_unit``)."""
+    from hfstage.executors import Unit, as_unit
+
+    cfg = as_unit(cfg)
+    per_seed = [seed_config(cfg, s) for s in cfg.seeds] if cfg.seeds else [cfg]
+    units = []
+    for one in per_seed:
+        parts = [p for p in (prefix, f"seed_{one.seed}" if cfg.seeds else "") if p]
+        if one.folds:
+            units += [Unit("/".join([*parts, f"fold_{k}"]), fold_config(one, k), config_file) for k in range(one.folds)]
+        else:
+            units.append(Unit("/".join(parts) or "run", one, config_file))
+    return units, per_seed
+
+
+def join_units(per_seed: list[RunConfig]) -> list:
+    """After every unit finished: the out-of-fold files of each k-fold seed (cv.json), and each seed's record."""
+    finals = []
+    for one in per_seed:
+        if one.folds:
+            summary = write_out_of_fold(one)
+            print(format_cv(summary), flush=True)
+            finals.append(summary)
+        else:
+            finals.append(RunDir(one.output_dir).read())
+    return finals
+
+
+def _fan_out(cfg: RunConfig, config_file: str | None, callbacks: Sequence[StageCallback]) -> list:
+    """The seeds and folds of ``cfg`` trained by its executor (``hfstage.executors``), then joined here."""
+    from hfstage.executors import run_units
+
+    if callbacks:
+        raise ConfigError(f"executor: {cfg.executor}: stage callbacks live in this process and cannot follow units "
+                          "trained elsewhere; use executor: local with callbacks")
+    units, per_seed = leaf_units(cfg, config_file)
+    run_units(units, cfg.executor, cfg.ray_address, cfg.resources)
+    finals = join_units(per_seed)
+    if cfg.seeds:
         print(format_seed_table(cfg, finals), flush=True)
     return finals
 

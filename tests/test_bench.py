@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("sequences_long.py", "sequences_long_min_margin_vs_minirocket", -1.0, 1.0),
     ("pairs_second_set.py", "worst_recipe_minus_plain_cnn", -1.0, 1.0),
     ("domain_shift.py", "recovered_fraction", -1000.0, 1000.0),
+    ("fanout.py", "fanout_wall_time_ratio", 0.0, float("inf")),
     ("curriculum_vs_single.py", "curriculum_minus_single_test_accuracy", -1.0, 1.0),
     ("data_loading.py", "min_loader_to_step_ratio", 0.0, float("inf")),
     ("scaling.py", "worst_epoch_time_linearity", 0.0, float("inf")),
