@@ -69,6 +69,12 @@ def run_units(units: list[Unit], executor: str, address: str | None = None, reso
             todo.append(unit)
     if not todo:
         return
+    if executor != "local":
+        from hfstage.devices import distributed_state
+
+        if distributed_state().num_processes > 1:
+            raise ConfigError(f"executor: {executor} is started from one process (hfstage train, not accelerate launch "
+                              "with several): each unit then trains in a process of its own")
     if executor == "local":
         from hfstage.curriculum import run
 
