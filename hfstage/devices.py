@@ -23,7 +23,30 @@ def distributed_state(timeout: float | None = None) -> PartialState:
     ``hfstage train`` makes that call with the recipe's value before anything else."""
     from datetime import timedelta
 
+    _join_restarted_group(timedelta(seconds=timeout or 1800))
     return PartialState(cpu=cpu_only(), **({"timeout": timedelta(seconds=timeout)} if timeout else {}))
+
+
+def _join_restarted_group(timeout) -> None:
+    """After an elastic restart (``accelerate launch --max_restarts N``), join the process group under a key prefix
+    of this attempt.
+
+    torchrun's agent keeps one store across restarts, and the group's connection addresses of the first
+    attempt stay in it: a restarted process could read a dead process's address before its new peer wrote
+    its own, and fail with "Gloo connectFullMesh failed ... Connection refused" (seen in about half of the
+    restarts here). accelerate then uses the group as it finds it."""
+    import os
+
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if (restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or int(os.environ.get("WORLD_SIZE", "1")) < 2 or torch.distributed.is_initialized()):
+        return
+    world = int(os.environ["WORLD_SIZE"])
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=False, timeout=timeout)
+    torch.distributed.init_process_group(backend="gloo" if cpu_only() else "nccl", timeout=timeout,
+                                         store=torch.distributed.PrefixStore(f"hfstage_attempt_{restart}", store),
+                                         rank=int(os.environ["RANK"]), world_size=world)
 
 
 def ddp_timeout(stages) -> float | None:
