@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hfstage.data.sources import source_kind
 from hfstage.errors import ConfigError
+from hfstage.pseudo import require_unlabeled_images
 
 logger = logging.getLogger("hfstage")
 
@@ -42,14 +42,7 @@ def check_domain_adaptation(cfg, task, stage, where: str) -> None:
     if not uses_target(stage):
         return
     what = "kind: adabn" if stage.kind == "adabn" else "augmentation.match_target"
-    if not hasattr(task, "load_unlabeled"):
-        raise ConfigError(f"{where}.{what}: the {cfg.task} task has no unlabelled target images; domain adaptation "
-                          "stages are for image_classification")
-    if cfg.data.unlabeled_file is None:
-        raise ConfigError(f"{where}.{what}: set data.unlabeled_file, the folder of unlabelled target-domain images")
-    if source_kind(cfg.data) is not None:
-        raise ConfigError(f"{where}.{what}: data.unlabeled_file is read as a local image folder, but data.path is a "
-                          "datasets source here")
+    require_unlabeled_images(cfg, task, f"{where}.{what}", "domain adaptation stages", "of the target domain")
     if stage.kind == "adabn":
         from hfstage.config import StageConfig
 

@@ -22,16 +22,20 @@ logger = logging.getLogger("hfstage")
 
 
 def check_pseudo_labels(cfg, task, stage, where: str) -> None:
-    if not stage.pseudo_labels:
-        return
+    if stage.pseudo_labels:
+        require_unlabeled_images(cfg, task, f"{where}.pseudo_labels", "pseudo-labels", "to label")
+
+
+def require_unlabeled_images(cfg, task, at: str, what: str, purpose: str) -> None:
+    """A stage step that reads ``data.unlabeled_file`` (pseudo-labels, domain adaptation) needs an image task and a
+    local folder of images."""
     if not hasattr(task, "load_unlabeled"):
-        raise ConfigError(f"{where}.pseudo_labels: the {cfg.task} task has no unlabelled data kind; "
-                          "pseudo-labels are for image_classification")
+        raise ConfigError(f"{at}: the {cfg.task} task has no unlabelled data kind; {what} are for image_classification")
     if cfg.data.unlabeled_file is None:
-        raise ConfigError(f"{where}.pseudo_labels: set data.unlabeled_file, the folder of unlabelled images to label")
+        raise ConfigError(f"{at}: set data.unlabeled_file, the folder of unlabelled images {purpose}")
     if source_kind(cfg.data) is not None:
-        raise ConfigError(f"{where}.pseudo_labels: data.unlabeled_file is a folder under data.path, which is a datasets "
-                          "source here; pseudo-labels read a local image folder so far")
+        raise ConfigError(f"{at}: data.unlabeled_file is a folder under data.path, which is a datasets source here; "
+                          f"{what} read a local image folder so far")
 
 
 def add_pseudo_labels(cfg, task, stage, model, train):

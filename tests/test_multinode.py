@@ -73,6 +73,15 @@ def complete_checkpoint(run: Path, stage: str, step: int) -> bool:
     return (run / "checkpoints" / stage / f"checkpoint-{step}" / "trainer_state.json").is_file()
 
 
+def start_until_checkpoint(recipe: Path, out: Path, step: int, cwd: Path, *flags: str):
+    """(the launcher, its two ranks) of a 2-process launch, once the long stage's checkpoint ``step`` is complete."""
+    launcher = subprocess.Popen(launch(recipe, "--main_process_port", str(free_port()), *flags), env=ENV, cwd=cwd,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(ranks(recipe)), 120, "two ranks")
+    wait_for(lambda: complete_checkpoint(out, "stage_1_long", step), 300, f"checkpoint-{step}")
+    return launcher, workers
+
+
 LONG_STAGE = [{"name": "long", "epochs": 16, "eval_steps": 10}]  # 80 steps with 2 processes, a checkpoint every 10
 
 
@@ -109,10 +118,7 @@ def test_a_rank_killed_mid_stage_stops_the_group_and_elastic_restarts_finish_wit
     # by hand: kill -9 of rank 1 once checkpoint-20 is complete; everything stops; the rerun resumes
     path = recipe(stages=LONG_STAGE)
     out = tmp_path / "run"
-    launcher = subprocess.Popen(launch(path, "--main_process_port", str(free_port())), env=ENV, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    workers = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(ranks(path)), 120, "two ranks")
-    wait_for(lambda: complete_checkpoint(out, "stage_1_long", 20), 300, "checkpoint-20")
+    launcher, workers = start_until_checkpoint(path, out, 20, tmp_path)
     killed = time.monotonic()
     workers[1].send_signal(signal.SIGKILL)
     launcher.wait(timeout=60)
@@ -129,11 +135,8 @@ def test_a_rank_killed_mid_stage_stops_the_group_and_elastic_restarts_finish_wit
     # elastic: the same kill with --max_restarts 1; the launcher restarts the group, which resumes and finishes
     elastic_out = tmp_path / "elastic"
     elastic = write_recipe(tmp_path / "elastic.yaml", pair_data, elastic_out, LONG_STAGE)
-    launcher = subprocess.Popen(launch(elastic, "--main_process_port", str(free_port()), "--max_restarts", "1",
-                                       "--monitor_interval", "1"),
-                                env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    workers = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(ranks(elastic)), 120, "two ranks")
-    wait_for(lambda: complete_checkpoint(elastic_out, "stage_1_long", 20), 300, "checkpoint-20")
+    launcher, workers = start_until_checkpoint(elastic, elastic_out, 20, tmp_path, "--max_restarts", "1",
+                                               "--monitor_interval", "1")
     workers[1].send_signal(signal.SIGKILL)
     _, err = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, err[-4000:]
@@ -152,10 +155,7 @@ def test_a_stalled_rank_fails_the_others_within_ddp_timeout_naming_the_stage(rec
     path = recipe(stages=LONG_STAGE, defaults={"batch_size": 32, "eval_batch_size": 64, "lr": 3e-3,
                                                "training_args": {"ddp_timeout": 8}})
     out = tmp_path / "run"
-    launcher = subprocess.Popen(launch(path, "--main_process_port", str(free_port())), env=ENV, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    workers = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(ranks(path)), 120, "two ranks")
-    wait_for(lambda: complete_checkpoint(out, "stage_1_long", 10), 300, "checkpoint-10")
+    launcher, workers = start_until_checkpoint(path, out, 10, tmp_path)
     stopped = time.monotonic()
     workers[1].send_signal(signal.SIGSTOP)
     try:  # rank 0 gives up after ddp_timeout and records why (the launcher would SIGKILL the stopped rank 30 s later)
