@@ -22,6 +22,7 @@ from torch import nn
 
 from hfstage.errors import ConfigError
 from hfstage.pseudo import require_unlabeled_images
+from hfstage.surgery import batchnorm_layers
 
 logger = logging.getLogger("hfstage")
 
@@ -65,7 +66,9 @@ def target_images(cfg, task):
 
 
 def _as_array(image) -> np.ndarray:
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    from hfstage.data.shift import as_rgb
+
+    rgb = as_rgb(image)
     h, w = rgb.shape[:2]
     if max(h, w) > FIT_CROP:
         top, left = max(0, (h - FIT_CROP) // 2), max(0, (w - FIT_CROP) // 2)
@@ -92,10 +95,6 @@ def fit_target_match(cfg, task, stage, train) -> tuple[dict, dict]:
                 fitted["gain"], fitted["offset"], fitted["blur"], fitted["noise"],
                 ", ".join(f"{k} {v:.3g}/{fitted['target_medians'][k]:.3g}" for k, v in fitted["reached_medians"].items()))
     return fitted, record
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 @torch.no_grad()

@@ -195,9 +195,6 @@ def _train(args) -> int:
         run_stack_job(load_stack_job(args.config, args.overrides))
         return 0
     cfg = load_config(args.config, args.overrides)
-    from hfstage.devices import ddp_timeout, distributed_state
-
-    distributed_state(ddp_timeout(cfg.stages))  # the process group, with the recipe's collective timeout
     run_seeds(cfg, config_file=args.config)
     return 0
 

@@ -46,7 +46,7 @@ from hfstage.errors import (
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
-from hfstage.adapt import check_adabn_model, fit_target_match, target_images
+from hfstage.adapt import fit_target_match, target_images
 from hfstage.cards import stage_card
 from hfstage.models import build_model, save_stage_model
 from hfstage.models.base import is_native
@@ -336,13 +336,12 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     if stage.augmentation.get("match_target"):
         target_match["target_match"], adapted["match_target"] = fit_target_match(cfg, task, stage, splits.train)
     if stage.kind == "adabn":
-        check_adabn_model(model, where)
         adapt_set = target_images(cfg, task)
     trained, resolved = _resolve_auto(stage, task, train_set, where)
     set_dropout(model, stage.dropout)
     frozen = freeze(model, stage.freeze_patterns, where)
-    if stage.freeze_batchnorm and not keep_batchnorm_statistics(model):
-        raise ConfigError(f"{where}.freeze_batchnorm: the model has no BatchNorm layer with running statistics")
+    if stage.freeze_batchnorm:
+        keep_batchnorm_statistics(model)
     total = sum(p.numel() for p in model.parameters())
 
     work = folder.work_dir(label, stage, main=state.is_main_process)

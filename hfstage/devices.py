@@ -20,7 +20,7 @@ def distributed_state(timeout: float | None = None) -> PartialState:
 
     ``timeout`` (seconds; ``training_args.ddp_timeout``): how long a collective operation waits for the other
     processes before it fails. It applies when this call creates the group (the first in the process):
-    ``hfstage train`` makes that call with the recipe's value before anything else."""
+    ``curriculum.run`` makes that call with the recipe's value before anything else."""
     from datetime import timedelta
 
     _join_restarted_group(timedelta(seconds=timeout or 1800))
@@ -55,7 +55,7 @@ def ddp_timeout(stages) -> float | None:
     from hfstage.errors import ConfigError
 
     values = {s.training_args["ddp_timeout"] for s in stages if "ddp_timeout" in s.training_args}
-    if len(values) > 1 or (values and len(values) == 1 and any("ddp_timeout" not in s.training_args for s in stages)):
+    if len(values) > 1 or (values and any("ddp_timeout" not in s.training_args for s in stages)):
         raise ConfigError("training_args.ddp_timeout: the collective timeout is set once per run, when the process "
                           "group is created; set it in defaults.training_args, not differently per stage")
     return float(values.pop()) if values else None

@@ -184,23 +184,16 @@ def check_base(base: BaseRecipe, cfg) -> None:
 def base_finished(cfg) -> bool:
     """Whether the base's run (every fold and its out-of-fold files, for a k-fold base) is finished with this
     very config."""
-    from hfstage.run_dir import CV_JSON, RunDir
+    from hfstage.executors import run_finished
+    from hfstage.run_dir import CV_JSON
 
-    out = Path(cfg.output_dir)
-    if cfg.folds:
-        try:
-            saved = json.loads((out / CV_JSON).read_text(encoding="utf-8")).get("config")
-        except (OSError, ValueError):
-            return False
-        return saved == json.loads(json.dumps(cfg.to_dict()))
-    folder = RunDir(out)
-    if not folder.is_run():
-        return False
+    if not cfg.folds:
+        return run_finished(cfg)
     try:
-        run = folder.read()
-    except Exception:  # an unreadable run.json: let the run itself report it
+        saved = json.loads((Path(cfg.output_dir) / CV_JSON).read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError):
         return False
-    return folder.status(run) == "finished" and run.config == json.loads(json.dumps(cfg.to_dict()))
+    return saved == json.loads(json.dumps(cfg.to_dict()))
 
 
 def plan_stack_job(job: StackJob) -> str:
@@ -229,26 +222,26 @@ def run_stack_job(job: StackJob) -> dict:
     configs = [base_config(job, base) for base in job.bases]
     for base, cfg in zip(job.bases, configs):  # every base's model and stages, before any base trains
         check_base(base, cfg)
-    if job.executor != "local":  # the bases' runs side by side, then each k-fold base's out-of-fold files
+    if job.executor == "ray":  # the bases' runs side by side, then each k-fold base's out-of-fold files
         from hfstage.executors import run_units
         from hfstage.sweeps import join_units, leaf_units
 
-        todo = [(base, cfg) for base, cfg in zip(job.bases, configs) if not base_finished(cfg)]
         units, joins = [], []
-        for base, cfg in todo:
-            more, per_seed = leaf_units(cfg, base.recipe, prefix=base.name)
-            units += more
-            joins += [one for one in per_seed if one.folds]
-        run_units(units, job.executor, job.ray_address, job.resources)
+        for base, cfg in zip(job.bases, configs):
+            if not base_finished(cfg):
+                more, per_seed = leaf_units(cfg, base.recipe, prefix=base.name)
+                units += more
+                joins += [one for one in per_seed if one.folds]
+        run_units(units, job.ray_address, job.resources)
         join_units(joins)
-        configs = []  # every base is trained
-    for i, (base, cfg) in enumerate(zip(job.bases, configs), 1):
-        if base_finished(cfg):
-            logger.info("base %d/%d '%s': finished, skipped (%s)", i, len(job.bases), base.name, cfg.output_dir)
-            continue
-        logger.info("base %d/%d '%s': training %s%s", i, len(job.bases), base.name, base.recipe,
-                    f" ({base.folds} folds)" if base.folds else "")
-        run_seeds(cfg, config_file=base.recipe)
+    else:
+        for i, (base, cfg) in enumerate(zip(job.bases, configs), 1):
+            if base_finished(cfg):
+                logger.info("base %d/%d '%s': finished, skipped (%s)", i, len(job.bases), base.name, cfg.output_dir)
+                continue
+            logger.info("base %d/%d '%s': training %s%s", i, len(job.bases), base.name, base.recipe,
+                        f" ({base.folds} folds)" if base.folds else "")
+            run_seeds(cfg, config_file=base.recipe)
     result = None
     if state.is_main_process:
         result = stack([str(Path(job.output_dir) / b.name) for b in job.bases], job.output_dir, meta=job.meta,

@@ -59,8 +59,9 @@ def run_finished(cfg: RunConfig) -> bool:
     return folder.status(run) == "finished" and run.config == json.loads(json.dumps(cfg.to_dict()))
 
 
-def run_units(units: list[Unit], executor: str, address: str | None = None, resources: dict | None = None) -> None:
-    """Train every unit that is not finished, with ``executor``; raise naming the units that failed."""
+def run_units(units: list[Unit], address: str | None = None, resources: dict | None = None) -> None:
+    """Train every unit that is not finished as a Ray task (``executor: ray``; the local executor is the sequential
+    code path itself); raise naming the units that failed."""
     todo = []
     for unit in units:
         if run_finished(unit.cfg):
@@ -69,18 +70,11 @@ def run_units(units: list[Unit], executor: str, address: str | None = None, reso
             todo.append(unit)
     if not todo:
         return
-    if executor != "local":
-        from hfstage.devices import distributed_state
+    from hfstage.devices import distributed_state
 
-        if distributed_state().num_processes > 1:
-            raise ConfigError(f"executor: {executor} is started from one process (hfstage train, not accelerate launch "
-                              "with several): each unit then trains in a process of its own")
-    if executor == "local":
-        from hfstage.curriculum import run
-
-        for unit in todo:
-            run(unit.cfg, unit.config_file)
-        return
+    if distributed_state().num_processes > 1:
+        raise ConfigError("executor: ray is started from one process (hfstage train, not accelerate launch with "
+                          "several): each unit then trains in a process of its own")
     _run_on_ray(todo, address, dict(resources or {}))
 
 

@@ -77,13 +77,16 @@ def freeze(model: nn.Module, patterns: list[str], where: str) -> int:
     return frozen
 
 
-def keep_batchnorm_statistics(model: nn.Module) -> int:
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def keep_batchnorm_statistics(model: nn.Module) -> None:
     """Every BatchNorm layer with running statistics stays in eval mode (normalising with the statistics it has,
-    never updating them) while its scale and shift still train; returns how many layers."""
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for module in layers:
+    never updating them) while its scale and shift still train."""
+    for module in batchnorm_layers(model):
         module.register_forward_pre_hook(_keep_eval)
-    return len(layers)
 
 
 def _keep_eval(module: nn.Module, _inputs) -> None:

@@ -44,7 +44,7 @@ def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequenc
     each is a k-fold run when ``cfg.folds`` is set. Returns each run's RunRecord (k-fold: its CV summary)."""
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
-    if cfg.executor != "local":
+    if cfg.executor == "ray":
         return _fan_out(cfg, config_file, callbacks)
     one_run = run_folds if cfg.folds else run
     if not cfg.seeds:
@@ -99,7 +99,7 @@ def _fan_out(cfg: RunConfig, config_file: str | None, callbacks: Sequence[StageC
         raise ConfigError(f"executor: {cfg.executor}: stage callbacks live in this process and cannot follow units "
                           "trained elsewhere; use executor: local with callbacks")
     units, per_seed = leaf_units(cfg, config_file)
-    run_units(units, cfg.executor, cfg.ray_address, cfg.resources)
+    run_units(units, cfg.ray_address, cfg.resources)
     finals = join_units(per_seed)
     if cfg.seeds:
         print(format_seed_table(cfg, finals), flush=True)

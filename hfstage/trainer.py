@@ -235,14 +235,19 @@ class StageTrainer(Trainer):
             if not already:
                 gc.unfreeze()
 
+    def _in_order(self, dataset):
+        """A whole split's batches in order, without augmentation (the eval collator): what the stages with no
+        gradient steps (a fitted estimator, AdaBN) pass over."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
+                          collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
+
     def _features(self, dataset, fit: bool = False):
         """(features, labels) of a whole split, in order, without augmentation (the eval collator)."""
         import numpy as np
-        from torch.utils.data import DataLoader
 
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
-                            collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
-        batches = list(loader)
+        batches = list(self._in_order(dataset))
         ys = [batch.pop("labels").numpy() for batch in batches]
         if fit:
             self.model.fit_features(batches)
@@ -271,15 +276,12 @@ class StageTrainer(Trainer):
         gradient steps, weights untouched); evaluation then runs as for any stage."""
         import time
 
-        from torch.utils.data import DataLoader
         from transformers.trainer_utils import TrainOutput
 
         from hfstage.adapt import recalibrate_batchnorm
 
         began = time.time()
-        loader = DataLoader(self.adapt_dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
-                            collate_fn=self.eval_data_collator, num_workers=self.args.dataloader_num_workers)
-        self.adapted = recalibrate_batchnorm(self.model, loader)
+        self.adapted = recalibrate_batchnorm(self.model, self._in_order(self.adapt_dataset))
         seconds = time.time() - began
         self.state.epoch = 1.0
         self.state.log_history.append({"step": 0, "epoch": 1.0, **self.adapted})

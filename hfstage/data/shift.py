@@ -71,6 +71,11 @@ def image_files(path: Path, where: str) -> list[str]:
     return files
 
 
+def as_rgb(image) -> np.ndarray:
+    """A PIL image as (H, W, 3) float32 in [0, 1]."""
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def read_rgb(path: str, where: str) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1]; images larger than ``MAX_SIDE`` shrunk to it."""
     from PIL import Image
@@ -80,7 +85,7 @@ def read_rgb(path: str, where: str) -> np.ndarray:
             im = im.convert("RGB")
             if max(im.size) > MAX_SIDE:
                 im.thumbnail((MAX_SIDE, MAX_SIDE))
-            return np.asarray(im, dtype=np.float32) / 255.0
+            return as_rgb(im)
     except Exception as exc:  # PIL raises many kinds for broken files
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc}) ({where})") from None
 
@@ -253,8 +258,7 @@ class MatchTarget:
         if np.random.random() >= self.probability:
             return image
         t = np.random.uniform(0.5, 1.5)
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        out = degrade(rgb, rng=np.random.default_rng(np.random.randint(2**31)), **scaled_degradation(self.params, t))
+        out = degrade(as_rgb(image), rng=np.random.default_rng(np.random.randint(2**31)), **scaled_degradation(self.params, t))
         return Image.fromarray(np.round(out * 255).astype(np.uint8), mode="RGB")
 
 
