@@ -109,8 +109,8 @@ def main(argv=None) -> float:
     if not args.quick:
         body = (f"{machine_line()}\n\n```\npython bench/sequences_long.py\n```\n\n"
                 "Each set as `hfstage prepare aeon --dataset NAME` writes it (seed 0); the references are fitted on "
-                "train + val, the recipes train on train and select on val (seeds: the recipes' 42, MiniRocket "
-                f"{args.seed}).\n\n```\n{table}\n```\n\nSmallest margin of the best hfstage recipe over aeon's "
+                "train + val, the recipes train on train, choose on val, and end with a stage on train + val "
+                f"(`train_on_eval`; sign_5stage does not) (seeds: the recipes' 42, MiniRocket {args.seed}).\n\n```\n{table}\n```\n\nSmallest margin of the best hfstage recipe over aeon's "
                 f"MiniRocket: {min(margins):+.4f}.")
         update_benchmarks("sequences_long", "Sequences against MiniRocket and 1-NN DTW (`bench/sequences_long.py`)",
                           body)

@@ -31,7 +31,7 @@ TARGET_IMAGES = 1000  # target images whose statistics it is fitted to (a seeded
 FIT_CROP = 160  # larger images are fitted on a central crop of this size (blur and noise are local)
 # what an adabn stage reads of its settings; a set training-only option is refused by name
 ADABN_REFUSED = ("augmentation", "class_augmentation", "pseudo_labels", "teacher", "freeze_patterns",
-                 "freeze_batchnorm")
+                 "freeze_batchnorm", "train_on_eval")
 
 
 def uses_target(stage) -> bool:

@@ -53,6 +53,7 @@ def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, e
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=PASSED_IN))
     splits = task.load_splits(cfg.data, given={"train": train_dataset, "eval": eval_dataset, "test": test_dataset})
     splits.train_sha256 = dataset_fingerprint(train_dataset)
+    splits.eval_sha256 = dataset_fingerprint(eval_dataset)
     return run(cfg, config_file, callbacks, splits=splits, task=task)
 
 

@@ -198,6 +198,13 @@ class StageConfig:
         False, "BatchNorm layers stay in eval mode: their running statistics (e.g. those a `kind: adabn` stage "
         "estimated on target images) are kept, their scale and shift still train."
     )
+    train_on_eval: bool = _f(
+        False, "Train this stage on the training split plus the eval split: a final refit on all labelled data once "
+        "earlier stages have chosen the settings (scikit-learn's `refit`, AutoGluon's `refit_full`). Its eval metrics "
+        "are then in-sample (`stage.json`: `trained_on_eval`), an estimator does not early-stop on them (LightGBM "
+        "keeps the boosting rounds of the stage it starts from) and `hfstage stack` refuses its predictions of the "
+        "eval split. Not with `folds` (the eval split is the held-out fold) or `kind: adabn`."
+    )
     lr_multipliers: dict[str, float] = _f(
         help="Glob pattern of parameter names -> learning-rate multiplier (first match wins).",
         factory=dict,
@@ -480,6 +487,11 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise ConfigError(f"{source}: fold: {cfg.fold} must name one of the {cfg.folds} folds (0 to {cfg.folds - 1})"
                           if cfg.folds else f"{source}: fold: set only together with folds")
+    refits = [f"{i} ({s.name})" for i, s in enumerate(stages, 1) if s.train_on_eval]
+    if cfg.folds and refits:
+        raise ConfigError(f"{source}: stages.{refits[0]}.train_on_eval: with folds: {cfg.folds} the eval split is the "
+                          "held-out fold, so training on it would leak into the out-of-fold predictions; set it "
+                          "false for a k-fold run (e.g. stages.NAME.train_on_eval=false) or drop that stage")
     if cfg.executor == "ray" and cfg.fold is not None:
         raise ConfigError(f"{source}: executor: ray trains every fold side by side; fold: {cfg.fold} names one (drop "
                           "one of the two)")

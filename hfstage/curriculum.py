@@ -43,7 +43,7 @@ from hfstage.errors import (
     StageError,
     first_line,
 )
-from hfstage.folds import fold_splits
+from hfstage.folds import JoinedSplits, fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
 from hfstage.adapt import fit_target_match, target_images
@@ -252,9 +252,7 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
         if main and any(r != "none" for r in cfg.report_to):
             tracking = CurriculumTracking(cfg.report_to, folder.path, cfg.project, cfg.to_dict(), tracker_ids)
             record_run("running")  # the tracker run ids, so a resumed run logs to the same tracker runs
-        train_sha256 = (splits.train_sha256 or  # once per run
-                        (task.train_fingerprint(cfg.data) if hasattr(task, "train_fingerprint")
-                         else split_fingerprint(split_ref(cfg.data, cfg.data.train_file, "data.train_file"))))
+        train_sha256 = split_sha256(cfg, task, splits, "train")  # once per run
         for index, stage in enumerate(cfg.stages, 1):
             if index <= len(records):
                 logger.info("stage %d '%s' already finished; skipping", index, stage.name)
@@ -307,6 +305,17 @@ def _best_checkpoint_metrics(trainer) -> dict | None:
     return None
 
 
+def split_sha256(cfg: RunConfig, task, splits, name: str) -> str:
+    """SHA-256 of the run's ``train`` or ``eval`` split: what a stage trained on, so stacking can refuse leaks."""
+    given = getattr(splits, f"{name}_sha256")
+    if given:
+        return given
+    field = f"{name}_file"
+    if hasattr(task, "data_fingerprint"):
+        return task.data_fingerprint(cfg.data, field)
+    return split_fingerprint(split_ref(cfg.data, getattr(cfg.data, field), f"data.{field}"))
+
+
 def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[StageRecord],
                 folder: RunDir, callbacks: Sequence[StageCallback], state, train_sha256: str,
                 tracking: CurriculumTracking | None = None) -> StageRecord:
@@ -332,6 +341,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
                           "(speech clips and sequences do)")
     if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
         train_set, pseudo = add_pseudo_labels(cfg, task, stage, model, splits.train)
+    if stage.train_on_eval:  # a refit on all labelled data: its eval metrics are in-sample from here on
+        train_set = JoinedSplits(train_set, splits.eval)
     adapted, target_match, adapt_set = {}, {}, None  # domain adaptation (hfstage.adapt)
     if stage.augmentation.get("match_target"):
         target_match["target_match"], adapted["match_target"] = fit_target_match(cfg, task, stage, splits.train)
@@ -367,6 +378,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
             compute_metrics=task.compute_metrics,
             callbacks=stage_callbacks,
             adapt_dataset=adapt_set,
+            eval_in_training=stage.train_on_eval,
         )
     except (ValueError, TypeError, ImportError) as exc:  # e.g. a training_args value only the accelerator judges
         passed = f" (training_args: {', '.join(stage.training_args)})" if stage.training_args else ""
@@ -374,17 +386,18 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
                          f"{first_line(exc)}") from None
     resume = last_complete_checkpoint(work)
     if getattr(model, "fits_without_gradients", False):
-        logger.info("stage %d/%d '%s': %s fitted in one pass on the training split", index, len(cfg.stages),
-                    stage.name, model.config.estimator)
+        logger.info("stage %d/%d '%s': %s fitted in one pass on the training split%s", index, len(cfg.stages),
+                    stage.name, model.config.estimator, " and the eval split" if stage.train_on_eval else "")
     elif adapt_set is not None:
         logger.info("stage %d/%d '%s': BatchNorm statistics re-estimated on %d images of %s (no gradient steps), "
                     "from %s", index, len(cfg.stages), stage.name, len(adapt_set), cfg.data.unlabeled_file,
                     started_from or "random init")
     else:
         logger.info(
-            "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s",
+            "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s%s",
             index, len(cfg.stages), stage.name, stage.epochs, stage.lr, stage.loss["type"], frozen, total,
             started_from or "random init", f", resuming {resume}" if resume else "",
+            f", on train + eval ({len(train_set)} samples; eval metrics in-sample)" if stage.train_on_eval else "",
         )
     began = time.time()
     try:
@@ -436,6 +449,9 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         record.extra["resolved"] = resolved
     if adapt_set is not None:
         adapted["adabn"] = trainer.adapted
+    if stage.train_on_eval:  # stacking refuses this stage's predictions of the eval split
+        record.extra["trained_on_eval"] = {"eval_data_sha256": split_sha256(cfg, task, splits, "eval"),
+                                           "train_samples": len(train_set)}
     record.extra.update(adapted)
     if state.is_main_process:
         def fill(staged: Path) -> None:

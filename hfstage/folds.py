@@ -1,4 +1,5 @@
-"""k-fold splits: stratified folds of the training split, and one fold's (train, held-out) data.
+"""k-fold splits: stratified folds of the training split, and one fold's (train, held-out) data; and the
+training split joined with the eval split for a ``train_on_eval`` stage.
 
 Folds are numbered from 0, as in most k-fold code; fold ``k`` trains on the other folds and is evaluated
 on its own held-out part. Running every fold and writing the out-of-fold files is ``sweeps.py``'s job.
@@ -10,7 +11,7 @@ import dataclasses
 import logging
 
 import numpy as np
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Subset
 
 from hfstage.errors import ConfigError
 
@@ -36,6 +37,31 @@ class FoldSubset(Subset):
     @property
     def ids(self):
         return sample_ids(self.dataset)[self.indices]
+
+
+class JoinedSplits(ConcatDataset):
+    """The training split followed by the eval split (a ``train_on_eval`` stage); other attributes (image size,
+    classes ...) are the training split's."""
+
+    def __init__(self, train, eval_split):
+        super().__init__([train, eval_split])
+
+    def __getattr__(self, name):
+        if name in ("datasets", "cumulative_sizes") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.datasets[0], name)
+
+    @property
+    def y(self):
+        return np.concatenate([labels_of(d) for d in self.datasets])
+
+    @property
+    def lengths(self):
+        return np.concatenate([np.asarray(d.lengths) for d in self.datasets])  # AttributeError when the data has none
+
+    @property
+    def ids(self):
+        return np.concatenate([sample_ids(d) for d in self.datasets])
 
 
 def sample_ids(dataset) -> np.ndarray:

@@ -57,25 +57,28 @@ def check_stages(cfg: RunConfig, task, model) -> None:
 
 
 # what a model fitted in one pass (models/estimator.py) reads of its stage; every other field is refused
-FITTED_STAGE_FIELDS = ("name", "description", "batch_size", "eval_batch_size")
+FITTED_STAGE_FIELDS = ("name", "description", "batch_size", "eval_batch_size", "train_on_eval")
 
 
 def check_fitted_stages(cfg: RunConfig) -> None:
-    """A model fitted in one pass has one stage and no gradient settings: a set learning rate, epochs, loss or
-    augmentation would be silently ignored, so each is refused by name."""
+    """A model fitted in one pass has one stage (a fit), or two (a fit, then a ``train_on_eval`` refit on all
+    labelled data), and no gradient settings: a set learning rate, epochs, loss or augmentation would be silently
+    ignored, so each is refused by name."""
     import dataclasses
 
     from hfstage.config import StageConfig
 
     where = f"model.type {cfg.model['type']}"
-    if len(cfg.stages) != 1:
-        raise ConfigError(f"stages: {where} is fitted in one pass (no gradient steps); give it exactly one stage, "
-                          f"not {len(cfg.stages)}")
-    stage, blank = cfg.stages[0], StageConfig(name=cfg.stages[0].name)
-    for f in dataclasses.fields(StageConfig):
-        if f.name not in FITTED_STAGE_FIELDS and getattr(stage, f.name) != getattr(blank, f.name):
-            raise ConfigError(f"stages.1.{f.name}: {where} is fitted in one pass and has no {f.name}; set its "
-                              "parameters in model.params (e.g. learning_rate, num_leaves for LightGBM)")
+    refit = len(cfg.stages) == 2 and cfg.stages[1].train_on_eval and not cfg.stages[0].train_on_eval
+    if len(cfg.stages) != 1 and not refit:
+        raise ConfigError(f"stages: {where} is fitted in one pass (no gradient steps); give it one stage, or two "
+                          f"whose second refits on all labelled data (train_on_eval: true), not {len(cfg.stages)}")
+    for index, stage in enumerate(cfg.stages, 1):
+        blank = StageConfig(name=stage.name)
+        for f in dataclasses.fields(StageConfig):
+            if f.name not in FITTED_STAGE_FIELDS and getattr(stage, f.name) != getattr(blank, f.name):
+                raise ConfigError(f"stages.{index}.{f.name}: {where} is fitted in one pass and has no {f.name}; set "
+                                  "its parameters in model.params (e.g. learning_rate, num_leaves for LightGBM)")
 
 
 def check_stage_arguments(cfg, label_names: Sequence[str] = ("labels",)) -> None:

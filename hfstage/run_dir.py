@@ -494,7 +494,8 @@ def format_stage_table(records: list[StageRecord], best_stage: int | None) -> st
     header = ("stage", "kept", "eval_loss", *columns, "time_s", "started_from")
     rows = [header]
     for r in records:
-        name = f"{r.stage_index} {r.stage_name}" + (" *" if r.stage_index == best_stage else "")
+        name = (f"{r.stage_index} {r.stage_name}" + (" *" if r.stage_index == best_stage else "")
+                + (" +" if r.extra.get("trained_on_eval") else ""))
         rows.append((
             name,
             "yes" if r.kept else "no",
@@ -506,4 +507,6 @@ def format_stage_table(records: list[StageRecord], best_stage: int | None) -> st
     lines = format_table(rows).splitlines()
     if best_stage is not None:
         lines.append("* best stage")
+    if any(r.extra.get("trained_on_eval") for r in records):
+        lines.append("+ trained on train + eval (train_on_eval): its eval metrics are in-sample")
     return "\n".join(lines)

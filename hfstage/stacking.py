@@ -84,17 +84,26 @@ def train_fingerprint(base: BaseModel) -> str:
     return split_fingerprint(ref)
 
 
+def refit_fingerprint(base: BaseModel) -> str | None:
+    """SHA-256 of the eval split a ``train_on_eval`` stage also trained on (None: it did not)."""
+    refit = base.checkpoint.stage_record.extra.get("trained_on_eval") or {}
+    return refit.get("eval_data_sha256")
+
+
 def check_no_leak(bases: list[BaseModel], files: dict[str, SplitRef]) -> dict[str, str]:
     """Refuse in-sample predictions; returns each base model's training-data fingerprint by reference."""
     prints = {split: split_fingerprint(ref) for split, ref in files.items()}
     seen_by = {}
     for base in bases:
         seen = seen_by[base.reference] = train_fingerprint(base)
+        refit = refit_fingerprint(base)
         for split, sha in prints.items():
-            if sha == seen:
+            if sha in (seen, refit):
+                how = "trained on" if sha == seen else "was refitted on its eval split,"
                 raise ConfigError(
-                    f"{base.reference}: trained on {files[split]} (same SHA-256), so its predictions on the "
-                    f"{split} split are in-sample; stacking on them would leak. Use a split it never trained on."
+                    f"{base.reference}: {how} {files[split]} (same SHA-256), so its predictions on the "
+                    f"{split} split are in-sample; stacking on them would leak. Use a split it never trained on"
+                    + (" or a stage before its train_on_eval stage." if sha == refit else ".")
                 )
     return seen_by
 

@@ -28,6 +28,7 @@ class Splits:
     eval: Dataset
     test: Dataset | None
     train_sha256: str | None = None  # what the training data was, when it came from Python objects (hfstage.train)
+    eval_sha256: str | None = None  # likewise the eval split (a train_on_eval stage trains on it too)
 
 
 def load_run_splits(task, data: DataConfig, fields=("train_file", "eval_file", "test_file"),
@@ -358,8 +359,8 @@ class SpeechAssessmentTask:
             digest.update(fingerprint(clip.path).encode())
         return digest.hexdigest()
 
-    def train_fingerprint(self, data: DataConfig) -> str:
-        return self.split_fingerprint(run_split_refs(data)["train_file"], "data.train_file")
+    def data_fingerprint(self, data: DataConfig, field: str = "train_file") -> str:
+        return self.split_fingerprint(run_split_refs(data)[field], f"data.{field}")
 
     def bind_stage(self, stage_dir: Path) -> None:
         """Read splits with a saved stage's processor: its feature extractor and its phoneme vocabulary."""

@@ -183,9 +183,11 @@ class StageTrainer(Trainer):
     # None: the non-finite-loss check is deferred on accelerators and immediate on the CPU
     defer_nonfinite_check: bool | None = None
 
-    def __init__(self, *args, eval_data_collator=None, teacher_model=None, adapt_dataset=None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, teacher_model=None, adapt_dataset=None,
+                 eval_in_training: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.adapt_dataset = adapt_dataset  # kind: adabn, the target images whose BatchNorm statistics are taken
+        self.eval_in_training = eval_in_training  # train_on_eval: an estimator must not early-stop on its own data
         self.adapted: dict | None = None
         self.teacher_model = teacher_model
         if teacher_model is not None:
@@ -262,7 +264,8 @@ class StageTrainer(Trainer):
 
         began = time.time()
         x, y = self._features(self.train_dataset, fit=True)
-        x_eval, y_eval = self._features(self.eval_dataset) if self.eval_dataset is not None else (None, None)
+        held_out = self.eval_dataset is not None and not self.eval_in_training
+        x_eval, y_eval = self._features(self.eval_dataset) if held_out else (None, None)
         logged = self.model.fit_estimator(x, y, x_eval, y_eval)
         seconds = time.time() - began
         self.state.epoch = 1.0

@@ -18,9 +18,9 @@ from hfstage.sweeps import run_seeds
 ESTIMATOR_STAGE = [{"name": "fit"}]
 
 
-def estimator_recipe(path, data, out, estimator="lightgbm", **fields):
+def estimator_recipe(path, data, out, estimator="lightgbm", stages=ESTIMATOR_STAGE, **fields):
     params = {"num_boost_round": 40, "early_stopping_rounds": 10} if estimator == "lightgbm" else {"C": 0.1}
-    return write_recipe(path, data, out, ESTIMATOR_STAGE, model={"type": "estimator", "estimator": estimator,
+    return write_recipe(path, data, out, stages, model={"type": "estimator", "estimator": estimator,
                                                                  "params": params},
                         defaults={"batch_size": 64, "eval_batch_size": 64}, **fields)
 
@@ -195,9 +195,10 @@ def test_minirocket_base_on_an_aeon_set_saves_its_transform(tmp_path, capsys):
     assert np.load(data / "train.npz")["x"].shape == (40, 150, 1) and np.load(data / "test_public.npz")["y"].shape == (150,)
     assert main(["train", "--config", str(ROOT / "configs/sequences_minirocket.yaml"), f"data.path={data}",
                  f"output_dir={out}", "report_to=[none]"]) == 0
-    record = json.loads((out / "stage_1_fit" / "stage.json").read_text())
+    record = json.loads((out / "stage_2_refit" / "stage.json").read_text())  # the fit on train + eval
     assert record["test_metrics"]["test_accuracy"] >= 0.9  # MiniRocket's published GunPoint accuracy is ~0.99
-    saved = json.loads((out / "stage_1_fit" / "config.json").read_text())
+    assert record["trained_on_eval"]["train_samples"] == 50
+    saved = json.loads((out / "stage_2_refit" / "config.json").read_text())
     assert saved["series_length"] == 150 and "mr_biases" in saved["state_shapes"]
     capsys.readouterr()
     assert main(["evaluate", str(out), "--split", "test", "--json"]) == 0
@@ -216,3 +217,38 @@ def test_digits_pairs_is_a_second_pair_set_split_by_image(tmp_path):
     assert train["x"].shape == (300, 2, 28, 28) and train["x"].dtype == np.uint8 and train["y"].mean() == 0.5
     seen = {img.tobytes() for img in train["x"].reshape(-1, 28, 28)}
     assert not seen & {img.tobytes() for img in test["x"].reshape(-1, 28, 28)}  # no image in two splits
+
+
+def test_train_on_eval_refits_on_all_labelled_data_and_stacking_refuses_it(pair_data, tmp_path, capsys):
+    out = tmp_path / "refit"
+    recipe = estimator_recipe(tmp_path / "r.yaml", pair_data, out,
+                              stages=[{"name": "fit"}, {"name": "refit", "train_on_eval": True}])
+    assert main(["train", "--config", str(recipe), "model.params.learning_rate=0.5"]) == 0  # early-stops < 40
+    table = capsys.readouterr().out
+    assert "2 refit * +" in table and "eval metrics are in-sample" in table
+    fit, refit = (json.loads((out / s / "stage.json").read_text()) for s in ("stage_1_fit", "stage_2_refit"))
+    assert "trained_on_eval" not in fit and refit["trained_on_eval"]["train_samples"] == 320 + 160
+    assert refit["train_data_sha256"] == fit["train_data_sha256"] != refit["trained_on_eval"]["eval_data_sha256"]
+    rounds = [next(e["boosting_rounds"] for e in r["log_history"] if "boosting_rounds" in e) for r in (fit, refit)]
+    assert rounds[0] == rounds[1] < 40  # the refit keeps the rounds early stopping chose; it cannot early-stop
+    assert refit["metrics"]["eval_accuracy"] > fit["metrics"]["eval_accuracy"]  # in-sample now
+    # a neural stage trains on both splits too
+    cnn = write_recipe(tmp_path / "cnn.yaml", pair_data, tmp_path / "cnn",
+                       [{"name": "base", "epochs": 1}, {"name": "all", "epochs": 1, "train_on_eval": True}])
+    assert main(["train", "--config", str(cnn)]) == 0
+    record = json.loads((tmp_path / "cnn" / "stage_2_all" / "stage.json").read_text())
+    assert record["global_steps"] == 15 and record["trained_on_eval"]["train_samples"] == 480  # 480 / 32
+    assert "on train + eval (480 samples" in (tmp_path / "cnn" / "training.log").read_text()
+    # predictions of the eval split by a stage that trained on it are in-sample: stacking on them is refused
+    for refitted in (out / "stage_2_refit", tmp_path / "cnn"):  # a run stands for its best stage: the refit here
+        code = main(["stack", "--models", str(refitted), str(out / "stage_1_fit"), "--out", str(tmp_path / "s")])
+        assert code == 2 and f"{refitted}: was refitted on its eval split" in capsys.readouterr().err
+    assert main(["stack", "--models", str(tmp_path / "cnn" / "stage_1_base"), str(out / "stage_1_fit"),
+                 "--out", str(tmp_path / "s"), "--meta", "mean"]) == 0
+    capsys.readouterr()
+    # k-fold runs and a second plain fit are refused
+    for args, message in (([str(cnn), "folds=2"], "stages.2 (all).train_on_eval: with folds: 2 the eval split is"),
+                          ([str(recipe), "stages.refit.train_on_eval=false"], "give it one stage, or two whose second")):
+        assert main(["train", "--config", args[0], f"output_dir={tmp_path / 'no'}", *args[1:]]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -101,6 +101,7 @@ class EstimatorConfig(PretrainedConfig):
         self.state_shapes = dict(state_shapes or {})  # buffer name -> [shape, dtype], set when fitted
         self.series_length = kwargs.pop("series_length", None)  # minirocket: clips are resampled to it
         self.minirocket_meta = kwargs.pop("minirocket_meta", None)  # minirocket: aeon's metadata of the fit
+        self.boosting_rounds = kwargs.pop("boosting_rounds", None)  # lightgbm: the rounds the fit kept
         self.seed = seed
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
@@ -283,6 +284,8 @@ class EstimatorModel(PreTrainedModel):
                 # a leaf of 20 samples cannot split a training set of tens (small time-series sets)
                 params["min_data_in_leaf"] = min(20, max(2, len(x) // 10))
             rounds, patience = int(params.pop("num_boost_round")), int(params.pop("early_stopping_rounds"))
+            if x_eval is None and cfg.boosting_rounds:
+                rounds = cfg.boosting_rounds  # a refit (train_on_eval): the rounds the fit it starts from kept
             params.update({"objective": "binary"} if cfg.binary else {"objective": "multiclass", "num_class": classes})
             params.update({"seed": cfg.seed, "deterministic": True, "force_row_wise": True, "num_threads": 2,
                            "verbose": -1})
@@ -294,7 +297,8 @@ class EstimatorModel(PreTrainedModel):
             booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks)
             text = booster.model_to_string(num_iteration=booster.best_iteration or None)
             self._set_state(booster=np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy())
-            return {"boosting_rounds": int(booster.best_iteration or booster.current_iteration())}
+            cfg.boosting_rounds = int(booster.best_iteration or booster.current_iteration())
+            return {"boosting_rounds": cfg.boosting_rounds}
         from sklearn.linear_model import LogisticRegression
 
         mean, std = x.mean(0), x.std(0)
