@@ -1,7 +1,7 @@
 """Does stacking pay when data are scarce? The stacking recipe on low-data MNIST pairs, end to end.
 
-The bases of ``configs/pairs_stack.yaml`` (two quickstart CNNs with other seeds, the adaptive-fusion CNN, and
-two non-neural bases: LightGBM and a logistic regression on pair features) train on the first 2,000
+The bases of ``configs/pairs_stack.yaml`` (two quickstart CNNs with other seeds, a ResNet-encoder variant, the
+adaptive-fusion CNN, and two non-neural bases: LightGBM and a logistic regression on pair features) train on the first 2,000
 training pairs; the meta-learner (``meta: auto``) trains on their predictions of the first 1,000 validation
 pairs and everything is scored on the full 10k test split. One command, the one a user types::
 
@@ -68,8 +68,8 @@ def main(argv=None) -> float:
         body = (f"{machine_line()}\n\n```\n{' '.join(command)}\n```\n\n"
                 f"Bases train on the first {args.train_pairs} training pairs, the meta-learner on their predictions "
                 f"of the first {args.meta_train_pairs} validation pairs; test: the {result['samples']['test']} test "
-                "pairs. Seeds: the recipes' (quickstart 1 and 2, fusion 42, LightGBM/logreg 42), meta-learner CV "
-                "seed 0.\n\n```\n" + table + "\n```\n\n"
+                "pairs. Seeds: the recipes' (quickstart 1 and 2, ResNet 5, fusion 42, LightGBM/logreg 42), "
+                "meta-learner CV seed 0.\n\n```\n" + table + "\n```\n\n"
                 f"Saved stack ({result['meta_learner']}) minus the best single base on test: {gain:+.2f} points "
                 "(target: +2.0).")
         update_benchmarks("stack_low_data", "Stacking with scarce data (`bench/stack_low_data.py`)", body)

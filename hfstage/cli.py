@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for stack.json and the fitted meta-learner")
     p.add_argument("--data", help="folder with the split files (default: what the first model trained on)")
     p.add_argument("--meta", default="auto", help="meta-learner saved for `predict`: mean, selection (greedy ensemble "
-                   "selection), logreg, lightgbm, or auto (default: the best of them by CV on the meta-train split)")
+                   "selection), logreg, lightgbm, or auto (default: of those within one standard error of the best CV "
+                   "accuracy on the meta-train split, the lowest CV log-loss)")
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the meta-learner's CV")
     p.add_argument("--agreement", action="store_true", help="add std/max/min of the base probabilities as features")
     p.add_argument("--passthrough", action="store_true", help="add the original inputs (flattened) as features")

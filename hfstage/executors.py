@@ -17,7 +17,6 @@ on a multi-machine cluster the data and ``output_dir`` must be on a filesystem e
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ def run_finished(cfg: RunConfig) -> bool:
         run = folder.read()
     except Exception:  # noqa: BLE001  an unreadable run.json: the unit itself reports it
         return False
-    return folder.status(run) == "finished" and run.config == json.loads(json.dumps(cfg.to_dict()))
+    return folder.status(run) == "finished" and not folder.differences(run, cfg)
 
 
 def run_units(units: list[Unit], address: str | None = None, resources: dict | None = None) -> None:

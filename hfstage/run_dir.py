@@ -380,16 +380,21 @@ class RunDir:
             saved = self.read()
         except CheckpointError as exc:
             raise ConfigError(f"{exc}; choose another output_dir") from None
-        saved_config = _with_current_defaults(saved.config, str(self.run_json))
-        finished = len(self.finished_on_disk(cfg))
-        new = json.loads(json.dumps(cfg.to_dict()))
-        diffs = _diff(_comparable(saved_config, finished), _comparable(new, finished))
+        diffs = self.differences(saved, cfg, len(self.finished_on_disk(cfg)))
         if diffs:
             raise ConfigError(
                 f"{self.run_json}: output_dir holds a different run ({'; '.join(diffs[:5])}); "
                 "choose another output_dir, or delete this one to start over"
             )
         return saved
+
+    def differences(self, saved: RunRecord, cfg: RunConfig, stages: int | None = None) -> list[str]:
+        """How ``cfg`` differs from the run saved here, over its first ``stages`` stages (all: None), cosmetic
+        fields aside; fields newer than the saved run read as their defaults."""
+        stages = len(cfg.stages) if stages is None else stages
+        saved_config = _with_current_defaults(saved.config, str(self.run_json))
+        new = json.loads(json.dumps(cfg.to_dict()))
+        return _diff(_comparable(saved_config, stages), _comparable(new, stages))
 
     def remove_stale_tmp(self) -> None:
         remove_stale_tmp(self.path)

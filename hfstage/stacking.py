@@ -294,13 +294,17 @@ def score_methods(names: list[str], p_train: np.ndarray, y: np.ndarray, p_test: 
     return rows, fitted
 
 
-def choose_meta(rows: list[dict]) -> str:
-    """``--meta auto``: the meta-learner with the best cross-validated accuracy on the meta-train split; a tie
-    goes to the lower CV log-loss, then to the simpler one (mean, selection, logreg, lightgbm)."""
+def choose_meta(rows: list[dict], samples: int) -> str:
+    """``--meta auto``: of the meta-learners whose cross-validated accuracy on the ``samples`` meta-train samples
+    is within one standard error (binomial, sqrt(a (1 - a) / n)) of the best one's - a tie on accuracy, given fold
+    noise - the one with the lowest cross-validated log-loss (a proper score, far less noisy than accuracy on a
+    small split); an equal log-loss goes to the simpler one (mean, selection, logreg, lightgbm)."""
     candidates = [r for r in rows if r.get("meta")]
     order = list(STACK_METHODS)
-    best = min(candidates, key=lambda r: (-r["cv_accuracy"], r["cv_log_loss"], order.index(r["meta"])))
-    return best["meta"]
+    top = max(r["cv_accuracy"] for r in candidates)
+    margin = float(np.sqrt(top * (1 - top) / max(samples, 1)))
+    close = [r for r in candidates if r["cv_accuracy"] >= top - margin - 1e-12]
+    return min(close, key=lambda r: (r["cv_log_loss"], order.index(r["meta"])))["meta"]
 
 
 def majority_vote(probs: np.ndarray) -> np.ndarray:
@@ -396,7 +400,7 @@ def stack(models: list[str], out: str | Path, data_dir: str | None = None, meta:
     X_test, _ = meta_features(p_test, agreement, _inputs(test_set) if passthrough else None)
 
     rows, fitted = score_methods([b.name for b in bases], p_train, y, p_test, y_test, X, X_test, folds, seed)
-    chosen = choose_meta(rows) if meta == "auto" else meta
+    chosen = choose_meta(rows, len(y)) if meta == "auto" else meta
     for row in rows:
         if row.get("meta") == chosen:
             row["chosen"] = True
@@ -541,6 +545,7 @@ def format_stack(result: dict) -> str:
     for r in result["methods"]:
         rows.append((r["method"], f"{r['cv_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
                      f"{r['fit_seconds']:.2f}" if "fit_seconds" in r else "-", "*" if r.get("chosen") else ""))
-    how = "chosen by CV accuracy (--meta auto)" if result.get("meta_requested") == "auto" else "as asked"
+    how = ("chosen by CV (--meta auto: the lowest log-loss of those within one standard error of the best accuracy)"
+           if result.get("meta_requested") == "auto" else "as asked")
     return (format_table(rows) + f"\n(cv: {result['folds']}-fold on {result['samples']['meta_train']} samples of the "
             f"meta-train split; saved meta-learner: {result['meta_learner']}, {how})")
