@@ -257,3 +257,51 @@ def test_train_on_eval_refits_on_all_labelled_data_and_stacking_refuses_it(pair_
         assert main(["train", "--config", args[0], f"output_dir={tmp_path / 'no'}", *args[1:]]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_sklearn_estimator_by_import_path_saves_without_pickle(pair_data, sequence_data, tmp_path, capsys):
+    """Any scikit-learn classifier by import path: fitted like the built-in estimators, saved in skops' format
+    inside model.safetensors, reloaded by from_pretrained; bad paths and params are refused before training, and
+    a saved state holding a foreign type is refused on loading."""
+    out = tmp_path / "trees"
+    recipe = estimator_recipe(tmp_path / "r.yaml", pair_data, out)
+    trees = ["model.estimator=sklearn.ensemble.ExtraTreesClassifier", "model.params={n_estimators: 60, min_samples_leaf: 2}"]
+    assert main(["train", "--config", str(recipe), *trees]) == 0
+    record = json.loads((out / "stage_1_fit" / "stage.json").read_text())
+    assert record["test_metrics"]["test_accuracy"] > 0.6 and record["log_history"][0]["features"] > 100
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(
+        record["test_metrics"]["test_accuracy"])
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(out / "stage_1_fit" / "model.safetensors")
+    assert "sklearn_model" in state and state["classes"].tolist() == [0, 1]
+    # a skops file is not a pickle: a state that would call os.system is refused on loading
+    import os
+
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    state["sklearn_model"] = np.frombuffer(sio.dumps(FunctionTransformer(os.system)), dtype=np.uint8).copy()
+    save_file(state, out / "stage_1_fit" / "model.safetensors")
+    config = json.loads((out / "stage_1_fit" / "config.json").read_text())
+    config["state_shapes"]["sklearn_model"][0] = list(state["sklearn_model"].shape)
+    (out / "stage_1_fit" / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(out / "stage_1_fit"), "--split", "test", "--json"]) == 2
+    assert "holds types outside sklearn, numpy, scipy, builtins" in capsys.readouterr().err
+    # multi-class: a class missing from a small training split gets probability 0, not a shifted column
+    seq = tmp_path / "seq"
+    seq_recipe = estimator_recipe(tmp_path / "s.yaml", sequence_data, seq, "logreg", task="sequence_classification")
+    assert main(["train", "--config", str(seq_recipe), "model.estimator=sklearn.naive_bayes.GaussianNB",
+                 "model.params={}"]) == 0
+    assert json.loads((seq / "stage_1_fit" / "stage.json").read_text())["test_metrics"]["test_accuracy"] > 0.5
+    for override, message in (
+            ("model.estimator=sklearn.ensemble.NoSuchForest", "cannot import it"),
+            ("model.estimator=os.path.join", "is not a scikit-learn estimator class"),
+            ("model.estimator=sklearn.linear_model.RidgeClassifier", "gives no class probabilities"),
+            ("model.params.n_estimator=5", "not n_estimator")):
+        args = [*trees, override] if "params" in override else [override, "model.params={}"]
+        assert main(["train", "--config", str(recipe), f"output_dir={tmp_path / 'no'}", *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

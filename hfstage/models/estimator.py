@@ -1,6 +1,7 @@
-"""Non-neural base models: LightGBM or a logistic regression on features the task defines.
+"""Non-neural base models: LightGBM, a logistic regression or any scikit-learn classifier on features the task
+defines.
 
-``model: {type: estimator, estimator: lightgbm|logreg, params: {...}, features: auto}`` is a model like any
+``model: {type: estimator, estimator: lightgbm|logreg|IMPORT.PATH, params: {...}, features: auto}`` is a model like any
 other: the curriculum runs it as one stage with no gradient steps (``StageTrainer`` fits it on the training
 split's features, LightGBM early-stopping on the eval split), evaluation, keep/skip, ``folds`` (out-of-fold
 files), ``hfstage stack``, ``evaluate`` and the Hub treat it like the neural models. So a stack can mix bases
@@ -18,13 +19,20 @@ Features (``features``; ``auto`` picks the task's):
   length (MiniRocket needs equal lengths), plus the ``sequence_stats``. With ``estimator: logreg`` this is
   the MiniRocket classifier, with probabilities for stacking.
 
+``estimator: sklearn.ensemble.ExtraTreesClassifier`` (any import path of a scikit-learn-style classifier with
+``predict_proba``; ``params`` are its constructor arguments, checked against its signature; ``random_state``
+defaults to the run's seed) needs skops (``pip install 'hfstage[sklearn]'``).
+
 The fitted estimator is saved in ``model.safetensors`` like any weights (LightGBM's own text model as bytes,
-the logistic regression's standardisation and coefficients as tensors), so ``from_pretrained``, the Hub and
-``hfstage evaluate`` load it with no pickle.
+the logistic regression's standardisation and coefficients as tensors, a scikit-learn estimator in skops'
+format as bytes), so ``from_pretrained``, the Hub and ``hfstage evaluate`` load it with no pickle; a skops
+file holding a type outside scikit-learn, NumPy, SciPy and the estimator's own package is refused on loading.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +50,53 @@ LIGHTGBM_DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf"
                      "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "num_boost_round": 1000,
                      "early_stopping_rounds": 50}
 LOGREG_DEFAULTS = {"C": 1.0, "max_iter": 2000}
+TRUSTED_MODULES = ("sklearn", "numpy", "scipy", "builtins")  # what a saved scikit-learn estimator may hold
+
+
+def sklearn_class(path: str, params: dict):
+    """The scikit-learn-style classifier class an import path names, its ``params`` checked against its
+    constructor; raises ValueError naming what is wrong."""
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"estimator {path!r}: cannot import it ({exc}); give lightgbm, logreg or the import path "
+                         "of a scikit-learn classifier (e.g. sklearn.ensemble.ExtraTreesClassifier)") from None
+    if not isinstance(cls, type) or not callable(getattr(cls, "fit", None)) or not hasattr(cls, "get_params"):
+        raise ValueError(f"estimator {path!r} is not a scikit-learn estimator class (fit, get_params)")
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"params: {path} takes {', '.join(sorted(accepted))}; not {', '.join(unknown)}")
+    try:
+        probe = cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"params: {path}({params}) fails: {exc}") from None
+    if not hasattr(probe, "predict_proba"):
+        raise ValueError(f"estimator {path}: it gives no class probabilities (predict_proba) with these params, and "
+                         "the task's logits and stacking need them; choose a probabilistic classifier or wrap it "
+                         "(sklearn.calibration.CalibratedClassifierCV)")
+    try:
+        import skops.io  # noqa: F401
+    except ImportError:
+        raise ValueError(f"estimator {path}: saving a scikit-learn estimator without pickle needs skops: "
+                         "pip install 'hfstage[sklearn]'") from None
+    return cls
+
+
+def load_sklearn(data: bytes, path: str):
+    """A skops-saved estimator, refusing any type outside scikit-learn, NumPy, SciPy and ``path``'s package."""
+    import skops.io as sio
+
+    from hfstage.errors import CheckpointError
+
+    allowed = (*TRUSTED_MODULES, path.split(".")[0])
+    found = sio.get_untrusted_types(data=data)
+    foreign = sorted(t for t in found if t.split(".")[0] not in allowed)
+    if foreign:
+        raise CheckpointError(f"this {path} estimator's saved state holds types outside {', '.join(allowed)} "
+                              f"({', '.join(foreign[:5])}); refusing to load it")
+    return sio.loads(data, trusted=found)
 
 
 def _lightgbm_parameters() -> set[str] | None:
@@ -61,8 +116,9 @@ class EstimatorConfig(PretrainedConfig):
     def __init__(self, estimator: str = "lightgbm", params: dict | None = None, features: str = "auto", pool: int = 2,
                  image_size: list[int] | None = None, in_channels: int = 1, input_dim: int | None = None,
                  num_labels: int | None = None, state_shapes: dict | None = None, seed: int = 0, **kwargs):
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        if estimator not in ESTIMATORS and "." not in str(estimator):
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)} or the import path of a scikit-learn "
+                             f"classifier, got {estimator!r}")
         known = image_size is not None or input_dim is not None  # not when a plan builds it without data
         if features == "auto" and known:
             features = "pair_stats" if image_size is not None else "sequence_stats"
@@ -81,7 +137,9 @@ class EstimatorConfig(PretrainedConfig):
             raise ValueError(f"pool must be a positive integer, got {pool!r}")
         params = dict(params or {})
         allowed = LIGHTGBM_DEFAULTS if estimator == "lightgbm" else LOGREG_DEFAULTS
-        if estimator == "logreg":
+        if estimator not in ESTIMATORS:
+            sklearn_class(estimator, params)
+        elif estimator == "logreg":
             unknown = sorted(set(params) - set(allowed) - {"tol", "solver", "l1_ratio"})
             if unknown:
                 raise ValueError(f"params: logreg takes {', '.join(sorted(allowed))}, tol, solver, l1_ratio; not "
@@ -299,6 +357,17 @@ class EstimatorModel(PreTrainedModel):
             self._set_state(booster=np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy())
             cfg.boosting_rounds = int(booster.best_iteration or booster.current_iteration())
             return {"boosting_rounds": cfg.boosting_rounds}
+        if cfg.estimator not in ESTIMATORS:  # a scikit-learn classifier by import path, saved in skops' format
+            import skops.io as sio
+
+            cls = sklearn_class(cfg.estimator, cfg.params)
+            params = dict(cfg.params)
+            if "random_state" in inspect.signature(cls.__init__).parameters:
+                params.setdefault("random_state", cfg.seed)
+            model = cls(**params).fit(x, y)
+            self._set_state(sklearn_model=np.frombuffer(sio.dumps(model), dtype=np.uint8).copy(),
+                            classes=np.asarray(model.classes_, dtype=np.int64))
+            return {k: int(np.max(getattr(model, k))) for k in ("n_iter_", "n_estimators_") if hasattr(model, k)}
         from sklearn.linear_model import LogisticRegression
 
         mean, std = x.mean(0), x.std(0)
@@ -326,6 +395,8 @@ class EstimatorModel(PreTrainedModel):
 
                 booster = lgb.Booster(model_str=self.booster.numpy().tobytes().decode("utf-8"))
                 fn = booster.predict
+            elif self.config.estimator not in ESTIMATORS:
+                fn = self._sklearn_predictor()
             else:
                 mean, std = self.mean.numpy(), self.std.numpy()
                 coef, bias = self.coef.numpy().astype(np.float64), self.bias.numpy().astype(np.float64)
@@ -338,6 +409,17 @@ class EstimatorModel(PreTrainedModel):
                     return z / z.sum(1, keepdims=True)
             self._cache = (key, fn)
         return self._cache[1]
+
+    def _sklearn_predictor(self):
+        model = load_sklearn(self.sklearn_model.numpy().tobytes(), self.config.estimator)
+        classes = self.classes.numpy()
+        width = 2 if self.config.binary else self.config.num_labels
+
+        def fn(x):
+            p = np.zeros((len(x), width))
+            p[:, classes] = model.predict_proba(x)  # a class absent from the training split stays at 0
+            return p[:, 1] if self.config.binary else p
+        return fn
 
     def forward(self, labels=None, **inputs) -> EstimatorOutput:
         """The task's logits: one log-odds per pair, or C log-probabilities per sequence."""
