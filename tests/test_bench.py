@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("stack_mnist_pairs.py", "stack_gain_vs_best_single", -1.0, 1.0),
     ("stack_low_data.py", "stack_gain_points", -100.0, 100.0),
     ("sequences_long.py", "sequences_long_min_margin_vs_minirocket", -1.0, 1.0),
+    ("sequences_stack.py", "sequences_stack_min_gain_vs_best_base", -1.0, 1.0),
     ("pairs_second_set.py", "worst_recipe_minus_plain_cnn", -1.0, 1.0),
     ("domain_shift.py", "recovered_fraction", -1000.0, 1000.0),
     ("fanout.py", "fanout_wall_time_ratio", 0.0, float("inf")),
