@@ -91,8 +91,9 @@ def main(argv=None) -> float:
 
     rows, margins = [("set", "train/val/test", "method", "test_accuracy", "seconds")], []
     for name in sets:
-        data = Path(tmp.name) / name
-        prepare_aeon(data, seed=args.seed, dataset=name)
+        data = runs / "data" / name  # a fixed place: a rerun resumes the finished runs (same data.path)
+        if not (data / "test_public.npz").is_file():
+            prepare_aeon(data, seed=args.seed, dataset=name)
         sizes = "/".join(str(len(np.load(data / f"{s}.npz")["y"])) for s in ("train", "val", "test_public"))
         ref = references(data, args.seed)
         ours = {}

@@ -46,8 +46,9 @@ def main(argv=None) -> float:
 
     rows, gains = [("set", "method", "oof_accuracy", "test_accuracy", "saved")], []
     for name in sets:
-        data, out = Path(tmp.name) / name, runs / name
-        prepare_aeon(data, seed=0, dataset=name)
+        data, out = runs / "data" / name, runs / name  # a fixed data.path: a rerun resumes the finished runs
+        if not (data / "test_public.npz").is_file():
+            prepare_aeon(data, seed=0, dataset=name)
         began = time.time()
         subprocess.run([sys.executable, "-m", "hfstage", "train", "--config", "configs/sequences_stack.yaml",
                         f"data.path={data}", f"output_dir={out}", *extra], check=True, stdout=subprocess.DEVNULL,
