@@ -410,6 +410,9 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     metrics = _best_checkpoint_metrics(trainer) or trainer.evaluate()
     if hasattr(task, "tuned_decision"):  # speech: the error flags' threshold, chosen on the eval split (best F1)
         decision = task.tuned_decision(metrics)
+        if stage.train_on_eval and start is not None:  # eval is in-sample now: keep the threshold chosen held out
+            saved = trainer.accelerator.unwrap_model(trainer.model).config
+            decision = {key: getattr(saved, key, value) for key, value in decision.items()}
         trainer.compute_metrics = functools.partial(task.compute_metrics, **decision)  # the test split uses it
         trainer.accelerator.unwrap_model(trainer.model).config.update(decision)  # and so do evaluate and the pipeline
         resolved.update(decision)

@@ -518,10 +518,16 @@ def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, cap
     out = tmp_path / "run"
     common = ["quick_test=true", f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]",
               "model.encoder.hidden_size=32", "model.encoder.num_layers=1", "model.encoder.num_heads=2",
-              "model.encoder.ff_size=64", "stages.2.augmentation.time_mask=0.2"]
+              "model.encoder.ff_size=64", "stages.2.augmentation.time_mask=0.2", "stages.3.train_on_eval=true"]
     assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common]) == 0
     record = json.loads((out / "stage_2_finetune" / "stage.json").read_text())
     assert math.isfinite(record["metrics"]["eval_loss"]) and "eval_per" in record["metrics"]
+    # a refit on train + eval keeps the error threshold its start stage chose on held-out eval clips
+    refit = json.loads((out / "stage_3_polish" / "stage.json").read_text())
+    start = json.loads((out / refit["started_from"] / "stage.json").read_text())
+    assert refit["trained_on_eval"] and refit["resolved"]["error_threshold"] == start["resolved"]["error_threshold"]
+    assert json.loads((out / "stage_3_polish" / "config.json").read_text())["error_threshold"] == \
+        start["resolved"]["error_threshold"]
     capsys.readouterr()
     # SpecAugment on a wav2vec2 encoder is refused before anything is written
     assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), "quick_test=true",
