@@ -202,8 +202,9 @@ class StageConfig:
         False, "Train this stage on the training split plus the eval split: a final refit on all labelled data once "
         "earlier stages have chosen the settings (scikit-learn's `refit`, AutoGluon's `refit_full`). Its eval metrics "
         "are then in-sample (`stage.json`: `trained_on_eval`), an estimator does not early-stop on them (LightGBM "
-        "keeps the boosting rounds of the stage it starts from), speech keeps that stage's error threshold, and `hfstage stack` refuses its predictions of the "
-        "eval split. Not with `folds` (the eval split is the held-out fold) or `kind: adabn`."
+        "keeps the boosting rounds of the stage it starts from), speech keeps that stage's error threshold, and "
+        "`hfstage stack` refuses its predictions of the eval split. Not with `folds` (the eval split is the held-out "
+        "fold) or `kind: adabn`."
     )
     lr_multipliers: dict[str, float] = _f(
         help="Glob pattern of parameter names -> learning-rate multiplier (first match wins).",

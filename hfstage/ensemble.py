@@ -185,15 +185,16 @@ def base_finished(cfg) -> bool:
     """Whether the base's run (every fold and its out-of-fold files, for a k-fold base) is finished with this
     very config."""
     from hfstage.executors import run_finished
-    from hfstage.run_dir import CV_JSON
+    from hfstage.run_dir import CV_JSON, config_differences
 
     if not cfg.folds:
         return run_finished(cfg)
+    cv = Path(cfg.output_dir) / CV_JSON
     try:
-        saved = json.loads((Path(cfg.output_dir) / CV_JSON).read_text(encoding="utf-8")).get("config")
+        saved = json.loads(cv.read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError):
         return False
-    return saved == json.loads(json.dumps(cfg.to_dict()))
+    return isinstance(saved, dict) and not config_differences(saved, cfg, str(cv))
 
 
 def plan_stack_job(job: StackJob) -> str:

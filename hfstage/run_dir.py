@@ -389,12 +389,8 @@ class RunDir:
         return saved
 
     def differences(self, saved: RunRecord, cfg: RunConfig, stages: int | None = None) -> list[str]:
-        """How ``cfg`` differs from the run saved here, over its first ``stages`` stages (all: None), cosmetic
-        fields aside; fields newer than the saved run read as their defaults."""
-        stages = len(cfg.stages) if stages is None else stages
-        saved_config = _with_current_defaults(saved.config, str(self.run_json))
-        new = json.loads(json.dumps(cfg.to_dict()))
-        return _diff(_comparable(saved_config, stages), _comparable(new, stages))
+        """How ``cfg`` differs from the run saved here (see ``config_differences``)."""
+        return config_differences(saved.config, cfg, str(self.run_json), stages)
 
     def remove_stale_tmp(self) -> None:
         remove_stale_tmp(self.path)
@@ -448,6 +444,14 @@ def last_complete_checkpoint(work: Path) -> str | None:
         logger.warning("%s is incomplete (killed or out of space while saving); removing it", folder)
         shutil.rmtree(folder, ignore_errors=True)
     return None
+
+
+def config_differences(saved: dict[str, Any], cfg: RunConfig, where: str, stages: int | None = None) -> list[str]:
+    """How ``cfg`` differs from a saved config (``where`` names its file), over its first ``stages`` stages (all:
+    None), cosmetic fields aside; fields newer than the saved config read as their defaults."""
+    stages = len(cfg.stages) if stages is None else stages
+    new = json.loads(json.dumps(cfg.to_dict()))
+    return _diff(_comparable(_with_current_defaults(saved, where), stages), _comparable(new, stages))
 
 
 def _with_current_defaults(saved: dict[str, Any], where: str) -> dict[str, Any]:

@@ -140,6 +140,14 @@ def test_stack_recipe_trains_missing_bases_then_stacks_and_resumes(pair_data, tm
     assert (job / "cnn_folds" / "oof.npy").is_file()
     again = json.loads((job / "stack.json").read_text())
     assert [r["test_accuracy"] for r in again["methods"]][:2] == [r["test_accuracy"] for r in result["methods"]][:2]
+    # so does a k-fold base whose cv.json predates a stage field (its out-of-fold files are not rewritten)
+    cv = json.loads((job / "cnn_folds" / "cv.json").read_text())
+    for stage in cv["config"]["stages"]:
+        del stage["train_on_eval"]
+    (job / "cnn_folds" / "cv.json").write_text(json.dumps(cv))
+    stamp = (job / "cnn_folds" / "oof.npy").stat().st_mtime_ns
+    assert main(["train", "--config", str(path), "meta_train_samples=120"]) == 0
+    assert (job / "cnn_folds" / "oof.npy").stat().st_mtime_ns == stamp
 
 
 def test_stack_recipe_overrides_reach_every_base_and_bad_recipes_are_refused(pair_data, tmp_path, capsys):

@@ -258,7 +258,8 @@ class MatchTarget:
         if np.random.random() >= self.probability:
             return image
         t = np.random.uniform(0.5, 1.5)
-        out = degrade(as_rgb(image), rng=np.random.default_rng(np.random.randint(2**31)), **scaled_degradation(self.params, t))
+        out = degrade(as_rgb(image), rng=np.random.default_rng(np.random.randint(2**31)),
+                      **scaled_degradation(self.params, t))
         return Image.fromarray(np.round(out * 255).astype(np.uint8), mode="RGB")
 
 
