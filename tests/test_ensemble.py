@@ -12,7 +12,7 @@ from conftest import ROOT, TINY_MODEL, write_recipe
 
 from hfstage.cli import main
 from hfstage.config import load_config
-from hfstage.models.estimator import pair_stats, sequence_stats
+from hfstage.models.estimator import fit_patch_features, pair_patches, pair_stats, sequence_stats
 from hfstage.sweeps import run_seeds
 
 ESTIMATOR_STAGE = [{"name": "fit"}]
@@ -43,6 +43,50 @@ def test_pair_and_sequence_features_are_what_they_say():
     s = sequence_stats(x, mask)  # mean, std, min, max, first, last, slope, mean |step|, length
     assert s[0].tolist() == pytest.approx([2.5, np.std([1, 2, 3, 4]), 1, 4, 1, 4, 1, 1, 4])
     assert s[1].tolist() == pytest.approx([5, 0, 5, 5, 5, 5, 0, 0, 6])
+
+
+def test_pair_patch_features_fit_on_training_images_and_reload(pair_data, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    pairs = rng.random((20, 2, 12, 12)).astype(np.float32)
+    state = fit_patch_features(pairs, centroids=8, size=4, seed=0)
+    assert state["patch_centroids"].shape == (8, 16) and state["patch_whitening"].shape == (16, 16)
+    f = pair_patches(pairs, state, size=4)
+    assert f.shape == (20, 2 * 4 * 8 + 2)  # |a - b| and a * b of 8 centroids x 4 quadrants, cosine, distance
+    assert np.allclose(f, pair_patches(pairs[:, ::-1].copy(), state, size=4))  # symmetric
+    same = pair_patches(np.repeat(pairs[:, :1], 2, axis=1), state, size=4)
+    assert np.allclose(same[:, :32], 0) and np.allclose(same[:, -1], 0) and np.allclose(same[:, -2], 1, atol=1e-5)
+    # through a run: the centroids are fitted on the training split, saved, and reloaded by from_pretrained
+    from transformers import AutoModel
+
+    from hfstage.data.npz_pairs import PairCollator
+    from hfstage.tasks import TASKS
+
+    out = tmp_path / "run"
+    recipe = estimator_recipe(tmp_path / "r.yaml", pair_data, out)
+    assert main(["train", "--config", str(recipe), "model.features=pair_patches", "model.centroids=16"]) == 0
+    capsys.readouterr()
+    stage = out / "stage_1_fit"
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["test_metrics"]["test_accuracy"] > 0.6  # real digits: better than chance
+    model = AutoModel.from_pretrained(stage)
+    assert model.patch_centroids.shape == (16, 36) and model.config.features == "pair_patches"
+    train = TASKS.get("pair_classification")().load_split(pair_data / "train.npz")
+    fitted = fit_patch_features(np.stack([np.asarray(train[i]["pixel_values"], dtype=np.float32) / 255
+                                          for i in range(len(train))]), 16, 6, model.config.seed)
+    assert np.allclose(model.patch_centroids.numpy(), fitted["patch_centroids"], atol=1e-5)
+    test = TASKS.get("pair_classification")().load_split(pair_data / "test_public.npz")
+    batch = PairCollator()([test[i] for i in range(16)])
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+    assert main(["evaluate", str(stage), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(
+        record["test_metrics"]["test_accuracy"])
+    for override, message in (("model.centroids=1", "centroids must be an integer >= 2"),
+                              ("model.patch_size=40", "patch_size 40 needs images of at least 42 pixels")):
+        assert main(["train", "--config", str(recipe), f"output_dir={tmp_path / 'no'}", "model.features=pair_patches",
+                     override]) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("estimator", ["lightgbm", "logreg"])

@@ -12,6 +12,13 @@ Features (``features``; ``auto`` picks the task's):
 - ``pair_stats`` (pairs): for each image, its pixels average-pooled by ``pool`` and simple statistics (ink
   mean/std/fraction, centroid, spread, bounding box, row and column profiles); for the pair, ``|a - b|`` and
   ``a * b`` of both, plus their cosine similarity and distance. Symmetric in the two images.
+- ``pair_patches`` (pairs): learned patch features (Coates & Ng's single-layer k-means network): ``centroids``
+  k-means centroids of the training images' whitened ``patch_size`` x ``patch_size`` patches; each image's
+  patches (every other pixel) are encoded by how much nearer than average they lie to each centroid
+  ("triangle" activation) and summed over the image's four quadrants; for the pair, ``|a - b|`` and ``a * b`` of
+  those, plus their cosine similarity and distance. The centroids and the whitening are fitted on the training
+  split and saved with the model. Stronger than ``pair_stats`` where digits or shapes must be told apart
+  (digits-pairs: 0.965 vs 0.941 test accuracy with LightGBM).
 - ``sequence_stats`` (sequences): per channel over the valid frames, mean, std, min, max, first, last, slope
   and mean absolute step; plus the clip's length.
 - ``minirocket`` (sequences; aeon, the ``data`` extra): aeon's MiniRocket features (~10k PPV features of
@@ -43,7 +50,9 @@ from transformers.utils import ModelOutput
 from hfstage.models.base import MODELS
 
 ESTIMATORS = ("lightgbm", "logreg")
-FEATURES = ("pair_stats", "sequence_stats", "minirocket")
+FEATURES = ("pair_stats", "pair_patches", "sequence_stats", "minirocket")
+PAIR_FEATURES = ("pair_stats", "pair_patches")
+PATCH_PARAMETERS = ("patch_mean", "patch_whitening", "patch_centroids")
 MINIROCKET_PARAMETERS = ("mr_channels_per_combination", "mr_channel_indices", "mr_dilations",
                          "mr_features_per_dilation", "mr_biases")
 LIGHTGBM_DEFAULTS = {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.5,
@@ -114,7 +123,7 @@ class EstimatorConfig(PretrainedConfig):
     model_type = "hfstage_estimator"
 
     def __init__(self, estimator: str = "lightgbm", params: dict | None = None, features: str = "auto", pool: int = 2,
-                 image_size: list[int] | None = None, in_channels: int = 1, input_dim: int | None = None,
+                 centroids: int = 128, patch_size: int = 6, image_size: list[int] | None = None, in_channels: int = 1, input_dim: int | None = None,
                  num_labels: int | None = None, state_shapes: dict | None = None, seed: int = 0, **kwargs):
         if estimator not in ESTIMATORS and "." not in str(estimator):
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)} or the import path of a scikit-learn "
@@ -124,8 +133,8 @@ class EstimatorConfig(PretrainedConfig):
             features = "pair_stats" if image_size is not None else "sequence_stats"
         if features not in (*FEATURES, "auto"):
             raise ValueError(f"features must be auto or one of {', '.join(FEATURES)}, got {features!r}")
-        if known and features == "pair_stats" and image_size is None:
-            raise ValueError("features pair_stats: the data are not image pairs")
+        if known and features in PAIR_FEATURES and image_size is None:
+            raise ValueError(f"features {features}: the data are not image pairs")
         if known and features in ("sequence_stats", "minirocket") and input_dim is None:
             raise ValueError(f"features {features}: the data are not feature sequences")
         if features == "minirocket":
@@ -135,6 +144,13 @@ class EstimatorConfig(PretrainedConfig):
                 raise ValueError("features minirocket needs aeon: pip install 'hfstage[data]'") from None
         if not isinstance(pool, int) or pool < 1:
             raise ValueError(f"pool must be a positive integer, got {pool!r}")
+        if not isinstance(centroids, int) or isinstance(centroids, bool) or centroids < 2:
+            raise ValueError(f"centroids must be an integer >= 2, got {centroids!r}")
+        if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 2:
+            raise ValueError(f"patch_size must be an integer >= 2, got {patch_size!r}")
+        if features == "pair_patches" and image_size is not None and min(image_size[-2:]) < patch_size + 2:
+            raise ValueError(f"patch_size {patch_size} needs images of at least {patch_size + 2} pixels a side, "
+                             f"these are {image_size[-2]}x{image_size[-1]}")
         params = dict(params or {})
         allowed = LIGHTGBM_DEFAULTS if estimator == "lightgbm" else LOGREG_DEFAULTS
         if estimator not in ESTIMATORS:
@@ -153,6 +169,8 @@ class EstimatorConfig(PretrainedConfig):
         self.params = params
         self.features = features
         self.pool = pool
+        self.centroids = centroids
+        self.patch_size = patch_size
         self.image_size = list(image_size) if image_size is not None else None
         self.in_channels = in_channels
         self.input_dim = input_dim
@@ -167,7 +185,7 @@ class EstimatorConfig(PretrainedConfig):
 
     @property
     def binary(self) -> bool:
-        return self.features == "pair_stats"
+        return self.features in PAIR_FEATURES
 
 
 @dataclass
@@ -216,6 +234,62 @@ def pair_stats(pixel_values: np.ndarray, pool: int) -> np.ndarray:
                            cosine[:, None], distance[:, None]], axis=1).astype(np.float32)
 
 
+def _grey(pixel_values: np.ndarray) -> np.ndarray:
+    """(B, 2, H, W) or (B, 2, C, H, W) -> (B, 2, H, W) float32."""
+    x = pixel_values.astype(np.float32)
+    return x.mean(axis=2) if x.ndim == 5 else x
+
+
+def _patches(images: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """(N, H, W) -> (N, Ly, Lx, size * size), each patch normalised to zero mean and unit contrast."""
+    view = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
+    p = view.reshape(*view.shape[:3], size * size)
+    p = p - p.mean(-1, keepdims=True)
+    return p / np.sqrt(p.var(-1, keepdims=True) + 0.01)
+
+
+def fit_patch_features(pixel_values: np.ndarray, centroids: int, size: int, seed: int) -> dict[str, np.ndarray]:
+    """The whitening and the k-means centroids of ``pair_patches``, from training pairs (B, 2, ...)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    x = _grey(pixel_values)
+    images = np.unique(x.reshape(-1, *x.shape[2:]), axis=0)  # an image in many pairs counts once
+    rng = np.random.default_rng(seed)
+    images = images[np.sort(rng.choice(len(images), min(len(images), 2000), replace=False))]
+    p = _patches(images, size, 1).reshape(-1, size * size)
+    p = p[rng.choice(len(p), min(len(p), 100_000), replace=False)].astype(np.float64)
+    mean = p.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(p - mean, rowvar=False))
+    whitening = vectors @ np.diag(1 / np.sqrt(np.maximum(values, 0) + 0.1)) @ vectors.T  # ZCA
+    k = min(centroids, len(p))
+    kmeans = MiniBatchKMeans(k, random_state=seed, n_init=3, batch_size=4096).fit((p - mean) @ whitening)
+    return {"patch_mean": mean.astype(np.float32), "patch_whitening": whitening.astype(np.float32),
+            "patch_centroids": kmeans.cluster_centers_.astype(np.float32)}
+
+
+def pair_patches(pixel_values: np.ndarray, state: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """(B, 2, H, W) or (B, 2, C, H, W) -> (B, 2K + 2) with the fitted ``state``, symmetric in the two images."""
+    x = _grey(pixel_values)
+    b = len(x)
+    mean, whitening, centres = state["patch_mean"], state["patch_whitening"], state["patch_centroids"]
+    out = []
+    for start in range(0, b, 256):  # (images, positions, centroids) distances stay ~40 MB a block
+        block = x[start:start + 256]
+        z = (_patches(block.reshape(-1, *x.shape[2:]), size, 2) - mean) @ whitening
+        n, ly, lx, _ = z.shape
+        d2 = (z ** 2).sum(-1, keepdims=True) - 2 * z @ centres.T + (centres ** 2).sum(-1)
+        d = np.sqrt(np.maximum(d2, 0))
+        f = np.maximum(d.mean(-1, keepdims=True) - d, 0)  # the "triangle" encoding
+        hy, hx = ly // 2, lx // 2
+        quads = [f[:, :hy, :hx], f[:, :hy, hx:], f[:, hy:, :hx], f[:, hy:, hx:]]
+        out.append(np.concatenate([q.sum((1, 2)) for q in quads], axis=1).reshape(len(block), 2, -1))
+    q = np.concatenate(out)
+    a, c = q[:, 0], q[:, 1]
+    cosine = (a * c).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1) + 1e-6)
+    distance = np.linalg.norm(a - c, axis=1)
+    return np.concatenate([np.abs(a - c), a * c, cosine[:, None], distance[:, None]], axis=1).astype(np.float32)
+
+
 def resample_valid(x: np.ndarray, mask: np.ndarray, length: int) -> np.ndarray:
     """(B, T, F) padded clips -> (B, F, length): each clip's valid frames linearly resampled to ``length``."""
     out = np.zeros((len(x), x.shape[2], length), dtype=np.float32)
@@ -261,7 +335,7 @@ class EstimatorModel(PreTrainedModel):
 
     def __init__(self, config: EstimatorConfig):
         super().__init__(config)
-        self.main_input_name = "pixel_values" if config.features == "pair_stats" else "input_values"
+        self.main_input_name = "pixel_values" if config.features in PAIR_FEATURES else "input_values"
         for name, (shape, dtype) in config.state_shapes.items():
             self.register_buffer(name, torch.zeros(shape, dtype=getattr(torch, dtype)))
         # the logits' temperature (1: the estimator's own probabilities); also gives the model the floating
@@ -280,6 +354,9 @@ class EstimatorModel(PreTrainedModel):
     def features(self, pixel_values=None, input_values=None, attention_mask=None, **_) -> np.ndarray:
         if self.config.features == "pair_stats":
             return pair_stats(pixel_values.detach().float().cpu().numpy(), self.config.pool)
+        if self.config.features == "pair_patches":
+            state = getattr(self, "_pending", None) or {name: getattr(self, name).numpy() for name in PATCH_PARAMETERS}
+            return pair_patches(pixel_values.detach().float().cpu().numpy(), state, self.config.patch_size)
         x, mask = input_values.detach().float().cpu().numpy(), attention_mask.detach().cpu().numpy()
         stats = sequence_stats(x, mask)
         if self.config.features == "sequence_stats":
@@ -288,7 +365,12 @@ class EstimatorModel(PreTrainedModel):
         return np.concatenate([self._minirocket().transform(series).astype(np.float32), stats], axis=1)
 
     def fit_features(self, batches: list[dict]) -> None:
-        """Fit what the features learn from the training split (MiniRocket's biases) before they are computed."""
+        """Fit what the features learn from the training split (MiniRocket's biases, the patch centroids) before
+        they are computed."""
+        if self.config.features == "pair_patches":
+            x = np.concatenate([b["pixel_values"].float().numpy() for b in batches])
+            self._pending = fit_patch_features(x, self.config.centroids, self.config.patch_size, self.config.seed)
+            return
         if self.config.features != "minirocket":
             return
         from aeon.transformations.collection.convolution_based import MiniRocket
