@@ -390,10 +390,12 @@ class SpeechAssessmentTask:
                 out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
                 total += float(loss_fn(out, labels.to(accelerator.device), error_labels.to(accelerator.device))) * len(labels)
                 for i in range(len(labels)):
-                    n = int(batch["canonical_mask"][i].sum())
-                    clips.append((out.logits[i, : int(out.output_lengths[i])].float().cpu().numpy(),
+                    n, frames = int(batch["canonical_mask"][i].sum()), int(out.output_lengths[i])
+                    acoustic = out.get("acoustic_logits")  # a recogniser that reads the canonical phonemes
+                    clips.append((out.logits[i, :frames].float().cpu().numpy(),
                                   out.error_logits[i, :n].float().cpu().numpy(),
-                                  labels[i][labels[i] >= 0].numpy(), error_labels[i, :n].numpy()))
+                                  labels[i][labels[i] >= 0].numpy(), error_labels[i, :n].numpy(),
+                                  None if acoustic is None else acoustic[i, :frames].float().cpu().numpy()))
 
         def pad(arrays, value):
             shape = (len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:])
@@ -406,13 +408,14 @@ class SpeechAssessmentTask:
         metrics = {"loss": total / max(1, len(dataset))}
         metrics.update(speech_metrics(pad([c[0] for c in clips], -100.0), np.array([len(c[0]) for c in clips]),
                                       pad([c[2] for c in clips], -100).astype(np.int64), pad([c[1] for c in clips], -100.0),
-                                      pad([c[3] for c in clips], -100).astype(np.int64), threshold))
+                                      pad([c[3] for c in clips], -100).astype(np.int64), threshold,
+                                      None if clips[0][4] is None else pad([c[4] for c in clips], -100.0)))
         tokens = self.processor.tokenizer.convert_ids_to_tokens
         rows = [{"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
                  "predicted": " ".join(tokens(greedy_decode(ctc, len(ctc)))),
                  "labels": " ".join(str(v) for v in c.labels),
                  "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold))}
-                for clip_id, c, (ctc, errs, _, _) in zip(dataset.ids, dataset.clips, clips)]
+                for clip_id, c, (ctc, errs, *_) in zip(dataset.ids, dataset.clips, clips)]
         return metrics, rows
 
     def save_with_model(self, folder: Path, model_config=None) -> None:
@@ -450,8 +453,9 @@ class SpeechAssessmentTask:
         from hfstage.metrics.speech import speech_metrics
 
         ctc_logits, error_logits, lengths = eval_pred.predictions[:3]
+        acoustic = eval_pred.predictions[3] if len(eval_pred.predictions) > 3 else None  # ctc_context: canonical
         labels, error_labels = eval_pred.label_ids
-        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels, error_threshold)
+        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels, error_threshold, acoustic)
 
     @staticmethod
     def tuned_decision(metrics: dict) -> dict[str, float]:

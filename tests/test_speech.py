@@ -490,6 +490,37 @@ def test_mel_conformer_encoder_shapes_padding_and_spec_augment(tmp_path):
         build_model({"type": "speech", "encoder": {"type": "mel_conformer", "depth": 3}}, vocab_size=12)
 
 
+def test_ctc_with_the_canonical_phonemes_in_view(tmp_path):
+    model = build_model({"type": "speech", "head": "aligned", "encoder": MEL, "ctc_context": "canonical"},
+                        vocab_size=12).eval()
+    waves = torch.randn(2, 16000)
+    mask = torch.ones(2, 16000, dtype=torch.long)
+    mask[1, 9600:] = 0
+    canonical = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    with torch.no_grad():
+        out = model(input_values=waves, attention_mask=mask, canonical_ids=canonical, canonical_mask=canonical.ne(0))
+        short = model(input_values=waves[1:, :9600], attention_mask=mask[1:, :9600], canonical_ids=canonical[1:, :2],
+                      canonical_mask=canonical[1:, :2].ne(0))
+        other = model(input_values=waves, attention_mask=mask, canonical_ids=torch.tensor([[3, 4, 5], [8, 9, 0]]))
+    assert out.logits.shape == (2, 25, 12)
+    # padding of the audio and of the phonemes changes nothing; another prompt changes that clip's recognition only
+    torch.testing.assert_close(out.logits[1, :15], short.logits[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(other.logits[0], out.logits[0])
+    assert not torch.allclose(other.logits[1, :15], out.logits[1, :15])
+    torch.testing.assert_close(other.acoustic_logits, out.acoustic_logits)  # the audio-only layer ignores the prompt
+    assert out.acoustic_logits.shape == (2, 25, 12)
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModel.from_pretrained(tmp_path / "m").eval()
+    assert again.config.ctc_context == "canonical"
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_values=waves, attention_mask=mask, canonical_ids=canonical).logits,
+                                   out.logits)
+    with pytest.raises(ValueError, match="pass canonical_ids"):
+        model(input_values=waves, attention_mask=mask)
+    with pytest.raises(ConfigError, match="ctc_context must be one of none, canonical"):
+        build_model({"type": "speech", "encoder": MEL, "ctc_context": "prompt"}, vocab_size=12)
+
+
 def test_speed_perturbation_changes_duration_and_pitch_together():
     from hfstage.data.audio import AudioCollator, change_speed
 
@@ -522,6 +553,7 @@ def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, cap
     assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common]) == 0
     record = json.loads((out / "stage_2_finetune" / "stage.json").read_text())
     assert math.isfinite(record["metrics"]["eval_loss"]) and "eval_per" in record["metrics"]
+    assert 0 <= record["metrics"]["eval_audio_only_per"] <= 2  # the recipe's recogniser reads the canonical phonemes
     # a refit on train + eval keeps the error threshold its start stage chose on held-out eval clips
     refit = json.loads((out / "stage_3_polish" / "stage.json").read_text())
     start = json.loads((out / refit["started_from"] / "stage.json").read_text())

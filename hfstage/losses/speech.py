@@ -8,7 +8,9 @@ a forced alignment; the error term is a binary loss over the canonical phonemes 
 ``focal_alpha * (1 - p_t)^focal_gamma * BCE`` instead. ``eval_loss`` is the same sum with weights 1
 and plain BCE, so stages with different weights are compared on one scale. In a recipe:
 ``loss: {type: ctc_mispronunciation, error_weight: 2.0, pos_weight: 2.0}``; ``pos_weight: auto`` is the
-training split's ratio of correct to mispronounced phonemes (resolved when the stage starts).
+training split's ratio of correct to mispronounced phonemes (resolved when the stage starts). A model that
+recognises with the canonical phonemes in view (``ctc_context: canonical``) also returns its audio-only CTC
+layer's logits (``acoustic_logits``); the CTC term is then the sum over both layers.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class CTCMispronunciationLoss(StageLoss):
 
     def forward(self, outputs, labels: torch.Tensor, error_labels: torch.Tensor) -> torch.Tensor:
         ctc = self.ctc(outputs["logits"], outputs["output_lengths"], labels)
+        if outputs.get("acoustic_logits") is not None:  # a prompted recogniser keeps its audio-only CTC layer too
+            ctc = ctc + self.ctc(outputs["acoustic_logits"], outputs["output_lengths"], labels)
         return self.ctc_weight * ctc + self.error_weight * self.errors(outputs["error_logits"], error_labels)
 
     def distillation_logits(self, outputs, student_outputs, error_labels: torch.Tensor) -> list[torch.Tensor]:

@@ -74,15 +74,24 @@ def best_threshold(probs: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarray, error_logits: np.ndarray,
-                   error_labels: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+                   error_labels: np.ndarray, threshold: float = 0.5,
+                   acoustic_logits: np.ndarray | None = None) -> dict[str, float]:
     """PER over the clips and error-detection metrics over the valid canonical phonemes (labels -100 = padding):
     precision/recall/F1 of the flags ``p > threshold``, the threshold-free average precision (``error_ap``,
-    AUC-PR), and the threshold with the best F1 on this split (``error_best_threshold``, ``error_best_f1``)."""
+    AUC-PR), and the threshold with the best F1 on this split (``error_best_threshold``, ``error_best_f1``).
+    With ``acoustic_logits`` (a recogniser that reads the canonical phonemes) also ``audio_only_per``: the PER of
+    its audio-only CTC layer."""
     from sklearn.metrics import average_precision_score
 
-    predictions = [greedy_decode(ctc_logits[i], int(lengths[i])) for i in range(len(labels))]
     references = [[int(t) for t in row if t >= 0] for row in labels]
-    out = PhonemeErrorRate().compute(predictions=predictions, references=references)
+
+    def per(logits) -> float:
+        predictions = [greedy_decode(logits[i], int(lengths[i])) for i in range(len(labels))]
+        return PhonemeErrorRate().compute(predictions=predictions, references=references)["per"]
+
+    out = {"per": per(ctc_logits)}
+    if acoustic_logits is not None:
+        out["audio_only_per"] = per(acoustic_logits)
     valid = error_labels >= 0
     probs = error_probabilities(error_logits[valid])
     preds = error_flags(error_logits[valid], threshold).astype(np.int64)

@@ -12,6 +12,14 @@ canonical phoneme: is it mispronounced?). The error heads see the canonical phon
   CTC head's posteriors (``models/alignment.py``; the even split only for a clip with no path), pooled, plus
   goodness-of-pronunciation evidence (the phoneme's mean log-posterior there against its best competitor's).
 
+With ``ctc_context: canonical`` the recogniser also sees the canonical phonemes (text-dependent recognition, as
+in the pronunciation-assessment systems that feed the prompt to the recogniser): each audio frame attends to the
+clip's canonical phoneme embeddings (with their positions) before a second CTC layer, whose output is ``logits``
+(what is decoded), so the recogniser knows what the speaker was asked to say and has to learn from the audio
+where it was said otherwise. The audio-only CTC layer stays (``acoustic_logits``, trained by the same loss): the
+``aligned`` head's alignment and goodness-of-pronunciation evidence come from it, as evidence that leans on the
+prompt would hide the very errors it is there to find.
+
 The encoder is a wav2vec2 built from ``encoder`` (a small random one by default: no weights are downloaded) or,
 with ``encoder_path``, loaded by ``Wav2Vec2Model.from_pretrained`` when the run starts; or, with
 ``encoder: {type: mel_conformer, ...}``, log-mel features into a conformer (``models/mel_encoder.py``), the
@@ -40,6 +48,7 @@ from hfstage.models.base import MODELS
 from hfstage.models.mel_encoder import MEL_DEFAULTS, MelConformerEncoder
 
 HEADS = ("simple", "transformer", "cross", "hierarchical", "aligned")
+CTC_CONTEXTS = ("none", "canonical")
 TINY_ENCODER = {
     "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
     "conv_dim": [32, 32, 32, 32, 32], "conv_kernel": [10, 3, 3, 3, 2], "conv_stride": [5, 2, 2, 2, 2],
@@ -53,8 +62,10 @@ class SpeechAssessmentConfig(PretrainedConfig):
 
     def __init__(self, vocab_size: int = 40, head: str = "simple", encoder: dict | None = None,
                  encoder_path: str | None = None, head_dim: int = 64, head_layers: int = 2, head_heads: int = 2,
-                 dropout: float = 0.1, pad_token_id: int = 0, **kwargs):
+                 dropout: float = 0.1, ctc_context: str = "none", pad_token_id: int = 0, **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        if ctc_context not in CTC_CONTEXTS:
+            raise ValueError(f"ctc_context must be one of {', '.join(CTC_CONTEXTS)}, got {ctc_context!r}")
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         if head_dim % head_heads:
@@ -78,6 +89,7 @@ class SpeechAssessmentConfig(PretrainedConfig):
         else:
             self.encoder = {**TINY_ENCODER, **encoder}
         self.encoder_path = encoder_path
+        self.ctc_context = ctc_context
         self.head_dim, self.head_layers, self.head_heads, self.dropout = head_dim, head_layers, head_heads, dropout
 
     @property
@@ -91,6 +103,7 @@ class SpeechOutput(ModelOutput):
     logits: torch.Tensor | None = None
     error_logits: torch.Tensor | None = None
     output_lengths: torch.Tensor | None = None
+    acoustic_logits: torch.Tensor | None = None  # ctc_context canonical: the audio-only CTC layer's
 
 
 @MODELS.register("speech")
@@ -108,6 +121,12 @@ class SpeechAssessmentModel(PreTrainedModel):
         h, d = self.encoder.config.hidden_size, config.head_dim
         self.dropout = nn.Dropout(config.dropout)
         self.ctc_head = nn.Linear(h, config.vocab_size)
+        if config.ctc_context == "canonical":  # frames attend to the canonical phonemes before the CTC layer
+            self.ctc_phonemes = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
+            heads = next(n for n in (4, 2, 1) if h % n == 0)
+            self.ctc_cross = nn.MultiheadAttention(h, heads, dropout=config.dropout, batch_first=True)
+            self.ctc_norm = nn.LayerNorm(h)
+            self.prompted_ctc_head = nn.Linear(h, config.vocab_size)
         self.phoneme_embed = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.audio_proj = nn.Linear(h, d)
         if config.head == "transformer":
@@ -152,12 +171,38 @@ class SpeechAssessmentModel(PreTrainedModel):
         else:
             lengths = torch.full((b,), t, dtype=torch.long, device=hidden.device)
         frames = torch.arange(t, device=hidden.device)[None, :] < lengths[:, None]
-        logits = self.ctc_head(self.dropout(hidden))
+        if canonical_ids is not None and canonical_mask is None:
+            canonical_mask = canonical_ids.ne(0)
+        if self.config.ctc_context == "canonical":
+            if canonical_ids is None:
+                raise ValueError("this model recognises with the canonical phonemes in view (ctc_context: canonical); "
+                                 "pass canonical_ids")
+        acoustic = self.ctc_head(self.dropout(hidden))
+        logits, audio_only = acoustic, None
+        if self.config.ctc_context == "canonical":
+            # on the encoder's output as the audio-only layer trains it: the prompt cannot make the encoder lazy
+            prompted = self._with_canonical(hidden.detach(), canonical_ids, canonical_mask)
+            logits = self.prompted_ctc_head(self.dropout(prompted))
+            audio_only = acoustic
         error_logits = None
         if canonical_ids is not None:
-            error_logits = self._errors(hidden, frames, lengths, canonical_ids,
-                                        canonical_mask if canonical_mask is not None else canonical_ids.ne(0), logits)
-        return SpeechOutput(logits=logits, error_logits=error_logits, output_lengths=lengths)
+            error_logits = self._errors(hidden, frames, lengths, canonical_ids, canonical_mask, acoustic)
+        return SpeechOutput(logits=logits, error_logits=error_logits, output_lengths=lengths,
+                            acoustic_logits=audio_only)
+
+    def _with_canonical(self, hidden, canonical_ids, canonical_mask) -> torch.Tensor:
+        """Each frame plus what it reads from the canonical phonemes (embeddings + sinusoidal positions)."""
+        h = hidden.shape[-1]
+        position = torch.arange(canonical_ids.shape[1], device=hidden.device, dtype=torch.float32)[:, None]
+        rates = torch.exp(torch.arange(0, h, 2, device=hidden.device, dtype=torch.float32) * (-9.2103 / h))
+        table = torch.zeros(canonical_ids.shape[1], h, device=hidden.device)
+        table[:, 0::2] = torch.sin(position * rates)
+        table[:, 1::2] = torch.cos(position * rates[: h // 2])
+        phonemes = self.ctc_phonemes(canonical_ids) + table.to(hidden.dtype)
+        keep = canonical_mask.bool().clone()
+        keep[:, 0] |= ~keep.any(1)  # a clip with no canonical phonemes attends to its padding, not to nothing
+        read, _ = self.ctc_cross(hidden, phonemes, phonemes, key_padding_mask=~keep, need_weights=False)
+        return self.ctc_norm(hidden + self.dropout(read))
 
     def _errors(self, hidden, frames, lengths, canonical_ids, canonical_mask, logits) -> torch.Tensor:
         audio = self.audio_proj(hidden)  # (B, T, D)
