@@ -389,9 +389,9 @@ class SpeechAssessmentTask:
                 labels, error_labels = batch.pop("labels"), batch.pop("error_labels")
                 out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
                 total += float(loss_fn(out, labels.to(accelerator.device), error_labels.to(accelerator.device))) * len(labels)
+                acoustic = out.get("acoustic_logits")  # a recogniser that reads the canonical phonemes
                 for i in range(len(labels)):
                     n, frames = int(batch["canonical_mask"][i].sum()), int(out.output_lengths[i])
-                    acoustic = out.get("acoustic_logits")  # a recogniser that reads the canonical phonemes
                     clips.append((out.logits[i, :frames].float().cpu().numpy(),
                                   out.error_logits[i, :n].float().cpu().numpy(),
                                   labels[i][labels[i] >= 0].numpy(), error_labels[i, :n].numpy(),

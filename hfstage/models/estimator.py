@@ -123,8 +123,9 @@ class EstimatorConfig(PretrainedConfig):
     model_type = "hfstage_estimator"
 
     def __init__(self, estimator: str = "lightgbm", params: dict | None = None, features: str = "auto", pool: int = 2,
-                 centroids: int = 128, patch_size: int = 6, image_size: list[int] | None = None, in_channels: int = 1, input_dim: int | None = None,
-                 num_labels: int | None = None, state_shapes: dict | None = None, seed: int = 0, **kwargs):
+                 centroids: int = 128, patch_size: int = 6, image_size: list[int] | None = None, in_channels: int = 1,
+                 input_dim: int | None = None, num_labels: int | None = None, state_shapes: dict | None = None,
+                 seed: int = 0, **kwargs):
         if estimator not in ESTIMATORS and "." not in str(estimator):
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)} or the import path of a scikit-learn "
                              f"classifier, got {estimator!r}")
@@ -218,26 +219,28 @@ def _image_stats(x: np.ndarray) -> np.ndarray:
     return np.concatenate([np.stack(stats, axis=1), row_profile, col_profile], axis=1).astype(np.float32)
 
 
+def _grey(pixel_values: np.ndarray) -> np.ndarray:
+    """(B, 2, H, W) or (B, 2, C, H, W) -> (B, 2, H, W) float32."""
+    x = pixel_values.astype(np.float32)
+    return x.mean(axis=2) if x.ndim == 5 else x
+
+
+def _similarity(a: np.ndarray, c: np.ndarray) -> list[np.ndarray]:
+    """The pair's cosine similarity and distance, as (B, 1) columns."""
+    cosine = (a * c).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1) + 1e-6)
+    return [cosine[:, None], np.linalg.norm(a - c, axis=1)[:, None]]
+
+
 def pair_stats(pixel_values: np.ndarray, pool: int) -> np.ndarray:
     """(B, 2, H, W) or (B, 2, C, H, W) in [0, 1] -> (B, F), symmetric in the two images."""
-    x = pixel_values.astype(np.float32)
-    if x.ndim == 5:
-        x = x.mean(axis=2)
+    x = _grey(pixel_values)
     b, _, h, w = x.shape
     hp, wp = h // pool, w // pool
     pooled = x[:, :, : hp * pool, : wp * pool].reshape(b, 2, hp, pool, wp, pool).mean(axis=(3, 5)).reshape(b, 2, -1)
     a, c = pooled[:, 0], pooled[:, 1]
     sa, sc = _image_stats(x[:, 0]), _image_stats(x[:, 1])
-    cosine = (a * c).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1) + 1e-6)
-    distance = np.linalg.norm(a - c, axis=1)
     return np.concatenate([np.abs(a - c), a * c, np.abs(sa - sc), sa * sc, np.minimum(sa, sc), np.maximum(sa, sc),
-                           cosine[:, None], distance[:, None]], axis=1).astype(np.float32)
-
-
-def _grey(pixel_values: np.ndarray) -> np.ndarray:
-    """(B, 2, H, W) or (B, 2, C, H, W) -> (B, 2, H, W) float32."""
-    x = pixel_values.astype(np.float32)
-    return x.mean(axis=2) if x.ndim == 5 else x
+                           *_similarity(a, c)], axis=1).astype(np.float32)
 
 
 def _patches(images: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -268,7 +271,8 @@ def fit_patch_features(pixel_values: np.ndarray, centroids: int, size: int, seed
 
 
 def pair_patches(pixel_values: np.ndarray, state: dict[str, np.ndarray], size: int) -> np.ndarray:
-    """(B, 2, H, W) or (B, 2, C, H, W) -> (B, 2K + 2) with the fitted ``state``, symmetric in the two images."""
+    """(B, 2, H, W) or (B, 2, C, H, W) -> (B, 8K + 2) with the fitted ``state`` (K centroids x 4 quadrants per
+    image; ``|a - b|``, ``a * b``, cosine, distance), symmetric in the two images."""
     x = _grey(pixel_values)
     b = len(x)
     mean, whitening, centres = state["patch_mean"], state["patch_whitening"], state["patch_centroids"]
@@ -285,9 +289,7 @@ def pair_patches(pixel_values: np.ndarray, state: dict[str, np.ndarray], size: i
         out.append(np.concatenate([q.sum((1, 2)) for q in quads], axis=1).reshape(len(block), 2, -1))
     q = np.concatenate(out)
     a, c = q[:, 0], q[:, 1]
-    cosine = (a * c).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(c, axis=1) + 1e-6)
-    distance = np.linalg.norm(a - c, axis=1)
-    return np.concatenate([np.abs(a - c), a * c, cosine[:, None], distance[:, None]], axis=1).astype(np.float32)
+    return np.concatenate([np.abs(a - c), a * c, *_similarity(a, c)], axis=1).astype(np.float32)
 
 
 def resample_valid(x: np.ndarray, mask: np.ndarray, length: int) -> np.ndarray:

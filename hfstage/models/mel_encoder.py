@@ -20,6 +20,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from hfstage.models.sequence import sinusoidal_positions
+
 MEL_DEFAULTS = {"hidden_size": 144, "num_layers": 4, "num_heads": 4, "ff_size": 576, "conv_kernel": 15,
                 "num_mel_bins": 80, "dropout": 0.1}
 SAMPLING_RATE, WINDOW, HOP = 16000, 400, 160
@@ -31,16 +33,6 @@ def _mel_bank(bins: int) -> torch.Tensor:
     bank = mel_filter_bank(num_frequency_bins=WINDOW // 2 + 1, num_mel_filters=bins, min_frequency=20.0,
                            max_frequency=SAMPLING_RATE / 2, sampling_rate=SAMPLING_RATE)
     return torch.from_numpy(bank).float()  # (201, bins)
-
-
-def _positions(length: int, d: int, device, dtype) -> torch.Tensor:
-    """Sinusoidal position encodings (1, length, d)."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
-    enc = torch.zeros(length, d, device=device)
-    enc[:, 0::2] = torch.sin(pos * freq)
-    enc[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    return enc[None].to(dtype)
 
 
 class _ConvModule(nn.Module):
@@ -180,7 +172,7 @@ class MelConformerEncoder(nn.Module):
         x = self._subsample(feats, frames)  # (B, C, T/4, bins/4)
         b, c, t, f = x.shape
         x = self.input_proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        x = self.dropout(x + _positions(t, x.shape[-1], x.device, x.dtype))
+        x = self.dropout(x + sinusoidal_positions(t, x.shape[-1], x.device)[None].to(x.dtype))
         padding = torch.arange(t, device=x.device)[None, :] >= self.output_lengths(samples).clamp(max=t)[:, None]
         for block in self.blocks:
             x = block(x, padding)

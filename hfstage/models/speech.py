@@ -46,6 +46,7 @@ from hfstage.errors import ConfigError
 from hfstage.models.alignment import aligned_segments, gop_features, segment_mean
 from hfstage.models.base import MODELS
 from hfstage.models.mel_encoder import MEL_DEFAULTS, MelConformerEncoder
+from hfstage.models.sequence import sinusoidal_positions
 
 HEADS = ("simple", "transformer", "cross", "hierarchical", "aligned")
 CTC_CONTEXTS = ("none", "canonical")
@@ -173,13 +174,12 @@ class SpeechAssessmentModel(PreTrainedModel):
         frames = torch.arange(t, device=hidden.device)[None, :] < lengths[:, None]
         if canonical_ids is not None and canonical_mask is None:
             canonical_mask = canonical_ids.ne(0)
+        acoustic = self.ctc_head(self.dropout(hidden))
+        logits, audio_only = acoustic, None
         if self.config.ctc_context == "canonical":
             if canonical_ids is None:
                 raise ValueError("this model recognises with the canonical phonemes in view (ctc_context: canonical); "
                                  "pass canonical_ids")
-        acoustic = self.ctc_head(self.dropout(hidden))
-        logits, audio_only = acoustic, None
-        if self.config.ctc_context == "canonical":
             # on the encoder's output as the audio-only layer trains it: the prompt cannot make the encoder lazy
             prompted = self._with_canonical(hidden.detach(), canonical_ids, canonical_mask)
             logits = self.prompted_ctc_head(self.dropout(prompted))
@@ -192,12 +192,7 @@ class SpeechAssessmentModel(PreTrainedModel):
 
     def _with_canonical(self, hidden, canonical_ids, canonical_mask) -> torch.Tensor:
         """Each frame plus what it reads from the canonical phonemes (embeddings + sinusoidal positions)."""
-        h = hidden.shape[-1]
-        position = torch.arange(canonical_ids.shape[1], device=hidden.device, dtype=torch.float32)[:, None]
-        rates = torch.exp(torch.arange(0, h, 2, device=hidden.device, dtype=torch.float32) * (-9.2103 / h))
-        table = torch.zeros(canonical_ids.shape[1], h, device=hidden.device)
-        table[:, 0::2] = torch.sin(position * rates)
-        table[:, 1::2] = torch.cos(position * rates[: h // 2])
+        table = sinusoidal_positions(canonical_ids.shape[1], hidden.shape[-1], hidden.device)
         phonemes = self.ctc_phonemes(canonical_ids) + table.to(hidden.dtype)
         keep = canonical_mask.bool().clone()
         keep[:, 0] |= ~keep.any(1)  # a clip with no canonical phonemes attends to its padding, not to nothing
