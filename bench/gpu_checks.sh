@@ -7,6 +7,11 @@
 #   2. configs/pairs_multiseed.yaml (4 seeds) and its FPN variant, side by side on the one GPU
 #   3. the curriculum tests on the GPU (the deferred non-finite-loss check on a real device)
 #   4. bench/curriculum_vs_single.py --recipe quickstart (6 runs side by side) -> section curriculum_pairs
+#   5. models: bench/gpu_models.py (sequence zoo, InceptionTime/ResNet-1D, the prompted speech recogniser:
+#      padding, device = CPU, bf16) and the speech/estimator/stack/sequence-model tests training on the GPU
+#      (the tests that need aeon's data or skops are left out: not on the machine)
+#   6. speech: configs/speech_multitask.yaml trained on the GPU on $SPEECH_DATA (default data/espeak_l2, made here
+#      by hfstage prepare espeak-l2: the machine has no espeak-ng), then evaluated on its test split (JSON)
 # Everything it makes goes to $OUT (default ./gpu_out): logs, docs/benchmarks.md, runs.tgz.
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
@@ -17,7 +22,7 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 { nvidia-smi -L; python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__, torch.cuda.get_device_name(0))"; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-PARTS=${PARTS:-overhead train tests curriculum}
+PARTS=${PARTS:-overhead train tests curriculum models speech}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 if has overhead; then
 T0=$(date +%s)
@@ -30,6 +35,24 @@ T0=$(date +%s)
 OMP_NUM_THREADS=2 timeout ${CURRICULUM_S:-300} python3 bench/curriculum_vs_single.py --recipe quickstart --jobs 6 > "$OUT/curriculum.log" 2>&1
 echo "curriculum rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(5-stage|single|curriculum_minus)" "$OUT/curriculum.log"
 cp docs/benchmarks.md "$OUT/benchmarks.md"
+fi
+if has speech; then
+( T0=$(date +%s)
+  OMP_NUM_THREADS=4 timeout ${SPEECH_S:-300} python3 -m hfstage train --config configs/speech_multitask.yaml \
+    data.path=${SPEECH_DATA:-data/espeak_l2} output_dir=runs/speech_gpu > "$OUT/speech.log" 2>&1
+  echo "speech training rc=$? in $(( $(date +%s) - T0 )) s" >> "$OUT/speech.log"
+  python3 -m hfstage evaluate runs/speech_gpu --split test --json > "$OUT/speech_eval.json" 2>> "$OUT/speech.log" ) &
+fi
+if has models; then
+T0=$(date +%s)
+timeout ${MODELS_S:-120} python3 bench/gpu_models.py > "$OUT/gpu_models.log" 2>&1
+echo "gpu_models rc=$? in $(( $(date +%s) - T0 )) s"; grep -E "^(FAIL|gpu_model)" "$OUT/gpu_models.log"
+T0=$(date +%s)
+OMP_NUM_THREADS=4 timeout ${MODEL_TESTS_S:-300} python3 -m pytest -q -p no:cacheprovider --durations=10 \
+  tests/test_speech.py tests/test_ensemble.py tests/test_sequences.py \
+  -k "not japanese and not label_outside and not sign_5stage and not on_sequences and not minirocket and not sklearn_estimator" \
+  > "$OUT/model_tests.log" 2>&1
+echo "model tests rc=$? in $(( $(date +%s) - T0 )) s"; tail -15 "$OUT/model_tests.log"
 fi
 T0=$(date +%s)
 export OMP_NUM_THREADS=4
@@ -47,4 +70,8 @@ echo "training done in $(( $(date +%s) - T0 )) s"
 # the runs' records only (stage.json, run.json, config, logs): the weights are over the tool's 16 MB
 find runs/pairs_multiseed runs/pairs_multiseed_fpn -name '*.json' -o -name '*.yaml' -o -name '*.log' | tar czf "$OUT/runs.tgz" -T -
 tail -8 "$OUT/multiseed.log"; tail -8 "$OUT/multiseed_fpn.log"
+fi
+if has speech; then
+tail -4 "$OUT/speech.log"; python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['metrics'])" "$OUT/speech_eval.json"
+find runs/speech_gpu -name '*.json' -o -name '*.yaml' -o -name '*.log' | tar czf "$OUT/speech_runs.tgz" -T -
 fi

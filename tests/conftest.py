@@ -28,6 +28,9 @@ os.environ.pop("HF_TOKEN", None)
 # trackers: local stores in the same temp folder (trackio reads TRACKIO_DIR when it is imported)
 os.environ.update(TRACKIO_DIR=str(Path(_HF_HOME) / "trackio"), MLFLOW_TRACKING_URI=(Path(_HF_HOME) / "mlruns").as_uri())
 HUB_TOKEN = "hf_hfstageTestToken0123456789abcdef"
+# the environment of a 2-process launch with cpu_ddp.yaml: one thread each, and no GPU even where there is one
+# (the config would put both ranks on GPUs, and two ranks on a one-GPU machine fail)
+CPU_LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(autouse=True, scope="session")

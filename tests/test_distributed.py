@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CPU_LAUNCH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_process_launch_trains_once_and_only_main_writes(recipe, tmp_path):
     path = recipe(stages=[{"name": "baseline", "epochs": 1},
                           {"name": "augmentation", "epochs": 1, "augmentation": {"swap": 0.5}}])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CPU_LAUNCH_ENV}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "accelerate_configs/cpu_ddp.yaml"), "--main_process_port", "0",
            str(ROOT / "hfstage/train.py"), "--config", str(path)]
@@ -82,7 +83,7 @@ def test_two_processes_over_a_datasets_source_read_disjoint_halves(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "accelerate_configs/cpu_ddp.yaml"), "--main_process_port", "0", str(script),
            str(tmp_path / "data"), str(tmp_path / "out")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_LAUNCH_ENV})
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / "out" / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CPU_LAUNCH_ENV
 
 from hfstage.cli import main
 from hfstage.errors import CheckpointError, HubError
@@ -99,7 +100,7 @@ def test_two_process_evaluation_gathers_an_odd_number_of_samples_exactly(run_cop
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs/cpu_ddp.yaml"),
            "--main_process_port", "0", "-m", "hfstage", "evaluate", str(run_copy), "--data", str(odd), "--split", "odd",
            "--batch-size", "8", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **CPU_LAUNCH_ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["world_size"] == 2 and result["samples"] == 101

@@ -121,9 +121,6 @@ def test_per_step_costs_removed_without_side_effects(tmp_path):
 
     from hfstage.data.npz_pairs import PairCollator, PairDataset
 
-    assert hasattr(acc_optimizer.is_lomo_available, "cache_info")
-    acc_optimizer.is_lomo_available()
-    assert acc_optimizer.is_lomo_available.cache_info().hits + acc_optimizer.is_lomo_available.cache_info().misses >= 1
     x = torch.randint(0, 255, (64, 2, 28, 28), dtype=torch.uint8).numpy()
     y = torch.randint(0, 2, (64,)).numpy()
     args = StageTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=3,
@@ -131,9 +128,20 @@ def test_per_step_costs_removed_without_side_effects(tmp_path):
                                   remove_unused_columns=False, label_names=["labels"])
     trainer = StageTrainer(model=build_model(TINY), args=args, train_dataset=PairDataset(x, y),
                            data_collator=PairCollator())
+    assert hasattr(acc_optimizer.is_lomo_available, "cache_info")  # cached once a stage trainer exists
+    acc_optimizer.is_lomo_available()
+    assert acc_optimizer.is_lomo_available.cache_info().hits + acc_optimizer.is_lomo_available.cache_info().misses >= 1
     before = gc.get_freeze_count()
     trainer.train()
     assert gc.get_freeze_count() == before
+    gc.freeze()  # another owner's freeze is left as it was: nothing more is frozen, nothing thawed
+    try:
+        before = gc.get_freeze_count()
+        alive = [[] for _ in range(5000)]  # created after that freeze: a second freeze would take them too
+        trainer.train()
+        assert alive and 0 < gc.get_freeze_count() <= before  # (frozen objects still die when their last reference goes)
+    finally:
+        gc.unfreeze()
     from hfstage import devices
 
     assert devices._allocator_tuned is not None  # decided (and, on glibc, made) when the stage trained

@@ -353,11 +353,15 @@ class EstimatorModel(PreTrainedModel):
     def fitted(self) -> bool:
         return bool(self.config.state_shapes)
 
+    def _array(self, name: str) -> np.ndarray:
+        """A fitted buffer as a host array (the Trainer moves the model, buffers included, to the accelerator)."""
+        return getattr(self, name).detach().cpu().numpy()
+
     def features(self, pixel_values=None, input_values=None, attention_mask=None, **_) -> np.ndarray:
         if self.config.features == "pair_stats":
             return pair_stats(pixel_values.detach().float().cpu().numpy(), self.config.pool)
         if self.config.features == "pair_patches":
-            state = getattr(self, "_pending", None) or {name: getattr(self, name).numpy() for name in PATCH_PARAMETERS}
+            state = getattr(self, "_pending", None) or {name: self._array(name) for name in PATCH_PARAMETERS}
             return pair_patches(pixel_values.detach().float().cpu().numpy(), state, self.config.patch_size)
         x, mask = input_values.detach().float().cpu().numpy(), attention_mask.detach().cpu().numpy()
         stats = sequence_stats(x, mask)
@@ -370,15 +374,15 @@ class EstimatorModel(PreTrainedModel):
         """Fit what the features learn from the training split (MiniRocket's biases, the patch centroids) before
         they are computed."""
         if self.config.features == "pair_patches":
-            x = np.concatenate([b["pixel_values"].float().numpy() for b in batches])
+            x = np.concatenate([b["pixel_values"].float().cpu().numpy() for b in batches])
             self._pending = fit_patch_features(x, self.config.centroids, self.config.patch_size, self.config.seed)
             return
         if self.config.features != "minirocket":
             return
         from aeon.transformations.collection.convolution_based import MiniRocket
 
-        x = [b["input_values"].float().numpy() for b in batches]
-        mask = [b["attention_mask"].numpy() for b in batches]
+        x = [b["input_values"].float().cpu().numpy() for b in batches]
+        mask = [b["attention_mask"].cpu().numpy() for b in batches]
         length = max(int(m.sum(1).max()) for m in mask)
         self.config.series_length = max(length, 9)  # MiniRocket's kernels are 9 long
         series = np.concatenate([resample_valid(a, m, self.config.series_length) for a, m in zip(x, mask)])
@@ -395,7 +399,7 @@ class EstimatorModel(PreTrainedModel):
             from aeon.transformations.collection.convolution_based import MiniRocket
 
             transform = MiniRocket(random_state=self.config.seed)
-            transform.parameters = tuple(getattr(self, name).numpy() for name in MINIROCKET_PARAMETERS)
+            transform.parameters = tuple(self._array(name) for name in MINIROCKET_PARAMETERS)
             meta = dict(self.config.minirocket_meta)
             transform.n_kernels_ = meta.pop("n_kernels_")
             transform.metadata_ = meta
@@ -477,13 +481,13 @@ class EstimatorModel(PreTrainedModel):
             if self.config.estimator == "lightgbm":
                 import lightgbm as lgb
 
-                booster = lgb.Booster(model_str=self.booster.numpy().tobytes().decode("utf-8"))
+                booster = lgb.Booster(model_str=self._array("booster").tobytes().decode("utf-8"))
                 fn = booster.predict
             elif self.config.estimator not in ESTIMATORS:
                 fn = self._sklearn_predictor()
             else:
-                mean, std = self.mean.numpy(), self.std.numpy()
-                coef, bias = self.coef.numpy().astype(np.float64), self.bias.numpy().astype(np.float64)
+                mean, std = self._array("mean"), self._array("std")
+                coef, bias = self._array("coef").astype(np.float64), self._array("bias").astype(np.float64)
 
                 def fn(x):
                     z = ((x - mean) / std) @ coef.T + bias
@@ -495,8 +499,8 @@ class EstimatorModel(PreTrainedModel):
         return self._cache[1]
 
     def _sklearn_predictor(self):
-        model = load_sklearn(self.sklearn_model.numpy().tobytes(), self.config.estimator)
-        classes = self.classes.numpy()
+        model = load_sklearn(self._array("sklearn_model").tobytes(), self.config.estimator)
+        classes = self._array("classes")
         width = 2 if self.config.binary else self.config.num_labels
 
         def fn(x):
