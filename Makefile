@@ -49,7 +49,7 @@ quickstart: install data/mnist_pairs/test_public.npz
 	$(PYTHON) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) hfstage/train.py --config configs/quickstart.yaml $(ARGS)
 
 test: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests
 
 reference:
 	$(PYTHON) -m hfstage config --reference --update-readme docs/config.md
