@@ -269,3 +269,18 @@ def test_offline_references_resolve_from_a_warm_cache_and_a_closed_port_fails_fa
     assert done.returncode == 1 and f"could not reach the Hub at http://127.0.0.1:{closed}" in done.stderr
     assert "retry" not in done.stderr and "Traceback" not in done.stderr
     assert time.time() - began < 20  # the interpreter's start-up and imports; the request itself fails at once
+
+
+def test_network_errors_of_either_http_library_are_classified():
+    # huggingface_hub 2.x raises httpx2's errors, 1.x httpx's (seen on a machine with huggingface_hub 1.33,
+    # where the client imported httpx2 unconditionally and failed on it)
+    from hfstage.hub.client import _is_network_error, _is_unreachable
+
+    for name in ("httpx2", "httpx"):
+        lib = pytest.importorskip(name)
+        refused, slow = lib.ConnectError("connection refused"), lib.ReadTimeout("slow")
+        assert _is_network_error(refused) and _is_unreachable(refused)
+        assert _is_network_error(slow) and not _is_unreachable(slow)
+        wrapped = RuntimeError("the Hub client's own error")
+        wrapped.__cause__ = refused
+        assert _is_unreachable(wrapped)

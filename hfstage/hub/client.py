@@ -37,21 +37,32 @@ def _status(exc: Exception) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _is_network_error(exc: Exception) -> bool:
-    import httpx2
+def _http_errors(name: str) -> tuple[type, ...]:
+    """``name`` (TransportError, ConnectError) of the HTTP libraries installed: huggingface_hub's 2.x releases
+    use httpx2, its 1.x releases httpx, and both can be installed side by side."""
+    import importlib
 
-    return isinstance(exc, (httpx2.TransportError, TimeoutError, ConnectionError))
+    found = []
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _is_network_error(exc: Exception) -> bool:
+    return isinstance(exc, (*_http_errors("TransportError"), TimeoutError, ConnectionError))
 
 
 def _is_unreachable(exc: Exception) -> bool:
     """No connection at all (DNS failure, connection refused): retrying will not help, so fail at once.
     Timeouts, dropped connections, 429 and 5xx are transient and retried."""
-    import httpx2
-
+    refused = (*_http_errors("ConnectError"), ConnectionRefusedError)
     seen, link = set(), exc
     while link is not None and id(link) not in seen:  # huggingface_hub wraps the transport error
         seen.add(id(link))
-        if isinstance(link, (httpx2.ConnectError, ConnectionRefusedError)) or (
+        if isinstance(link, refused) or (
                 isinstance(link, OSError) and "Name or service not known" in str(link)):
             return True
         link = link.__cause__ or link.__context__
