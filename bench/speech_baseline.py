@@ -97,7 +97,8 @@ def main() -> None:
 
         from hfstage.data.prepare import prepare_espeak_l2
 
-        root = Path(tempfile.mkdtemp(prefix="speech-baseline-"))
+        scratch = tempfile.TemporaryDirectory(prefix="speech-baseline-")  # removed when the script ends
+        root = Path(scratch.name)
         prepare_espeak_l2(root, seed=args.seed, words=8 if args.quick else None)
     else:
         root = Path(args.data)

@@ -27,6 +27,11 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
 # trackers: local stores in the same temp folder (trackio reads TRACKIO_DIR when it is imported)
 os.environ.update(TRACKIO_DIR=str(Path(_HF_HOME) / "trackio"), MLFLOW_TRACKING_URI=(Path(_HF_HOME) / "mlruns").as_uri())
+# subprocesses' temporary folders land in one folder removed at the end: torch elastic leaves one per launch, and a
+# process the tests kill leaves those it would have removed at exit (wandb makes two at import). Short, since Ray's
+# sockets live under it. This process keeps /tmp (tempfile cached it above), so pytest's tmp_path is unchanged.
+_TMPDIR = tempfile.mkdtemp(prefix="hft-")
+os.environ["TMPDIR"] = _TMPDIR
 HUB_TOKEN = "hf_hfstageTestToken0123456789abcdef"
 # the environment of a 2-process launch with cpu_ddp.yaml: one thread each, and no GPU even where there is one
 # (the config would put both ranks on GPUs, and two ranks on a one-GPU machine fail)
@@ -38,6 +43,7 @@ def _offline_hf_home():
     os.environ["HF_HUB_OFFLINE"] = "1"  # for subprocesses; the hub tests give theirs an environment without it
     yield
     shutil.rmtree(_HF_HOME, ignore_errors=True)
+    shutil.rmtree(_TMPDIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
