@@ -41,13 +41,15 @@ def sequences(device: torch.device) -> None:
         lengths = torch.tensor([40, 70, 20, 70])
         x = torch.randn(4, 70, 3) * (torch.arange(70)[None, :, None] < lengths[:, None, None])
         mask = (torch.arange(70)[None, :] < lengths[:, None]).long()
+        xd, md = x.to(device), mask.to(device)
+        # the same clips padded by 50 more frames
+        xp = torch.cat([xd, torch.zeros(4, 50, 3, device=device)], 1)
+        mp = torch.cat([md, torch.zeros(4, 50, dtype=md.dtype, device=device)], 1)
         with torch.no_grad():
             cpu = model(input_values=x, attention_mask=mask).logits
             model.to(device)
-            xd, md = x.to(device), mask.to(device)
             dev = model(input_values=xd, attention_mask=md).logits
-            longer = model(input_values=torch.cat([xd, torch.zeros(4, 50, 3, device=device)], 1),
-                           attention_mask=torch.cat([md, torch.zeros(4, 50, dtype=md.dtype, device=device)], 1)).logits
+            longer = model(input_values=xp, attention_mask=mp).logits
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 half = model(input_values=xd, attention_mask=md).logits
         check(f"sequence/{arch} padding", torch.allclose(dev, longer, atol=1e-3), f"max diff {(dev - longer).abs().max():.2e}")
@@ -58,8 +60,7 @@ def sequences(device: torch.device) -> None:
             from hfstage.models.sequence import MaskedBatchNorm1d
 
             stats = []
-            for inputs, m in ((xd, md), (torch.cat([xd, torch.zeros(4, 50, 3, device=device)], 1),
-                                         torch.cat([md, torch.zeros(4, 50, dtype=md.dtype, device=device)], 1))):
+            for inputs, m in ((xd, md), (xp, mp)):
                 trained = build_model(cfg, input_dim=3, num_labels=5).to(device)
                 trained.load_state_dict(model.state_dict())
                 trained.train()

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import CPU_LAUNCH_ENV
 
 from hfstage.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, **CPU_LAUNCH_ENV}
 
 
 def free_port() -> int:
