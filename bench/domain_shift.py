@@ -60,7 +60,7 @@ def adabn_alone(stage: Path, data: Path) -> float:
 
     from hfstage.adapt import recalibrate_batchnorm
     from hfstage.resolve import load_stage_model
-    from hfstage.tasks import ImageClassificationTask
+    from hfstage.tasks.images import ImageClassificationTask
 
     task = ImageClassificationTask()
     model = load_stage_model(stage)

@@ -51,7 +51,8 @@ def train(config: str | Path | dict[str, Any] | RunConfig, train_dataset=None, e
         raise ConfigError("train: folds and seeds read data.path; with datasets passed in, train one run per call")
     task = TASKS.get(cfg.task, "task")()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=PASSED_IN))
-    splits = task.load_splits(cfg.data, given={"train": train_dataset, "eval": eval_dataset, "test": test_dataset})
+    splits = task.load_splits(cfg.data, given={"train": train_dataset, "eval": eval_dataset, "test": test_dataset},
+                              model=cfg.model)
     splits.train_sha256 = dataset_fingerprint(train_dataset)
     splits.eval_sha256 = dataset_fingerprint(eval_dataset)
     return run(cfg, config_file, callbacks, splits=splits, task=task)

@@ -17,17 +17,14 @@ import yaml
 from hfstage.reporting import format_number
 from hfstage.run_dir import CURVES_PNG, RunRecord, StageRecord, headline_metrics
 
-# task kind -> (pipeline_tag or None when no Hub task fits, model-index task type, task name, its pipeline)
-TASK_CARDS = {
-    "image_classification": ("image-classification", "image-classification", "Image classification",
-                             "image-classification"),
-    "pair_classification": (None, "image-classification", "Image pair classification (same/different)",
-                            "pair-classification"),
-    "sequence_classification": (None, "tabular-classification", "Feature-sequence classification",
-                                "feature-sequence-classification"),
-    "speech_assessment": ("automatic-speech-recognition", "automatic-speech-recognition",
-                          "Phoneme recognition and mispronunciation detection", "pronunciation-assessment"),
-}
+def task_card(task: str):
+    """The task kind's card facts (``Task.card``): pipeline tag, model-index type, title, pipeline and its example;
+    None for a kind hfstage does not know (a card of a run from a plug-in that is not installed)."""
+    from hfstage.tasks import TASKS
+
+    return TASKS.get(task).card if task in TASKS else None
+
+
 CARD_METRICS = ("accuracy", "f1", "precision", "recall", "loss", "per", "error_f1")
 
 
@@ -51,7 +48,8 @@ def base_model(config: dict, stage_dir: Path | None = None) -> str | None:
 def _results(records: list[StageRecord], task: str, data_name: str, named: bool):
     from huggingface_hub import EvalResult
 
-    _, task_type, task_name, _ = TASK_CARDS.get(task, (None, task, task, None))
+    facts = task_card(task)
+    task_type, task_name = (facts.index_type, facts.title) if facts else (task, task)
     results = []
     for record in records:
         for split, prefix, metrics in (("validation", "eval_", record.metrics), ("test", "test_", record.test_metrics)):
@@ -78,13 +76,8 @@ def _table(records: list[StageRecord], best: int | None) -> str:
 
 def _usage(task: str, model_ref: str, native: bool) -> str:
     """How to use the model after ``pip install hfstage`` (or with transformers alone, for native image stages)."""
-    pipe = TASK_CARDS.get(task, (None, None, None, None))[3]
-    example = {
-        "image-classification": 'classify("image.png")',
-        "pair-classification": 'classify({"image_a": "a.png", "image_b": "b.png"})',
-        "feature-sequence-classification": "classify(features)  # a (T, F) array",
-        "pronunciation-assessment": 'classify({"audio": "clip.wav", "canonical": "k ae t"})',
-    }.get(pipe, "")
+    facts = task_card(task)
+    pipe, example = (facts.pipeline, facts.example) if facts else (None, "")
     lines = ["```python"]
     if not native:
         lines.append("import hfstage  # pip install hfstage: registers its models and pipelines")
@@ -96,7 +89,8 @@ def _metadata(task: str, license_: str | None, records, data: dict | None, confi
               model_name: str, named: bool, native: bool):
     from huggingface_hub import ModelCardData
 
-    pipeline_tag = TASK_CARDS.get(task, (None,))[0]
+    facts = task_card(task)
+    pipeline_tag = facts.pipeline_tag if facts else None
     dataset = hub_dataset(data)
     data_name = dataset or Path(str((data or {}).get("path") or "data")).name or "data"
     return ModelCardData(

@@ -259,8 +259,10 @@ class DataConfig:
                    "folder, a folder of parquet/arrow/csv/json files, or `hf://datasets/OWNER/NAME[@REV]`.")
     config: str | None = _f(None, "The configuration of a `datasets` source (`load_dataset(path, config)`).")
     columns: dict[str, str] = _f(
-        help="Task field -> column of a `datasets` source (pairs: `pair` or `image_a`/`image_b`, `label`; sequences: "
-        "`features`, `lengths`, `label`; images: `image`, `label`; speech: `audio`, `canonical`, `spoken`, `labels`), "
+        help="Task field -> column of the data (a `datasets` source, or the keys of hfstage's own files: npz keys, "
+        "metadata.jsonl/csv keys, the image CSV's header). Pairs: `image_a`/`image_b` or `pair`, `label`; sequences: "
+        "`features`, `lengths`, `label`; images: `image`, `label`; speech: `audio`, `canonical`, `spoken`, `labels`, "
+        "`split`. The forms each field accepts: docs/tasks/. "
         "e.g. `{label: is_same}`.", factory=dict,
     )
     train_file: str = _f("train.npz", "Training split: a file under `path`, or a `datasets` split (default there: `train`).")

@@ -32,7 +32,6 @@ from hfstage.callbacks import StageCallback, TrainingLogCallback
 from hfstage.checkpoint import RunLock
 from hfstage.config import RunConfig, StageConfig, init_stage_index
 from hfstage.curves import draw_curves
-from hfstage.data.sources import split_fingerprint, split_ref
 from hfstage.devices import ddp_timeout, distributed_state
 from hfstage.errors import (
     CheckpointError,
@@ -77,9 +76,9 @@ def _resolve_auto(stage: StageConfig, task, train_set, where: str) -> tuple[Stag
     the ratio of correct to mispronounced phonemes); and those values, for stage.json."""
     if stage.loss.get("pos_weight") != "auto":
         return stage, {}
-    if not hasattr(task, "error_rate"):
-        raise ConfigError(f"{where}.loss.pos_weight: auto needs a task with per-phoneme error labels (speech)")
     rate = task.error_rate(train_set)
+    if rate is None:
+        raise ConfigError(f"{where}.loss.pos_weight: auto needs a task with per-phoneme error labels (speech)")
     if not 0 < rate < 1:
         raise ConfigError(f"{where}.loss.pos_weight: auto needs correct and mispronounced phonemes in the training "
                           f"split (its error rate is {rate:g}); give a number")
@@ -98,7 +97,7 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     folder = RunDir(cfg.output_dir)
     task = task or TASKS.get(cfg.task, "task")()
     if splits is None:
-        splits = task.load_splits(cfg.data)
+        splits = task.load_splits(cfg.data, model=cfg.model)
     if cfg.fold is not None:
         splits = fold_splits(splits, cfg)
     set_seed(cfg.seed)
@@ -310,10 +309,7 @@ def split_sha256(cfg: RunConfig, task, splits, name: str) -> str:
     given = getattr(splits, f"{name}_sha256")
     if given:
         return given
-    field = f"{name}_file"
-    if hasattr(task, "data_fingerprint"):
-        return task.data_fingerprint(cfg.data, field)
-    return split_fingerprint(split_ref(cfg.data, getattr(cfg.data, field), f"data.{field}"))
+    return task.data_fingerprint(cfg.data, f"{name}_file")
 
 
 def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[StageRecord],
@@ -336,7 +332,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         started_from = start.dir
         model = load_stage_model(folder.stage_path(start))
     train_set, pseudo = splits.train, None
-    if stage.group_by_length and not hasattr(splits.train, "lengths"):
+    if stage.group_by_length and not task.has_lengths:
         raise ConfigError(f"{where}.group_by_length: the {cfg.task} data has no per-sample lengths to group by "
                           "(speech clips and sequences do)")
     if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
@@ -358,7 +354,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     work = folder.work_dir(label, stage, main=state.is_main_process)
     state.wait_for_everyone()
     args = StageTrainingArguments.for_stage(cfg, with_encoder_lr(trained, model, where), index, work,
-                                            getattr(task, "label_names", ("labels",)))
+                                            task.label_names)
     stage_callbacks = [TrainingLogCallback(label), *callbacks]
     if stage.early_stopping_patience:
         stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience))
@@ -408,8 +404,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
                          "permissions, then rerun the same command to resume") from None
     training_time = time.time() - began
     metrics = _best_checkpoint_metrics(trainer) or trainer.evaluate()
-    if hasattr(task, "tuned_decision"):  # speech: the error flags' threshold, chosen on the eval split (best F1)
-        decision = task.tuned_decision(metrics)
+    decision = task.tuned_decision(metrics)  # speech: the error flags' threshold, chosen on the eval split (best F1)
+    if decision:
         if stage.train_on_eval and start is not None:  # eval is in-sample now: keep the threshold chosen held out
             saved = trainer.accelerator.unwrap_model(trainer.model).config
             decision = {key: getattr(saved, key, value) for key, value in decision.items()}
@@ -460,8 +456,7 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
         def fill(staged: Path) -> None:
             model = trainer.accelerator.unwrap_model(trainer.model)
             save_stage_model(model, staged)
-            if hasattr(task, "save_with_model"):  # what a pipeline needs beside the model (speech: its processor)
-                task.save_with_model(staged, model.config)
+            task.save_with_model(staged, model.config)  # what a pipeline needs beside the model
             card = stage_card(staged, record, records, cfg.to_dict(), folder.path, native=is_native(staged))
             (staged / "README.md").write_text(card, encoding="utf-8")
 

@@ -41,12 +41,9 @@ def checkpoint_task(checkpoint: Checkpoint):
     """The checkpoint's task, told the model's class names (so every split maps them to the same ids) and the
     run's ``data.columns``."""
     task = TASKS.get(checkpoint.task, "task")()
-    if hasattr(task, "columns"):  # the data set's column names, as the run mapped them
-        task.columns = dict(checkpoint.data.columns)
-    if hasattr(task, "bind"):
-        task.bind(load_saved_config(checkpoint.stage_dir))
-    if hasattr(task, "bind_stage"):  # speech: the stage's own processor (feature extractor and phoneme vocabulary)
-        task.bind_stage(checkpoint.stage_dir)
+    task.configure(checkpoint.data)  # the data set's column names, as the run mapped them
+    task.bind(load_saved_config(checkpoint.stage_dir))
+    task.bind_stage(checkpoint.stage_dir)  # speech: the stage's own processor (feature extractor and phoneme vocabulary)
     return task
 
 
@@ -95,7 +92,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None, split: st
         checkpoint.data.path = data_dir
     file = split_path(checkpoint.data, split)
     task = checkpoint_task(checkpoint)
-    if hasattr(task, "evaluate_stage"):  # tasks with their own outputs and metrics (speech)
+    if task.evaluates_own_outputs:  # tasks with their own outputs and metrics (speech)
         return _evaluate_own(task, checkpoint, file, split, accelerator, save_predictions, batch_size, out)
     dataset = task.load_split(file, f"--split {split}")
     began = time.time()

@@ -18,6 +18,7 @@ def plan(cfg: RunConfig) -> str:
     is enough to resolve freeze patterns to parameter counts.
     """
     task = TASKS.get(cfg.task, "task")()
+    task.configure(cfg.data, cfg.model)  # data.columns names the task's fields
     model = build_model(cfg.model)
     check_stages(cfg, task, model)
     total = sum(p.numel() for p in model.parameters())

@@ -18,14 +18,13 @@ from hfstage.surgery import check_patterns, with_encoder_lr
 
 def check_stages(cfg: RunConfig, task, model) -> None:
     """Every stage against the task (augmentations, losses, labels) and the model (name patterns, heads)."""
-    batch_targets = set(getattr(task, "label_names", ("labels",)))
+    batch_targets = set(task.label_names)
     if getattr(model, "fits_without_gradients", False):
         check_fitted_stages(cfg)
     for index, stage in enumerate(cfg.stages, 1):
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
-        if hasattr(task, "check_stage_model"):
-            task.check_stage_model(stage, model, where)
+        task.check_stage_model(stage, model, where)
         with_encoder_lr(stage, model, where)
         check_pseudo_labels(cfg, task, stage, where)
         check_domain_adaptation(cfg, task, stage, where)
@@ -53,7 +52,7 @@ def check_stages(cfg: RunConfig, task, model) -> None:
                               "other processes waiting for its gradients); use stop")
         if stage.mixed_precision == "fp16" and cpu_only():
             raise ConfigError(f"{where}.mixed_precision: fp16 needs a GPU (on the CPU it would silently run fp32); use bf16")
-    check_stage_arguments(cfg, tuple(getattr(task, "label_names", ("labels",))))
+    check_stage_arguments(cfg, tuple(task.label_names))
 
 
 # what a model fitted in one pass (models/estimator.py) reads of its stage; every other field is refused

@@ -29,7 +29,7 @@ def check_pseudo_labels(cfg, task, stage, where: str) -> None:
 def require_unlabeled_images(cfg, task, at: str, what: str, purpose: str) -> None:
     """A stage step that reads ``data.unlabeled_file`` (pseudo-labels, domain adaptation) needs an image task and a
     local folder of images."""
-    if not hasattr(task, "load_unlabeled"):
+    if not task.reads_unlabeled:
         raise ConfigError(f"{at}: the {cfg.task} task has no unlabelled data kind; {what} are for image_classification")
     if cfg.data.unlabeled_file is None:
         raise ConfigError(f"{at}: set data.unlabeled_file, the folder of unlabelled images {purpose}")

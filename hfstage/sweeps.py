@@ -153,7 +153,7 @@ def run_folds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequenc
 def write_out_of_fold(cfg: RunConfig) -> dict:
     """Predict each fold's held-out part with its best stage; write oof.npy, test_probs.npy and cv.json."""
     task = TASKS.get(cfg.task, "task")()
-    splits = task.load_splits(cfg.data)
+    splits = task.load_splits(cfg.data, model=cfg.model)
     y = labels_of(splits.train)
     accelerator = Accelerator(cpu=cpu_only())
     oof, test_sum, per_fold = None, None, []

@@ -108,8 +108,8 @@ def test_bad_images_and_csv_rows(image_data, tmp_path):
 
     good = sorted((image_data / "val" / "7").glob("*.png"))[0]
     cases = {
-        "file,label\nx.png,1\n": "the header must name the columns 'path' and 'label'",
-        f"path,label\n{good},\n": "line 2: empty label",
+        "file,label\nx.png,1\n": "no column 'path' for image \\(the default; map it with data.columns.image\\); its columns: file, label",
+        f"path,label\n{good},\n": "line 2: empty 'label'",
         "path,label\nmissing.png,3\n": "line 2: image missing.png not found",
         f"path,label\n{good},7\n{good},cat\n": "class 'cat' is not one of the training split's classes",
         "path,label\n": "no rows",

@@ -35,7 +35,7 @@ def test_npz_is_converted_once_and_then_memory_mapped(pair_data):
     stamps = [(e / "state.json").stat().st_mtime_ns for e in entries]
     again = TASKS.get("pair_classification")().load_splits(DataConfig(path=str(pair_data)))
     assert [(e / "state.json").stat().st_mtime_ns for e in entries] == stamps  # not converted again
-    view = again.train.images.views[0]
+    view = again.train.images.raw.views[0]
     assert not view.flags.owndata and not view.flags.writeable  # a view of the memory-mapped Arrow file
     x, y = pair_arrays(pair_data, "train")
     batch = again.train.__getitems__([5, 0, 300])

@@ -167,8 +167,8 @@ def test_bad_audio_and_metadata_rows(tmp_path):
         ({**good, "path": "a/none.wav"}, "line 1: .*none.wav: audio file not found"),
         ({**good, "path": "a/broken.wav"}, "line 1: .*broken.wav: not readable audio"),
         ({**good, "path": "a/empty.wav"}, "line 1: .*empty.wav: empty audio"),
-        ({k: v for k, v in good.items() if k != "spoken"}, "line 1: missing 'spoken'"),
-        ({**good, "labels": [0, 2, 0]}, "line 1: 'labels' must be a list of 0/1"),
+        ({k: v for k, v in good.items() if k != "spoken"}, "line 1: missing 'spoken' for spoken \\(the default; map it with data.columns.spoken\\); the row has: path, split, canonical, labels"),
+        ({**good, "labels": [0, 2, 0]}, "line 1: field 'labels' \\(column 'labels'\\) must be 0/1 per phoneme, got \\[0, 2, 0\\]"),
     ]
     for row, message in cases:
         (tmp_path / "metadata.jsonl").write_text(json.dumps(row) + "\n")
@@ -178,7 +178,7 @@ def test_bad_audio_and_metadata_rows(tmp_path):
     with pytest.raises(DataError, match="metadata.jsonl: line 2: not JSON"):
         load_clips(tmp_path, "train", "data.train_file")
     (tmp_path / "metadata.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "path": "a/rate.wav"}) + "\n")
-    with pytest.raises(DataError, match="no clips with split 'val' \\(data.eval_file; splits there: train\\)"):
+    with pytest.raises(DataError, match="no clips with split 'val' \\(data.eval_file; values there: train\\)"):
         load_clips(tmp_path, "val", "data.eval_file")
     clips = load_clips(tmp_path, "train", "data.train_file")
     vocab = build_vocabulary(clips)

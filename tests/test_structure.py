@@ -87,3 +87,23 @@ def test_the_run_folder_and_the_hub_stay_below_the_engine():
                 reached.add(nxt)
                 todo.append(nxt)
         assert not {"hfstage.curriculum", "hfstage.trainer", "hfstage.evaluation"} & reached, name
+
+
+def test_the_engine_never_probes_a_task():
+    """Every Task hook has a declared default (tasks/base.py): no module asks whether a task has one."""
+    import re
+
+    probes = [f"{p.relative_to(PACKAGE.parent)}:{n}" for p in PACKAGE.rglob("*.py")
+              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+              if re.search(r"\b(hasattr|getattr)\((self\.)?task\b", line)]
+    assert probes == []
+
+
+def test_every_task_is_a_task_with_declared_fields_of_known_kinds():
+    from hfstage.data.fields import FIELD_KINDS
+    from hfstage.tasks import TASKS, Task
+
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        assert issubclass(task, Task) and task.name == name and task.card is not None
+        assert task.fields and all(f.kind in FIELD_KINDS for f in task.fields)

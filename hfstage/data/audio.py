@@ -62,63 +62,73 @@ class Clip:
     row: tuple | None = None  # (datasets.Dataset, audio column, row) when the audio lives in a data set's files
 
 
-def _phonemes(value, where: str, name: str) -> list[str]:
-    """A list of phonemes, or one space-separated string of them."""
-    if isinstance(value, str):
-        return value.split()
-    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
-        return [p for p in value if p.strip()]
-    raise DataError(f"{where}: '{name}' must be a list of phonemes or a space-separated string, got {value!r}")
-
-
 def clips_from_dataset(dataset, columns: dict[str, str], where: str) -> list[Clip]:
-    """The clips of a ``datasets`` split: an ``audio`` column (an ``Audio`` feature, or file paths), ``canonical``
-    and ``spoken`` phonemes (lists or space-separated strings) and ``labels`` (0/1 per canonical phoneme),
-    checked row by row; the audio stays in the data set's files and is read when a batch needs it."""
-    import io
-
+    """The clips of a ``datasets`` split: an ``audio`` column (an ``Audio`` feature, file paths, raw bytes or
+    ``{array, sampling_rate}``), ``canonical`` and ``spoken`` phonemes and ``labels`` (0/1 per canonical phoneme),
+    each decoded by ``hfstage.data.fields`` and checked row by row; audio that lives in the data set stays there and
+    is read when a batch needs it."""
     import datasets
-    import soundfile
 
+    from hfstage.data.fields import phoneme_labels, phonemes
     from hfstage.data.sources import column_of
 
     datasets.disable_progress_bars()
     names = {f: column_of(dataset, f, columns, where) for f in ("audio", "canonical", "spoken", "labels")}
-    feature = dataset.features[names["audio"]]
-    if isinstance(feature, datasets.Audio):
+    if isinstance(dataset.features[names["audio"]], datasets.Audio):
         dataset = dataset.cast_column(names["audio"], datasets.Audio(decode=False))
-    elif getattr(feature, "dtype", None) not in ("string", "large_string"):
-        raise DataError(f"{where}: column {names['audio']!r} must hold audio (an Audio feature) or file paths, "
-                        f"got {feature}")
     clips = []
     for batch_start, batch in enumerate(dataset.select_columns(list(names.values())).iter(batch_size=64)):
         for i in range(len(batch[names["audio"]])):
             row = batch_start * 64 + i
             at = f"{where}: row {row}"
-            canonical = _phonemes(batch[names["canonical"]][i], at, names["canonical"])
-            spoken = _phonemes(batch[names["spoken"]][i], at, names["spoken"])
-            labels = batch[names["labels"]][i]
-            if not isinstance(labels, list) or any(v not in (0, 1) for v in labels):
-                raise DataError(f"{at}: {names['labels']!r} must be a list of 0/1, got {labels!r}")
-            if not canonical:
-                raise DataError(f"{at}: empty {names['canonical']!r}")
-            if len(labels) != len(canonical):
-                raise DataError(f"{at}: {len(labels)} labels for {len(canonical)} canonical phonemes "
-                                f"({' '.join(canonical)})")
-            item = batch[names["audio"]][i]
-            data = item.get("bytes") if isinstance(item, dict) else None
-            path = item.get("path") if isinstance(item, dict) else item
-            try:
-                info = soundfile.info(io.BytesIO(data) if data else path)
-            except Exception as exc:  # libsndfile reports many kinds
-                raise DataError(f"{at} ({names['audio']!r}): not readable audio ({type(exc).__name__})") from None
-            if info.frames == 0:
-                raise DataError(f"{at} ({names['audio']!r}): empty audio (0 samples)")
-            clips.append(Clip(path or f"row_{row}", canonical, spoken, [int(v) for v in labels], row,
-                              info.frames / info.samplerate, (dataset, names["audio"], row) if data else None))
+            canonical = phonemes(batch[names["canonical"]][i], at, "canonical", names["canonical"])
+            spoken = phonemes(batch[names["spoken"]][i], at, "spoken", names["spoken"])
+            labels = phoneme_labels(batch[names["labels"]][i], at, "labels", names["labels"])
+            check_clip_labels(canonical, labels, at, names)
+            path, seconds, stored = audio_info(batch[names["audio"]][i], at, names["audio"])
+            clips.append(Clip(path or f"row_{row}", canonical, spoken, labels, row, seconds,
+                              (dataset, names["audio"], row) if stored else None))
     if not clips:
         raise DataError(f"{where}: no clips")
     return clips
+
+
+def check_clip_labels(canonical: list[str], labels: list[int], at: str, names: dict[str, str]) -> None:
+    if not canonical:
+        raise DataError(f"{at}: empty {names['canonical']!r}")
+    if len(labels) != len(canonical):
+        raise DataError(f"{at}: {len(labels)} labels for {len(canonical)} canonical phonemes ({' '.join(canonical)})")
+
+
+def audio_info(item, at: str, column: str) -> tuple[str | None, float, bool]:
+    """(path or None, seconds, whether the audio is stored in the data set) of one audio value: an ``Audio``
+    feature's ``{bytes, path}``, a path, raw bytes or ``{array, sampling_rate}``; unreadable audio is refused."""
+    import io
+
+    import soundfile
+
+    from hfstage.data.fields import accepted
+
+    if isinstance(item, dict) and item.get("array") is not None:
+        rate = item.get("sampling_rate")
+        if not isinstance(rate, (int, np.integer)) or rate < 1000:
+            raise DataError(f"{at}: field 'audio' (column {column!r}): sampling_rate {rate!r} must be an integer >= 1000")
+        n = len(item["array"])
+        if n == 0:
+            raise DataError(f"{at} ({column!r}): empty audio (0 samples)")
+        return None, n / int(rate), True
+    data = item.get("bytes") if isinstance(item, dict) else item if isinstance(item, (bytes, bytearray)) else None
+    path = item.get("path") if isinstance(item, dict) else item if isinstance(item, str) else None
+    if data is None and path is None:
+        raise DataError(f"{at}: field 'audio' (column {column!r}) holds {type(item).__name__}; it accepts "
+                        f"{accepted('audio')}")
+    try:
+        info = soundfile.info(io.BytesIO(data) if data else path)
+    except Exception as exc:  # libsndfile reports many kinds
+        raise DataError(f"{at} ({column!r}): not readable audio ({type(exc).__name__})") from None
+    if info.frames == 0:
+        raise DataError(f"{at} ({column!r}): empty audio (0 samples)")
+    return path, info.frames / info.samplerate, bool(data)
 
 
 def clip_wave(clip: Clip) -> np.ndarray:
@@ -128,7 +138,11 @@ def clip_wave(clip: Clip) -> np.ndarray:
     import io
 
     dataset, column, row = clip.row
-    return read_wave(io.BytesIO(dataset[row][column]["bytes"]))
+    item = dataset[row][column]
+    if isinstance(item, dict) and item.get("array") is not None:
+        wave = np.asarray(item["array"], dtype=np.float32)
+        return resample(wave.mean(axis=0) if wave.ndim == 2 else wave, int(item["sampling_rate"]))
+    return read_wave(io.BytesIO(item["bytes"] if isinstance(item, dict) else item))
 
 
 def read_metadata(root: Path) -> tuple[Path, list[dict]]:
@@ -149,30 +163,35 @@ def read_metadata(root: Path) -> tuple[Path, list[dict]]:
         return jsonl, rows
     if table.is_file():
         with open(table, newline="", encoding="utf-8") as fh:
-            rows = []
-            for line, row in enumerate(csv.DictReader(fh), start=2):
-                labels = (row.get("labels") or "").replace(",", " ").split()
-                rows.append({**row, "labels": [int(v) if v.lstrip("-").isdigit() else v for v in labels], "_line": line})
-        return table, rows
+            return table, [{**row, "_line": line} for line, row in enumerate(csv.DictReader(fh), start=2)]
     raise DataError(f"{root}: no metadata.jsonl or metadata.csv (data.path)")
 
 
-def _clip(row: dict, file: Path, root: Path) -> Clip:
+def metadata_keys(columns: dict[str, str] | None) -> dict[str, str]:
+    """Field -> key of hfstage's own metadata rows: ``path``, ``split``, ``canonical``, ``spoken``, ``labels``, or
+    what ``data.columns`` maps them to."""
+    columns = columns or {}
+    return {"audio": columns.get("audio", "path"), "split": columns.get("split", "split"),
+            **{f: columns.get(f, f) for f in ("canonical", "spoken", "labels")}}
+
+
+def _clip(row: dict, file: Path, root: Path, keys: dict[str, str]) -> Clip:
+    from hfstage.data.fields import phoneme_labels, phonemes
+
     line = row["_line"]
-    for key in ("path", "split", "canonical", "spoken", "labels"):
+    at = f"{file}: line {line}"
+    for field, key in keys.items():
         if key not in row or row[key] in (None, ""):
-            raise DataError(f"{file}: line {line}: missing '{key}'")
-    canonical, spoken = str(row["canonical"]).split(), str(row["spoken"]).split()
-    labels = row["labels"]
-    if not isinstance(labels, list) or any(v not in (0, 1) for v in labels):
-        raise DataError(f"{file}: line {line}: 'labels' must be a list of 0/1, got {labels!r}")
-    if len(labels) != len(canonical):
-        raise DataError(f"{file}: line {line}: {len(labels)} labels for {len(canonical)} canonical phonemes "
-                        f"({' '.join(canonical)})")
-    if not canonical:
-        raise DataError(f"{file}: line {line}: empty 'canonical'")
-    path = root / row["path"]
-    return Clip(str(path), canonical, spoken, [int(v) for v in labels], line)
+            how = f"data.columns.{field}" if key != (field if field != "audio" else "path") else \
+                f"the default; map it with data.columns.{field}"
+            raise DataError(f"{at}: missing {key!r} for {field} ({how}); the row has: "
+                            f"{', '.join(k for k in row if k != '_line')}")
+    canonical = phonemes(row[keys["canonical"]], at, "canonical", keys["canonical"])
+    spoken = phonemes(row[keys["spoken"]], at, "spoken", keys["spoken"])
+    labels = phoneme_labels(row[keys["labels"]], at, "labels", keys["labels"])
+    check_clip_labels(canonical, labels, at, keys)
+    path = root / str(row[keys["audio"]])
+    return Clip(str(path), canonical, spoken, labels, line)
 
 
 def check_audio(clip: Clip, file: Path) -> None:
@@ -192,16 +211,17 @@ def check_audio(clip: Clip, file: Path) -> None:
     clip.seconds = info.frames / info.samplerate
 
 
-def load_clips(root: Path, split: str, field: str) -> list[Clip]:
-    """The clips of one split, checked."""
+def load_clips(root: Path, split: str, field: str, columns: dict[str, str] | None = None) -> list[Clip]:
+    """The clips of one split, checked; ``columns`` (data.columns) maps the fields to the metadata's keys."""
     import datasets
 
     file, rows = read_metadata(root)
-    chosen = [r for r in rows if str(r.get("split")) == split]
+    keys = metadata_keys(columns)
+    chosen = [r for r in rows if str(r.get(keys["split"])) == split]
     if not chosen:
-        found = sorted({str(r.get("split")) for r in rows})
-        raise DataError(f"{file}: no clips with split '{split}' ({field}; splits there: {', '.join(found)})")
-    clips = [_clip(r, file, root) for r in chosen]
+        found = sorted({str(r.get(keys["split"])) for r in rows})
+        raise DataError(f"{file}: no clips with {keys['split']} {split!r} ({field}; values there: {', '.join(found)})")
+    clips = [_clip(r, file, root, keys) for r in chosen]
     for clip in clips:
         check_audio(clip, file)
     # the rows as a datasets table with an Audio column (not decoded: soundfile reads, scipy resamples)

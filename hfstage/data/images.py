@@ -111,19 +111,24 @@ def list_image_folder(root: Path, where: str) -> tuple[list[str], np.ndarray, li
     return paths, np.full(len(paths), -1, dtype=np.int64), []
 
 
-def list_image_csv(path: Path, where: str) -> tuple[list[str], list[str]]:
-    """A CSV with a header ``path,label``; relative paths are relative to the CSV's folder."""
+def list_image_csv(path: Path, where: str, columns: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """A CSV with a header naming ``path`` and ``label`` (or the columns ``data.columns.image``/``label`` name);
+    relative paths are relative to the CSV's folder."""
     paths, labels = [], []
+    image_key, label_key = (columns or {}).get("image", "path"), (columns or {}).get("label", "label")
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise DataError(f"{path}: the header must name the columns 'path' and 'label' "
-                                f"(it has: {', '.join(reader.fieldnames or []) or 'nothing'}) ({where})")
+            missing = [k for k in (image_key, label_key) if k not in (reader.fieldnames or [])]
+            if missing:
+                field = "image" if missing[0] == image_key else "label"
+                how = f"data.columns.{field}" if field in (columns or {}) else f"the default; map it with data.columns.{field}"
+                raise DataError(f"{path}: no column {missing[0]!r} for {field} ({how}); its columns: "
+                                f"{', '.join(reader.fieldnames or []) or 'none'} ({where})")
             for line, row in enumerate(reader, start=2):
-                file, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                file, label = (row.get(image_key) or "").strip(), (row.get(label_key) or "").strip()
                 if not file or not label:
-                    raise DataError(f"{path}: line {line}: empty {'path' if not file else 'label'} ({where})")
+                    raise DataError(f"{path}: line {line}: empty {image_key if not file else label_key!r} ({where})")
                 full = (path.parent / file) if not Path(file).is_absolute() else Path(file)
                 if not full.is_file():
                     raise DataError(f"{path}: line {line}: image {file} not found ({where})")
@@ -137,7 +142,7 @@ def list_image_csv(path: Path, where: str) -> tuple[list[str], list[str]]:
 
 
 def load_image_list(path: Path, where: str, classes: list[str] | None = None, skip_bad: bool = False,
-                    labelled: bool = True) -> ImageList:
+                    labelled: bool = True, columns: dict[str, str] | None = None) -> ImageList:
     """One split. ``classes`` (from the training split) maps class names of later splits to the same ids."""
     path = Path(path)
     if not path.exists():
@@ -148,7 +153,7 @@ def load_image_list(path: Path, where: str, classes: list[str] | None = None, sk
             raise DataError(f"{path}: images but no class folders; a labelled split is root/<class>/*.png ({where})")
         raw = [names[i] for i in ids] if names else None
     elif path.suffix.lower() == ".csv":
-        paths, raw = list_image_csv(path, where)
+        paths, raw = list_image_csv(path, where, columns)
     else:
         raise DataError(f"{path}: expected a folder of class folders or a .csv of path,label ({where})")
     if raw is None:
@@ -167,21 +172,6 @@ def load_image_list(path: Path, where: str, classes: list[str] | None = None, sk
     if not good:
         raise DataError(f"{path}: no readable images ({where})")
     return ImageList([paths[i] for i in good], labels[good], found, bad)
-
-
-def _open_image(item, where: str):
-    """A PIL image from a path, or from an ``Image`` feature's ``{"bytes", "path"}``."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(item, dict):
-        source = io.BytesIO(item["bytes"]) if item.get("bytes") else item.get("path")
-    else:
-        source = item
-    if source is None:
-        raise DataError(f"{where}: an empty image")
-    return Image.open(source)
 
 
 def _limited(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -205,54 +195,53 @@ class ImageDataset(Dataset):
         self.classes = images.classes
         self.skipped = images.skipped
         self.source, self.rows, self.column = None, None, None  # a datasets.Dataset, its rows, the image column
+        self.pixels = None  # or a column of pixel arrays (hfstage.data.fields.ArrayImages) and its rows
+        self.base = None  # the folder relative paths of a datasets source are relative to
 
     @classmethod
     def from_dataset(cls, dataset, columns: dict[str, str], where: str, classes: list[str] | None = None,
-                     limit: int | None = None, skip_bad: bool = False, seed: int = 0) -> ImageDataset:
-        """``dataset``'s ``image`` column (an ``Image`` feature, or file paths) and ``label`` column (a
-        ``ClassLabel``, class names or ids); ``classes`` (the training split's) map the names to ids."""
+                     limit: int | None = None, skip_bad: bool = False, seed: int = 0,
+                     base: Path | None = None) -> ImageDataset:
+        """``dataset``'s ``image`` column (any representation ``hfstage.data.fields`` decodes; paths relative to
+        ``base``) and ``label`` column (a ``ClassLabel``, class names or ids); ``classes`` (the training split's) map
+        the names to ids."""
         import datasets
 
         datasets.disable_progress_bars()
+        from hfstage.data.fields import ArrayImages, class_labels, decode_image, is_encoded
+
         column = column_of(dataset, "image", columns, where)
-        feature = dataset.features[column]
-        if isinstance(feature, datasets.Image):
-            dataset = dataset.cast_column(column, datasets.Image(decode=False))
-        elif getattr(feature, "dtype", None) not in ("string", "large_string"):
-            raise DataError(f"{where}: column {column!r} must hold images (an Image feature) or image paths, got {feature}")
         label = column_of(dataset, "label", columns, where)
-        raw = scalar_column(dataset, label)
-        names = getattr(dataset.features[label], "names", None)
-        raw = [names[int(v)] for v in raw] if names else [str(v) for v in raw.tolist()]
-        known = classes if classes is not None else (list(names) if names else class_order(raw))
-        index = {c: i for i, c in enumerate(known)}
-        unknown = next((c for c in raw if c not in index), None)
-        if unknown is not None:
-            raise DataError(f"{where}: column {label!r} has class {unknown!r}, not one of the training split's classes "
-                            f"({', '.join(known)})")
+        y, known = class_labels(dataset, "label", label, where, classes, class_order, ints_are_names=True)
+        if not is_encoded(dataset, column):  # pixel arrays: read a row at a time, turned into images when used
+            pixels = ArrayImages(dataset, column, f"{where}: column {column!r}", None, None)
+            pixels.check()
+            rows = _limited(len(pixels), limit, seed)
+            out = cls(ImageList([f"row_{r}" for r in rows], y[rows], known))
+            out.pixels, out.rows = pixels, rows
+            return out
+        if isinstance(dataset.features[column], datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
         good, bad, paths = [], 0, []
         for start, batch in enumerate(dataset.select_columns([column]).iter(batch_size=256)):
             for offset, item in enumerate(batch[column]):
                 row = start * 256 + offset
-                path = item.get("path") if isinstance(item, dict) else item
+                path = item.get("path") if isinstance(item, dict) else item if isinstance(item, str) else None
                 paths.append(path)
                 try:
-                    with _open_image(item, f"{where}: row {row}") as im:
-                        im.verify()
+                    decode_image(item, base, f"{where}: row {row}", "image", column, verify=True).close()
                     good.append(row)
-                except Exception as exc:  # PIL raises many kinds for broken images
+                except DataError as exc:
                     if not skip_bad:
-                        raise DataError(f"{where}: row {row} ({column!r}): not a readable image ({type(exc).__name__}: "
-                                        f"{exc}); set data.skip_bad_images=true to leave such rows out") from None
+                        raise DataError(f"{exc}; set data.skip_bad_images=true to leave such rows out") from None
                     bad += 1
         if not good:
             raise DataError(f"{where}: no readable images")
         if bad:
             logger.warning("%s: left out %d unreadable image(s) (data.skip_bad_images)", where, bad)
         rows = np.asarray(good)[_limited(len(good), limit, seed)]
-        out = cls(ImageList([paths[r] or str(r) for r in rows], np.array([index[raw[r]] for r in rows], dtype=np.int64),
-                            known, bad))
-        out.source, out.rows, out.column = dataset, rows, column
+        out = cls(ImageList([paths[r] or str(r) for r in rows], y[rows], known, bad))
+        out.source, out.rows, out.column, out.base = dataset, rows, column, base
         return out
 
     @property
@@ -263,13 +252,15 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
+        if self.pixels is not None:
+            from hfstage.data.fields import array_to_pil
+
+            return {"image": array_to_pil(self.pixels.gather([int(self.rows[i])])[0]), "labels": int(self.y[i])}
+        from hfstage.data.fields import decode_image
+
         item = self.paths[i] if self.source is None else self.source[int(self.rows[i])][self.column]
-        try:
-            with _open_image(item, self.paths[i]) as im:
-                image = im.convert("RGB")
-        except Exception as exc:  # checked at load time; a file changed since
-            raise DataError(f"{self.paths[i]}: not a readable image ({type(exc).__name__}: {exc})") from None
-        return {"image": image, "labels": int(self.y[i])}
+        with decode_image(item, self.base, self.paths[i], "image", self.column or "path") as im:  # checked at load
+            return {"image": im.convert("RGB"), "labels": int(self.y[i])}
 
 
 def scaled_augmentation(augmentation: dict[str, float], factor: float) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, first_non_finite, read_npz
-from hfstage.data.arrow import ArrayColumn, InMemoryColumn, scalar_column
+from hfstage.data.arrow import InMemoryColumn
 from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
 from hfstage.registry import Registry
@@ -27,30 +27,32 @@ from hfstage.registry import Registry
 REQUIRED_KEYS = ("x", "y")
 
 
-def load_pair_arrays(path: str | Path, field: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate one pair split; every problem names the file and the key."""
+def load_pair_arrays(path: str | Path, field: str = "data", keys: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one pair split; every problem names the file and the key. ``keys``: ``x``/``y`` -> the
+    file's own key names (``data.columns.pair``/``label``)."""
     path = Path(path)
-    arrays = read_npz(path, field, REQUIRED_KEYS)
-    x, y = arrays["x"], arrays["y"]
+    keys = {"x": "x", "y": "y", **(keys or {})}
+    arrays = read_npz(path, field, (keys["x"], keys["y"]))
+    x, y = arrays[keys["x"]], arrays[keys["y"]]
     n = len(x)
     if x.ndim != 4 or x.shape[1] != 2:
-        raise DataError(f"{path}: key 'x' must have shape (N, 2, H, W), got {tuple(x.shape)}")
+        raise DataError(f"{path}: key {keys['x']!r} must have shape (N, 2, H, W), got {tuple(x.shape)}")
     if n == 0:
-        raise DataError(f"{path}: key 'x' is empty (the split has no samples)")
+        raise DataError(f"{path}: key {keys['x']!r} is empty (the split has no samples)")
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.floating):
-            raise DataError(f"{path}: key 'x' must be uint8 or float, got {x.dtype}")
+            raise DataError(f"{path}: key {keys['x']!r} must be uint8 or float, got {x.dtype}")
         x = x.astype(np.float32, copy=False)
         bad = first_non_finite(x)
         if bad is not None:
-            raise DataError(f"{path}: key 'x' holds NaN or Inf (first at sample {bad})")
+            raise DataError(f"{path}: key {keys['x']!r} holds NaN or Inf (first at sample {bad})")
     if y.ndim != 1 or len(y) != n:
-        raise DataError(f"{path}: key 'y' must have shape ({n},) to match 'x', got {tuple(y.shape)}")
+        raise DataError(f"{path}: key {keys['y']!r} must have shape ({n},) to match {keys['x']!r}, got {tuple(y.shape)}")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
-        raise DataError(f"{path}: key 'y' must hold integers 0/1, got {y.dtype}")
+        raise DataError(f"{path}: key {keys['y']!r} must hold integers 0/1, got {y.dtype}")
     if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
-        raise DataError(f"{path}: key 'y' holds NaN or Inf")
-    return x, check_binary_labels(y, f"{path}: key 'y'")
+        raise DataError(f"{path}: key {keys['y']!r} holds NaN or Inf")
+    return x, check_binary_labels(y, f"{path}: key {keys['y']!r}")
 
 
 def check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
@@ -61,26 +63,34 @@ def check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def npz_as_dataset(path: str | Path, field: str = "data"):
+def npz_keys(columns: dict[str, str]) -> dict[str, str]:
+    """The .npz keys ``data.columns`` names: ``pair`` -> the images' key (default ``x``), ``label`` -> ``y``."""
+    return {k: columns[f] for k, f in (("x", "pair"), ("y", "label")) if f in columns}
+
+
+def npz_as_dataset(path: str | Path, field: str = "data", columns: dict[str, str] | None = None):
     """A pair ``.npz`` file as a ``datasets.Dataset`` (``pair``, ``label``), converted once into the cache."""
     import datasets
 
+    keys = npz_keys(columns or {})
+
     def build():
-        x, y = load_pair_arrays(path, field)
+        x, y = load_pair_arrays(path, field, keys)
         features = datasets.Features({"pair": datasets.Array3D(tuple(x.shape[1:]), str(x.dtype)),
                                       "label": datasets.Value("int64")})
         return datasets.Dataset.from_dict({"pair": x, "label": y}, features=features)
 
-    return converted(Path(path), "pairs", build, field)
+    return converted(Path(path), "pairs", build, field, keys)
 
 
 
 class _TwoImages:
-    """``image_a`` and ``image_b`` columns (H x W each) read as one pair column."""
+    """Two image columns (``image_a``, ``image_b``) read as one pair column: (B, 2, H, W) or (B, 2, C, H, W)."""
 
-    def __init__(self, a: ArrayColumn, b: ArrayColumn, where: str):
+    def __init__(self, a, b, where: str, names: tuple[str, str]):
         if a.shape != b.shape or a.dtype != b.dtype:
-            raise DataError(f"{where}: image_a and image_b differ ({a.shape} {a.dtype} vs {b.shape} {b.dtype})")
+            raise DataError(f"{where}: columns {names[0]!r} and {names[1]!r} differ ({a.shape} {a.dtype} vs {b.shape} "
+                            f"{b.dtype}); set model.image_size and model.in_channels to have both converted")
         self.a, self.b = a, b
         self.shape, self.dtype = (2, *a.shape), a.dtype
 
@@ -91,12 +101,17 @@ class _TwoImages:
         for a, b in zip(self.a.blocks(), self.b.blocks()):
             yield np.stack([a, b], axis=1)
 
+    def check(self) -> None:
+        self.a.check()
+        self.b.check()
+
 
 class PairDataset(Dataset):
     """Pairs and their labels; ``__getitems__`` returns a whole batch with one gather.
 
     Built from arrays in memory (``PairDataset(x, y)``) or from a ``datasets.Dataset``
-    (``PairDataset.from_dataset``), whose columns stay memory-mapped: every process reads only its batches.
+    (``PairDataset.from_dataset``), whose columns stay in their files: every process reads (and decodes) only its
+    batches. A batch is (B, 2, H, W) for grey images and (B, 2, C, H, W) for colour ones.
     """
 
     def __init__(self, x, y: np.ndarray, limit: int | None = None):
@@ -105,26 +120,27 @@ class PairDataset(Dataset):
 
     @classmethod
     def from_dataset(cls, dataset, columns: dict[str, str], where: str, limit: int | None = None,
-                     checked: bool = False) -> PairDataset:
-        """``dataset``'s ``pair`` column (or ``image_a`` and ``image_b``) and ``label`` column; values are checked
-        unless ``checked`` (an ``.npz`` converted by hfstage was checked when it was converted)."""
+                     checked: bool = False, base: Path | None = None, channels: int | None = None,
+                     size: tuple[int, int] | None = None) -> PairDataset:
+        """``dataset``'s ``pair`` column (or ``image_a`` and ``image_b``) and ``label`` column, decoded by
+        ``hfstage.data.fields`` (any image representation; paths relative to ``base``), converted to ``channels``
+        and ``size`` (None: the first image's). Values are checked unless ``checked`` (an ``.npz`` converted by
+        hfstage was checked when it was converted)."""
+        from hfstage.data.fields import binary_labels, image_reader
+
         if "pair" in columns or column_of(dataset, "pair", columns, where, required=False):
-            images = ArrayColumn(dataset, column_of(dataset, "pair", columns, where), f"{where}: column 'pair'")
-            if len(images.shape) != 3 or images.shape[0] != 2:
-                raise DataError(f"{where}: column {columns.get('pair', 'pair')!r} must hold 2 x H x W images per row, "
-                                f"got rows of shape {images.shape}")
+            name = column_of(dataset, "pair", columns, where)
+            images = image_reader(dataset, name, f"{where}: column {name!r}", "pair", base, channels, size, pair=True)
         else:
-            a, b = (ArrayColumn(dataset, column_of(dataset, f, columns, where), f"{where}: column {f!r}")
-                    for f in ("image_a", "image_b"))
-            if len(a.shape) != 2:
-                raise DataError(f"{where}: column {columns.get('image_a', 'image_a')!r} must hold H x W images, "
-                                f"got rows of shape {a.shape}")
-            images = _TwoImages(a, b, where)
+            names = tuple(column_of(dataset, f, columns, where) for f in ("image_a", "image_b"))
+            a = image_reader(dataset, names[0], f"{where}: column {names[0]!r}", "image_a", base, channels, size)
+            size = size or a.size
+            b = image_reader(dataset, names[1], f"{where}: column {names[1]!r}", "image_b", base, a.channels, size)
+            images = _TwoImages(a, b, where, names)
         label = column_of(dataset, "label", columns, where)
-        y = scalar_column(dataset, label)
+        y = binary_labels(dataset, "label", label, where)
         if not checked:
-            _check_images(images, where)
-            y = check_binary_labels(y, f"{where}: column {label!r}")
+            images.check()
         return cls(images, y, limit)
 
     def __len__(self) -> int:
@@ -141,32 +157,13 @@ class PairDataset(Dataset):
         return tuple(self.images.shape[-2:])
 
     @property
+    def channels(self) -> int:
+        return 1 if len(self.images.shape) == 3 else int(self.images.shape[1])
+
+    @property
     def x(self) -> np.ndarray:
         """Every pair, in memory (for ``stack --passthrough``)."""
         return np.concatenate(list(self.images.blocks()))[: len(self)]
-
-
-def _check_images(images, where: str) -> None:
-    """uint8 images, or other integers within 0-255, or finite floats."""
-    if np.issubdtype(images.dtype, np.floating):
-        for start, block in _with_offsets(images.blocks()):
-            bad = first_non_finite(block)
-            if bad is not None:
-                raise DataError(f"{where}: images hold NaN or Inf (first at row {start + bad})")
-    elif images.dtype != np.uint8:
-        if not np.issubdtype(images.dtype, np.integer):
-            raise DataError(f"{where}: images must be uint8 or float, got {images.dtype}")
-        for start, block in _with_offsets(images.blocks()):
-            bad = ((block < 0) | (block > 255)).reshape(len(block), -1).any(axis=1)
-            if bad.any():
-                raise DataError(f"{where}: integer images must be within 0-255 (row {start + int(np.argmax(bad))})")
-
-
-def _with_offsets(blocks):
-    start = 0
-    for block in blocks:
-        yield start, block
-        start += len(block)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,8 +184,10 @@ def check_pair_augmentation(augmentation: dict[str, float], where: str) -> None:
 
 
 def augment_pairs(x: torch.Tensor, aug: dict[str, float]) -> torch.Tensor:
-    """Apply the augmentations to a float batch (B, 2, H, W) in [0, 1]."""
-    b, _, h, w = x.shape
+    """Apply the augmentations to a float batch (B, 2, H, W) or (B, 2, C, H, W) in [0, 1]."""
+    shape = x.shape
+    b, h, w = shape[0], shape[-2], shape[-1]
+    c = shape[2] if x.dim() == 5 else 1
     n = b * 2
     if any(aug.get(k, 0) for k in ("shift", "rotate", "scale")):
         angle = (torch.rand(n) * 2 - 1) * math.radians(aug.get("rotate", 0.0))
@@ -196,13 +195,13 @@ def augment_pairs(x: torch.Tensor, aug: dict[str, float]) -> torch.Tensor:
         shift = (torch.rand(n, 2) * 2 - 1) * aug.get("shift", 0.0) * 2  # grid units span 2
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
-        x = F.grid_sample(x.reshape(n, 1, h, w), grid, align_corners=False, padding_mode="zeros").reshape(b, 2, h, w)
+        grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+        x = F.grid_sample(x.reshape(n, c, h, w), grid, align_corners=False, padding_mode="zeros").reshape(shape)
     if aug.get("noise", 0):
         x = (x + torch.randn_like(x) * aug["noise"]).clamp_(0, 1)
     if aug.get("swap", 0):
         flip = torch.rand(b) < aug["swap"]
-        x = torch.where(flip[:, None, None, None], x.flip(1), x)
+        x = torch.where(flip.view(b, *([1] * (x.dim() - 1))), x.flip(1), x)
     return x
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, class_order, first_non_finite, read_npz
 from hfstage.data.arrow import ArrayColumn, InMemoryColumn, RaggedColumn, is_ragged, scalar_column
+from hfstage.data.fields import class_labels
 from hfstage.data.sources import column_of, converted
 from hfstage.errors import DataError
 from hfstage.registry import Registry
@@ -28,60 +29,70 @@ REQUIRED_KEYS = ("x", "y")
 OPTIONAL_KEYS = ("lengths", "classes")
 
 
-def load_sequence_arrays(path: str | Path, field: str = "data") -> dict[str, np.ndarray]:
-    """Read and validate one sequence split; every problem names the file and the key."""
+def load_sequence_arrays(path: str | Path, field: str = "data", keys: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Read and validate one sequence split; every problem names the file and the key. ``keys``: ``x``, ``y``,
+    ``lengths`` -> the file's own key names (``data.columns.features``/``label``/``lengths``)."""
     path = Path(path)
-    arrays = read_npz(path, field, REQUIRED_KEYS, OPTIONAL_KEYS)
+    keys = {"x": "x", "y": "y", "lengths": "lengths", **(keys or {})}
+    stored = read_npz(path, field, (keys["x"], keys["y"]), (keys["lengths"], "classes"))
+    arrays = {k: stored[keys.get(k, k)] for k in ("x", "y", "lengths", "classes") if keys.get(k, k) in stored}
     x, y = arrays["x"], arrays["y"]
     if x.ndim != 3:
-        raise DataError(f"{path}: key 'x' must have shape (N, T, F), got {tuple(x.shape)}")
+        raise DataError(f"{path}: key {keys['x']!r} must have shape (N, T, F), got {tuple(x.shape)}")
     n, t = x.shape[:2]
     if n == 0 or t == 0:
-        raise DataError(f"{path}: key 'x' is empty (shape {tuple(x.shape)})")
+        raise DataError(f"{path}: key {keys['x']!r} is empty (shape {tuple(x.shape)})")
     if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{path}: key 'x' must be float, got {x.dtype}")
+        raise DataError(f"{path}: key {keys['x']!r} must be float, got {x.dtype}")
     x = x.astype(np.float32, copy=False)
     bad = first_non_finite(x)
     if bad is not None:
-        raise DataError(f"{path}: key 'x' holds NaN or Inf (first at sample {bad})")
+        raise DataError(f"{path}: key {keys['x']!r} holds NaN or Inf (first at sample {bad})")
     if y.ndim != 1 or len(y) != n:
-        raise DataError(f"{path}: key 'y' must have shape ({n},) to match 'x', got {tuple(y.shape)}")
+        raise DataError(f"{path}: key {keys['y']!r} must have shape ({n},) to match {keys['x']!r}, got {tuple(y.shape)}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: key 'y' must hold integer class ids, got {y.dtype}")
+        raise DataError(f"{path}: key {keys['y']!r} must hold integer class ids, got {y.dtype}")
     if (y < 0).any():
         i = int(np.argmax(y < 0))
-        raise DataError(f"{path}: key 'y' must be >= 0; sample {i} has {y[i].item()}")
+        raise DataError(f"{path}: key {keys['y']!r} must be >= 0; sample {i} has {y[i].item()}")
     lengths = arrays.get("lengths")
     if lengths is None:
         lengths = np.full(n, t, dtype=np.int64)
     elif lengths.ndim != 1 or len(lengths) != n or not np.issubdtype(lengths.dtype, np.integer):
-        raise DataError(f"{path}: key 'lengths' must be integers of shape ({n},), got {lengths.dtype} {tuple(lengths.shape)}")
+        raise DataError(f"{path}: key {keys['lengths']!r} must be integers of shape ({n},), got {lengths.dtype} {tuple(lengths.shape)}")
     elif ((lengths < 1) | (lengths > t)).any():
         i = int(np.argmax((lengths < 1) | (lengths > t)))
-        raise DataError(f"{path}: key 'lengths' must be in [1, {t}] (the padded length); sample {i} has {lengths[i].item()}")
+        raise DataError(f"{path}: key {keys['lengths']!r} must be in [1, {t}] (the padded length); sample {i} has {lengths[i].item()}")
     out = {"x": x, "y": y.astype(np.int64), "lengths": lengths.astype(np.int64)}
     if "classes" in arrays:
         classes = arrays["classes"]
         if classes.ndim != 1 or int(y.max()) >= len(classes):
-            raise DataError(f"{path}: key 'y' has class {int(y.max())} but 'classes' names only {len(classes)}")
+            raise DataError(f"{path}: key {keys['y']!r} has class {int(y.max())} but 'classes' names only {len(classes)}")
         out["classes"] = classes.astype(str)
     return out
 
 
-def npz_as_dataset(path: str | Path, field: str = "data"):
+def npz_keys(columns: dict[str, str]) -> dict[str, str]:
+    """The .npz keys ``data.columns`` names: ``features`` -> ``x``, ``label`` -> ``y``, ``lengths``."""
+    return {k: columns[f] for k, f in (("x", "features"), ("y", "label"), ("lengths", "lengths")) if f in columns}
+
+
+def npz_as_dataset(path: str | Path, field: str = "data", columns: dict[str, str] | None = None):
     """A sequence ``.npz`` file as a ``datasets.Dataset`` (``features``, ``lengths``, ``label``; class names as a
     ``ClassLabel``), converted once into the cache."""
     import datasets
 
+    keys = npz_keys(columns or {})
+
     def build():
-        a = load_sequence_arrays(path, field)
+        a = load_sequence_arrays(path, field, keys)
         label = (datasets.ClassLabel(names=list(a["classes"])) if "classes" in a else datasets.Value("int64"))
         features = datasets.Features({"features": datasets.Array2D(tuple(a["x"].shape[1:]), "float32"),
                                       "lengths": datasets.Value("int64"), "label": label})
         return datasets.Dataset.from_dict({"features": a["x"], "lengths": a["lengths"], "label": a["y"]},
                                           features=features)
 
-    return converted(Path(path), "sequences", build, field)
+    return converted(Path(path), "sequences", build, field, keys)
 
 
 
@@ -122,20 +133,7 @@ class SequenceDataset(Dataset):
                 raise DataError(f"{where}: column {length_column!r} must be in [1, {t}] (the padded length); row {i} "
                                 f"has {lengths[i]}")
         label = column_of(dataset, "label", columns, where)
-        y = scalar_column(dataset, label)
-        names = getattr(dataset.features[label], "names", None)
-        if y.dtype.kind in "OUS":  # class names
-            known = classes or class_order(y.tolist())
-            index = {c: i for i, c in enumerate(known)}
-            unknown = [v for v in y.tolist() if v not in index]
-            if unknown:
-                raise DataError(f"{where}: column {label!r} has class {unknown[0]!r}, not one of the training split's "
-                                f"classes ({', '.join(known)})")
-            y, names = np.asarray([index[v] for v in y.tolist()], dtype=np.int64), known
-        elif not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
-            bad = int(np.argmax(y < 0)) if np.issubdtype(y.dtype, np.integer) else 0
-            raise DataError(f"{where}: column {label!r} must hold class ids >= 0 or class names; row {bad} has "
-                            f"{y[bad]!r}")
+        y, names = class_labels(dataset, "label", label, where, classes, class_order)
         if not checked:
             if not np.issubdtype(reader.dtype, np.floating):
                 raise DataError(f"{where}: column {column!r} must hold float features, got {reader.dtype}")

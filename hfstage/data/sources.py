@@ -117,6 +117,25 @@ def _media_folder(folder: Path):
     return datasets.DatasetDict(splits)
 
 
+_SPLIT_WORDS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "test",
+                "evaluation": "test"}
+
+
+def _table_splits(folder: Path) -> dict[str, list[str]]:
+    """The folder's table files by split, named as ``datasets`` names them (``train-*.parquet``,
+    ``validation.csv``, ``test/part-0.json`` ...; files naming no split are ``train``). Only table files count: a
+    folder of images or clips beside the tables (which the tables name by path) is not read as data."""
+    import re
+
+    splits: dict[str, list[str]] = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TABLE_BUILDERS):
+        parts = [w for part in file.relative_to(folder).with_suffix("").parts for w in re.split(r"[-._ /0-9]+", part)]
+        split = next((_SPLIT_WORDS[w.lower()] for w in parts if w.lower() in _SPLIT_WORDS), "train")
+        splits.setdefault(split, []).append(str(file))
+    return splits
+
+
 def _has_tables(folder: Path) -> bool:
     return any(p.suffix in TABLE_BUILDERS for p in folder.rglob("*") if p.is_file())
 
@@ -191,7 +210,7 @@ def _open_source(ref: SplitRef):
             builders = {TABLE_BUILDERS[s] for s in suffixes}
             if len(builders) > 1:
                 raise DataError(f"{ref.source}: holds {', '.join(sorted(suffixes))} files; keep one format per data folder")
-            opened = datasets.load_dataset(builders.pop(), data_dir=ref.source)
+            opened = datasets.load_dataset(builders.pop(), data_files=_table_splits(folder))
     except (DataError, ConfigError):
         raise
     except Exception as exc:  # datasets and the Hub client raise many kinds
@@ -245,16 +264,19 @@ def cache_root() -> Path:
     return Path(_datasets().config.HF_DATASETS_CACHE) / "hfstage"
 
 
-def converted(path: Path, kind: str, build: Callable[[], object], field: str = "data"):
+def converted(path: Path, kind: str, build: Callable[[], object], field: str = "data", keys: dict | None = None):
     """``build()``'s ``datasets.Dataset`` for the file ``path``, made once and memory-mapped from the cache after.
 
-    The cache entry is named by the file's SHA-256 and written to a temporary folder and renamed, so a killed
+    The cache entry is named by the file's SHA-256 (and the keys read, when ``data.columns`` renames them) and written to a temporary folder and renamed, so a killed
     conversion never leaves a half-written entry, and concurrent runs (or processes) agree on one.
     """
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found ({field})")
     datasets = _datasets()
-    folder = cache_root() / f"{kind}-v{CONVERTED_FORMAT}-{fingerprint(path)[:32]}"
+    name = f"{kind}-v{CONVERTED_FORMAT}-{fingerprint(path)[:32]}"
+    if keys:  # the file's own key names (data.columns): another reading of the same bytes
+        name += "-" + hashlib.sha256(repr(sorted(keys.items())).encode()).hexdigest()[:8]
+    folder = cache_root() / name
     with distributed_state().main_process_first():  # the main process converts; the others then read its result
         if not (folder / "state.json").is_file():
             _convert(path, folder, build)
