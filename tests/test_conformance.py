@@ -561,3 +561,35 @@ def test_own_npz_files_with_other_key_names_train_through_data_columns(pair_refe
     got = _train(tmp_path, "seq_run", _recipe("sequence_classification", {"path": str(folder), "columns": {
         "features": "frames", "label": "target", "lengths": "n"}}, SEQUENCE_MODEL))
     assert got == expected
+
+
+def test_the_quickstart_recipe_trains_on_mnist_pairs_with_image_columns_and_a_classlabel(pair_data, tmp_path):
+    """The Hub's standard form of a pair set (two Image() columns, a ClassLabel), as parquet files and as a
+    save_to_disk folder, through data.columns with configs/quickstart.yaml (quick test): the .npz run's metrics."""
+    import datasets
+
+    features = datasets.Features({"left": datasets.Image(), "right": datasets.Image(),
+                                  "same": datasets.ClassLabel(names=["different", "same"])})
+    sets = {}
+    for split, file in zip(SPLITS, ("train.npz", "val.npz", "test_public.npz")):
+        z = np.load(pair_data / file)
+        sets[split] = datasets.Dataset.from_dict({"left": [{"bytes": _png(a), "path": None} for a in z["x"][:, 0]],
+                                                  "right": [{"bytes": _png(b), "path": None} for b in z["x"][:, 1]],
+                                                  "same": z["y"]}, features=features)
+    datasets.DatasetDict(sets).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "parquet").mkdir()
+    for split, ds in sets.items():
+        ds.to_parquet(str(tmp_path / "parquet" / f"{split}-00000-of-00001.parquet"))
+    results = []
+    for name, path, columns in (("npz", pair_data, None), ("saved", tmp_path / "saved", True),
+                                ("parquet", tmp_path / "parquet", True)):
+        args = ["train", "--config", str(ROOT / "configs/quickstart.yaml"), "quick_test=true", "report_to=[none]",
+                f"data.path={path}", f"output_dir={tmp_path / ('run_' + name)}"]
+        if columns:
+            args.append("data.columns={image_a: left, image_b: right, label: same}")
+        assert main(args) == 0
+        run = json.loads((tmp_path / f"run_{name}" / "run.json").read_text())
+        best = json.loads((tmp_path / f"run_{name}" / run["best_stage_dir"] / "stage.json").read_text())
+        results.append({k: v for part in ("metrics", "test_metrics") for k, v in best[part].items()
+                        if "runtime" not in k and "per_second" not in k})
+    assert results[0] == results[1] == results[2]
