@@ -17,6 +17,13 @@ import yaml
 from hfstage.reporting import format_number
 from hfstage.run_dir import CURVES_PNG, RunRecord, StageRecord, headline_metrics
 
+def task_card_metrics(task: str) -> tuple[str, ...] | None:
+    """The task kind's headline metrics (``Task.headline_metrics``), or None for a kind hfstage does not know."""
+    from hfstage.tasks import TASKS
+
+    return TASKS.get(task).headline_metrics if task in TASKS else None
+
+
 def task_card(task: str):
     """The task kind's card facts (``Task.card``): pipeline tag, model-index type, title, pipeline and its example;
     None for a kind hfstage does not know (a card of a run from a plug-in that is not installed)."""
@@ -64,7 +71,8 @@ def _results(records: list[StageRecord], task: str, data_name: str, named: bool)
 
 
 def _table(records: list[StageRecord], best: int | None) -> str:
-    columns = ("eval_loss", *headline_metrics(records))
+    known = task_card_metrics(records[0].task) if records else None
+    columns = ("eval_loss", *headline_metrics(records, known))
     rows = ["| stage | kept | " + " | ".join(c.replace("_", " ") for c in columns) + " | started from |",
             "|---|---|" + "---|" * len(columns) + "---|"]
     for r in records:

@@ -283,7 +283,7 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
         if tracking is not None:
             tracking.finish("finished")
         logger.info("finished; best stage %s (%s)", final.best_stage, final.best_stage_dir)
-        print(format_stage_table(records, final.best_stage), flush=True)
+        print(format_stage_table(records, final.best_stage, task.headline_metrics), flush=True)
     state.wait_for_everyone()
     return final
 

@@ -489,17 +489,20 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
-def headline_metrics(records: list[StageRecord]) -> tuple[str, ...]:
-    """The task's headline metrics on eval and test: accuracy, or PER and error F1 for speech."""
+def headline_metrics(records: list[StageRecord], names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The task's headline metrics on eval and test: ``names`` (its ``Task.headline_metrics``) when the caller knows
+    the task; else read from the records: accuracy, or PER and error F1 for speech."""
+    if names:
+        return tuple(f"{split}_{n}" for split in ("eval", "test") for n in names)
     if any("eval_per" in r.metrics for r in records):
         return ("eval_per", "eval_error_f1", "test_per", "test_error_f1")
     return ("eval_accuracy", "test_accuracy")
 
 
-def format_stage_table(records: list[StageRecord], best_stage: int | None) -> str:
-    """The stages table: stage, kept, eval loss, the task's headline metrics (accuracy, or PER and error F1
-    for speech) on eval and test, time."""
-    columns = headline_metrics(records)
+def format_stage_table(records: list[StageRecord], best_stage: int | None, names: tuple[str, ...] | None = None) -> str:
+    """The stages table: stage, kept, eval loss, the task's headline metrics (``names``, or read from the records:
+    accuracy, or PER and error F1 for speech) on eval and test, time."""
+    columns = headline_metrics(records, names)
     header = ("stage", "kept", "eval_loss", *columns, "time_s", "started_from")
     rows = [header]
     for r in records:

@@ -593,3 +593,154 @@ def test_the_quickstart_recipe_trains_on_mnist_pairs_with_image_columns_and_a_cl
         results.append({k: v for part in ("metrics", "test_metrics") for k, v in best[part].items()
                         if "runtime" not in k and "per_second" not in k})
     assert results[0] == results[1] == results[2]
+
+
+def _image_column_pairs(ref: dict, broken: dict | None = None) -> dict:
+    """Each split as a ``datasets.Dataset`` of two Image() columns (PNG bytes) and a ClassLabel; ``broken``: a
+    value put in row 5 of the training split's first column."""
+    import datasets
+
+    features = datasets.Features({"left": datasets.Image(), "right": datasets.Image(),
+                                  "same": datasets.ClassLabel(names=["different", "same"])})
+    out = {}
+    for split, r in ref.items():
+        left = [{"bytes": _png(a), "path": None} for a in r["image_a"]]
+        if broken is not None and split == "train":
+            left[5] = broken
+        out[split] = datasets.Dataset.from_dict({"left": left, "right": [{"bytes": _png(b), "path": None}
+                                                                          for b in r["image_b"]], "same": r["label"]},
+                                                features=features)
+    return out
+
+
+def test_pairs_of_image_columns_from_every_other_source_kind(pair_reference_metrics, tmp_path, hub):
+    """Arrow files, hf://datasets on the (local) Hub, and Dataset objects handed to hfstage.train: the reference
+    metrics (the Python API's run has no test split: its eval metrics)."""
+    import pyarrow as pa
+    from huggingface_hub import HfApi
+
+    import hfstage
+
+    ref, expected = pair_reference_metrics
+    sets = _image_column_pairs(ref)
+    columns = {"image_a": "left", "image_b": "right", "label": "same"}
+    arrow = tmp_path / "arrow"
+    arrow.mkdir()
+    for split, ds in sets.items():  # Arrow stream files, as Dataset.save_to_disk writes them, by split name
+        table = ds.data.table
+        with pa.OSFile(str(arrow / f"{split}-00000-of-00001.arrow"), "wb") as sink:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+    assert _train(tmp_path, "arrow_run", _recipe("pair_classification", {"path": str(arrow), "columns": columns},
+                                                 TINY_MODEL)) == expected
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    for split, ds in sets.items():
+        ds.to_parquet(str(parquet / f"{split}-00000-of-00001.parquet"))
+    api = HfApi()
+    api.create_repo("tester/image-pairs", repo_type="dataset")
+    api.upload_folder(repo_id="tester/image-pairs", repo_type="dataset", folder_path=str(parquet), path_in_repo="data")
+    assert _train(tmp_path, "hub_run", _recipe("pair_classification", {"path": "hf://datasets/tester/image-pairs",
+                                                                       "columns": columns}, TINY_MODEL)) == expected
+    recipe = _recipe("pair_classification", {"path": "unused", "columns": columns, "test_file": None}, TINY_MODEL)
+    (tmp_path / "api.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(tmp_path / "api_run")}))
+    assert hfstage.train(tmp_path / "api.yaml", train_dataset=sets["train"], eval_dataset=sets["validation"]).status \
+        == "finished"
+    record = json.loads((tmp_path / "api_run" / "stage_1_only" / "stage.json").read_text())
+    assert {k: v for k, v in record["metrics"].items() if "runtime" not in k and "per_second" not in k} == \
+        {k: v for k, v in expected.items() if k.startswith("eval_")}
+
+
+def test_images_from_an_imagefolder_style_folder_with_metadata(image_reference_metrics, tmp_path):
+    """A sub-folder per split holding the images and a metadata.csv naming them by file_name (the imagefolder
+    layout), with a label column of another name."""
+    ref, expected = image_reference_metrics
+    folder = tmp_path / "data"
+    for split in SPLITS:
+        (folder / split).mkdir(parents=True)
+        rows = ["file_name,kind"]
+        for i, (im, y) in enumerate(zip(ref[split]["image"], ref[split]["label"])):
+            (folder / split / f"{i:03d}.png").write_bytes(_png(im))
+            rows.append(f"{i:03d}.png,{ref[split]['classes'][y]}")
+        (folder / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    got = _train(tmp_path, "run", _recipe("image_classification", {"path": str(folder), "columns": {"label": "kind"}},
+                                          TINY_TIMM))
+    assert got == expected
+
+
+def test_image_columns_are_decoded_per_batch_never_held_whole(pair_data):
+    """A split of Image() columns keeps its encoded rows in their Arrow table; a batch decodes only its own rows
+    (equal to the .npz pixels), and loading the split decodes nothing (each image is verified, not decoded)."""
+    import tracemalloc
+
+    import torch
+
+    from hfstage.data.fields import EncodedImages
+    from hfstage.data.npz_pairs import PairDataset
+
+    x = np.load(pair_data / "train.npz")["x"]
+    ref = {"train": {"image_a": list(x[:, 0]), "image_b": list(x[:, 1]), "label": np.load(pair_data / "train.npz")["y"]}}
+    split = _image_column_pairs(ref)["train"]
+    tracemalloc.start()
+    dataset = PairDataset.from_dataset(split, {"image_a": "left", "image_b": "right", "label": "same"}, "train")
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert isinstance(dataset.images.a, EncodedImages) and isinstance(dataset.images.b, EncodedImages)
+    assert held < x.nbytes / 2  # not the decoded split (and not a copy of it)
+    batch = dataset.__getitems__([7, 0, 300])
+    assert batch["pixel_values"].dtype == torch.uint8 and np.array_equal(batch["pixel_values"].numpy(), x[[7, 0, 300]])
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("corrupt", r"row 5: field 'image_a' \(column 'left'\): the stored bytes is not a readable image"),
+    ("missing", r"row 5: field 'image_a' \(column 'left'\): image file .*nowhere.png not found"),
+])
+def test_a_row_the_decoder_cannot_read_exits_2_naming_the_split_row_field_and_column(pair_reference_metrics, tmp_path,
+                                                                                     capsys, breakage, message):
+    ref, _ = pair_reference_metrics
+    sets = _image_column_pairs(ref, {"bytes": b"\x89PNG\r\n\x1a\nnot really", "path": None} if breakage == "corrupt"
+                               else {"bytes": None, "path": "nowhere.png"})
+    import pyarrow.parquet as pq
+
+    (tmp_path / "saved").mkdir()
+    for split, ds in sets.items():  # the table as it is (datasets' writers would open the missing file themselves)
+        pq.write_table(ds.data.table, tmp_path / "saved" / f"{split}-00000-of-00001.parquet")
+    recipe = _recipe("pair_classification", {"path": str(tmp_path / "saved"), "columns": {
+        "image_a": "left", "image_b": "right", "label": "same"}}, TINY_MODEL)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(tmp_path / "run")}))
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"saved \[split train\] \(data.train_file\): " + message, err), err
+    assert err.count("\n") == 1
+
+
+def test_ragged_rows_with_a_lengths_column_use_it_and_refuse_a_length_beyond_the_row():
+    import datasets
+
+    from hfstage.data.npz_sequences import SequenceDataset
+    from hfstage.errors import DataError
+
+    rows = {"f": [[[1.0, 2.0]] * 5, [[3.0, 4.0]] * 3], "n": [4, 3], "y": [0, 1]}
+    data = SequenceDataset.from_dataset(datasets.Dataset.from_dict(rows), {"features": "f", "lengths": "n",
+                                                                           "label": "y"}, "train")
+    assert data.lengths.tolist() == [4, 3] and data.__getitems__([0, 1])["input_values"].shape == (2, 5, 2)
+    rows["n"] = [4, 6]
+    with pytest.raises(DataError, match=r"train: column 'n' must be in \[1, the row's 3 frames\]; row 1 has 6"):
+        SequenceDataset.from_dataset(datasets.Dataset.from_dict(rows), {"features": "f", "lengths": "n", "label": "y"},
+                                     "train")
+
+
+def test_a_split_of_another_size_is_resized_to_the_training_size_with_a_warning(pair_data, tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(pair_data / "train.npz", folder / "train.npz")
+    z = np.load(pair_data / "val.npz")
+    big = np.stack([[np.asarray(Image.fromarray(im).resize((36, 36), Image.BILINEAR)) for im in pair] for pair in z["x"]])
+    np.savez(folder / "val.npz", x=big, y=z["y"])
+    recipe = _recipe("pair_classification", {"path": str(folder), "test_file": None}, TINY_MODEL)
+    with caplog.at_level("WARNING", logger="hfstage"):
+        _train(tmp_path, "run", recipe)
+    assert "val.npz: images of 36x36 are resized to 28x28 (the model's image size" in caplog.text

@@ -118,7 +118,8 @@ def test_corrupt_and_missing_files(tmp_path):
 
 @pytest.mark.parametrize("split, arrays, message", [
     ("val.npz", {"x": GOOD_X, "y": np.array([0, 1, 5, 1])}, "val.npz: key 'y' must be 0 or 1"),
-    ("train.npz", {"x": np.zeros((4, 2, 20, 20), np.uint8), "y": GOOD_Y}, "train.npz has (20, 20) (data.eval_file)"),
+    ("train.npz", {"x": np.zeros((4, 3, 20, 20), np.uint8), "y": GOOD_Y},
+     "train.npz: key 'x' must have shape (N, 2, H, W), got (4, 3, 20, 20)"),
     ("test_public.npz", None, "test_public.npz: file not found (data.test_file)"),
 ])
 def test_cli_refuses_bad_data_before_training_and_writes_nothing(tmp_path, pair_data, recipe, capsys, split, arrays, message):

@@ -212,6 +212,7 @@ class InMemoryColumn:
     def __init__(self, x: np.ndarray):
         self.x = np.ascontiguousarray(x)
         self.shape, self.dtype = self.x.shape[1:], self.x.dtype
+        self.native = None
 
     def gather(self, indices) -> np.ndarray:
         return self.x[np.asarray(indices, dtype=np.int64)]

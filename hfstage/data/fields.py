@@ -305,6 +305,7 @@ class EncodedImages:
         self.size = tuple(size) if size else (first.size[1], first.size[0])
         self.shape = self.size if self.channels == 1 else (self.channels, *self.size)  # grey: H x W, as stored
         self.dtype = np.dtype(np.uint8)
+        self.native = None  # stored sizes may differ row by row
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -355,6 +356,7 @@ class ArrayImages:
         self.native_channels = native[0]
         self.channels = channels or (3 if native[0] == 4 else native[0])
         self.size = tuple(size) if size else tuple(native[1:])
+        self.native = native  # (C, H, W) as stored
         self.plain = self.layout == "hw" and self.channels == 1 and self.size == tuple(native[1:])
         self.dtype = self.raw.dtype if (self.channels, *self.size) == native else np.dtype(np.float32)
         self.shape = self.size if self.channels == 1 else (self.channels, *self.size)  # grey: H x W, as stored
@@ -402,7 +404,8 @@ class ArrayImages:
 
 def image_reader(dataset, column: str, where: str, field: str, base: Path | None, channels: int | None = None,
                  size: tuple[int, int] | None = None, pair: bool = False):
-    """The reader of an image field's column: encoded (``EncodedImages``) or pixel arrays (``ArrayImages``)."""
+    """The reader of an image field's column: encoded (``EncodedImages``) or pixel arrays (``ArrayImages``);
+    ``where`` names the split."""
     import pyarrow as pa
 
     if not pair and is_encoded(dataset, column):
@@ -411,6 +414,5 @@ def image_reader(dataset, column: str, where: str, field: str, base: Path | None
     if isinstance(storage, pa.ExtensionType):
         storage = storage.storage_type
     if pa.types.is_struct(storage) or pa.types.is_string(storage) or pa.types.is_binary(storage):
-        raise refuse(where.rsplit(": column", 1)[0], None, field, column, f"values of type {storage}",
-                     "image_pair" if pair else "image")
-    return ArrayImages(dataset, column, where, channels, size, pair)
+        raise refuse(where, None, field, column, f"values of type {storage}", "image_pair" if pair else "image")
+    return ArrayImages(dataset, column, f"{where}: column {column!r}", channels, size, pair)

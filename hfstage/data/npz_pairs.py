@@ -93,6 +93,7 @@ class _TwoImages:
                             f"{b.dtype}); set model.image_size and model.in_channels to have both converted")
         self.a, self.b = a, b
         self.shape, self.dtype = (2, *a.shape), a.dtype
+        self.native = a.native if a.native == b.native else None
 
     def gather(self, indices) -> np.ndarray:
         return np.stack([self.a.gather(indices), self.b.gather(indices)], axis=1)
@@ -130,12 +131,12 @@ class PairDataset(Dataset):
 
         if "pair" in columns or column_of(dataset, "pair", columns, where, required=False):
             name = column_of(dataset, "pair", columns, where)
-            images = image_reader(dataset, name, f"{where}: column {name!r}", "pair", base, channels, size, pair=True)
+            images = image_reader(dataset, name, where, "pair", base, channels, size, pair=True)
         else:
             names = tuple(column_of(dataset, f, columns, where) for f in ("image_a", "image_b"))
-            a = image_reader(dataset, names[0], f"{where}: column {names[0]!r}", "image_a", base, channels, size)
+            a = image_reader(dataset, names[0], where, "image_a", base, channels, size)
             size = size or a.size
-            b = image_reader(dataset, names[1], f"{where}: column {names[1]!r}", "image_b", base, a.channels, size)
+            b = image_reader(dataset, names[1], where, "image_b", base, a.channels, size)
             images = _TwoImages(a, b, where, names)
         label = column_of(dataset, "label", columns, where)
         y = binary_labels(dataset, "label", label, where)
@@ -155,6 +156,12 @@ class PairDataset(Dataset):
     @property
     def image_size(self) -> tuple[int, int]:
         return tuple(self.images.shape[-2:])
+
+    @property
+    def stored_size(self) -> tuple[int, int] | None:
+        """The (H, W) of the stored pixel arrays, when they are arrays (encoded images may differ row by row)."""
+        native = self.images.native
+        return tuple(native[1:]) if native is not None else None
 
     @property
     def channels(self) -> int:

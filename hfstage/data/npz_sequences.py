@@ -121,8 +121,17 @@ class SequenceDataset(Dataset):
         if len(reader.shape) != (1 if ragged else 2):
             raise DataError(f"{where}: column {column!r} must hold T x F frames per row, got "
                             f"{'frames' if ragged else 'rows'} of shape {reader.shape}")
-        if ragged:
+        if ragged:  # each row's own length, or fewer valid frames where a lengths column says so
             lengths = reader.lengths
+            length_column = column_of(dataset, "lengths", columns, where, required=False)
+            if length_column:
+                given = scalar_column(dataset, length_column)
+                bad = (given < 1) | (given > lengths)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise DataError(f"{where}: column {length_column!r} must be in [1, the row's {int(lengths[i])} "
+                                    f"frames]; row {i} has {given[i]}")
+                lengths = given
         else:
             t = reader.shape[0]
             length_column = column_of(dataset, "lengths", columns, where, required=False)

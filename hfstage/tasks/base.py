@@ -61,7 +61,6 @@ class Task:
     card: CardFacts | None = None
     label_names: tuple[str, ...] = ("labels",)  # the batch keys that are targets (the Trainer's label_names)
     headline_metrics: tuple[str, ...] = ("accuracy",)  # the stages table's columns (eval_ and test_ each)
-    default_metric: str = "eval_loss"  # metric_for_best_model unless the recipe names one
     reads_unlabeled: bool = False  # a folder of unlabelled samples (pseudo-labels, domain adaptation)
     evaluates_own_outputs: bool = False  # ``evaluate_stage`` replaces the class-decision evaluation
     has_lengths: bool = False  # samples have lengths (``group_by_length``)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import logging
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from hfstage.data import npz_pairs
 from hfstage.data.sources import SplitRef, open_split, run_split_refs
 from hfstage.metrics import classification_metrics
 from hfstage.tasks.base import TASKS, CardFacts, Field, Splits, Task, as_split_ref, load_run_splits
+
+logger = logging.getLogger("hfstage")
 
 
 @TASKS.register("pair_classification")
@@ -31,7 +34,6 @@ class PairClassificationTask(Task):
     )
     card = CardFacts(None, "image-classification", "Image pair classification (same/different)",
                      "pair-classification", 'classify({"image_a": "a.png", "image_b": "b.png"})')
-    default_metric = "eval_loss"
 
     def __init__(self):
         super().__init__()
@@ -68,6 +70,11 @@ class PairClassificationTask(Task):
         train = self.load_split(refs["train_file"], refs["train_file"].where, data.max_train_samples)
         self.size = self.size or train.image_size  # later splits take the training split's size
         sets = {"train_file": train, **load_run_splits(self, data, ("eval_file", "test_file"), given)}
+        for field, ds in sets.items():
+            stored = ds.stored_size
+            if stored is not None and stored != tuple(self.size):
+                logger.warning("%s: images of %dx%d are resized to %dx%d (the model's image size; set model.image_size "
+                               "to choose it)", refs[field], *stored, *self.size)
         return Splits(train=train, eval=sets["eval_file"], test=sets.get("test_file"))
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
