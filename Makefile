@@ -17,7 +17,7 @@ ACCELERATE_CONFIG ?= accelerate_configs/cpu.yaml
 # extra key=value overrides for the quickstart, e.g. make quickstart ARGS=quick_test=true
 ARGS ?=
 
-.PHONY: install quickstart test reference
+.PHONY: install quickstart test test-fast reference
 
 # Debian and Ubuntu ship venv in a package of its own (python3-venv): installed when it is missing and
 # apt can (root or sudo).
@@ -50,6 +50,10 @@ quickstart: install data/mnist_pairs/test_public.npz
 
 test: install
 	$(PYTHON) -m pytest -q --durations=25 tests
+
+# the edit loop: everything but the tests marked slow (launches, kills, Ray, bench smokes, full recipes)
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow" --durations=10 tests
 
 reference:
 	$(PYTHON) -m hfstage config --reference --update-readme docs/config.md

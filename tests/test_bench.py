@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each a subprocess training small models: make test runs them, make test-fast not
 
 
 @pytest.mark.parametrize("script, headline, low, high", [

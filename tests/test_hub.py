@@ -221,6 +221,7 @@ def test_branch_and_pull_request(hub, run3, tmp_path):
         push(run3, "hf://tester/branches")
 
 
+@pytest.mark.slow
 def test_cli_push_and_pull_in_subprocesses(hub, run3, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     cmd = [sys.executable, "-m", "hfstage"]
@@ -239,6 +240,7 @@ def test_cli_push_and_pull_in_subprocesses(hub, run3, tmp_path):
     assert "Traceback" not in done.stderr and not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_offline_references_resolve_from_a_warm_cache_and_a_closed_port_fails_fast(hub, run3, pair_data, tmp_path):
     import socket
     import time

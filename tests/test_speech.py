@@ -191,6 +191,7 @@ def test_bad_audio_and_metadata_rows(tmp_path):
 
 
 @needs_espeak
+@pytest.mark.slow
 def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), "quick_test=true",
