@@ -90,3 +90,23 @@ def test_two_processes_over_a_datasets_source_read_disjoint_halves(tmp_path):
     first, second = (set(r["ids"]) for r in ranks)
     assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == n // 2 and not first & second
     assert first | second == set(range(n))
+
+
+@pytest.mark.slow
+def test_an_installed_hfstage_launches_as_a_module_from_a_folder_without_the_repo(recipe, tmp_path):
+    """``accelerate launch -m hfstage train ...`` (docs/launching.md): what a user who installed a wheel runs, with
+    no hfstage/train.py at hand; two processes from a folder outside the checkout."""
+    import shutil
+
+    path = recipe(stages=[{"name": "baseline", "epochs": 1}])
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    shutil.copy(ROOT / "accelerate_configs/cpu_ddp.yaml", work / "ddp.yaml")
+    env = {**os.environ, **CPU_LAUNCH_ENV}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "ddp.yaml", "--main_process_port", "0",
+           "-m", "hfstage", "train", "--config", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["world_size"] == 2 and run_json["status"] == "finished"
+    assert json.loads((tmp_path / "run/stage_1_baseline/stage.json").read_text())["global_steps"] == 5
