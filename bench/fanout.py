@@ -70,7 +70,7 @@ def main(argv=None) -> float:
     # smoke mode: the one-thread run stands in for the sequential one (the check is the equality, not the time)
     sequential = None if args.quick else train(runs / "sequential", data, extra, env)
     single = train(runs / "single", data, extra, one_thread)
-    fanned = train(runs / "ray", data, [*extra, "executor=ray", "resources={num_cpus: 1}"], env)
+    fanned = train(runs / "ray", data, [*extra, "executor={type: ray, resources: {num_cpus: 1}}"], env)
     same = cv(runs / "single") == cv(runs / "ray")
     sequential = sequential or single
     ratio = fanned / sequential

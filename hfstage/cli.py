@@ -25,6 +25,7 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hfstage.executors import EXECUTORS
     from hfstage.version import __version__
 
     parser = argparse.ArgumentParser(prog="hfstage", description="Staged training on transformers.Trainer + accelerate.")
@@ -33,10 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run or resume a curriculum in this process (use `accelerate launch hfstage/train.py` for several)")
     _add_config_args(p)
-    p.add_argument("--executor", choices=("local", "ray"), help="where the folds, seeds or stack bases train: local "
-                   "(one after another) or ray (side by side as Ray tasks); the same as executor=... in the recipe")
-    p.add_argument("--address", help="with --executor ray: the Ray cluster to join (auto, HOST:6379, "
-                   "ray://HOST:10001); default a local Ray")
+    p.add_argument("--executor", choices=EXECUTORS.names(), help="where the folds, seeds or stack bases train: "
+                   "local (one after another) or ray (side by side as Ray tasks); the same as executor.type=NAME (the "
+                   "recipe's other executor keys are kept)")
+    p.add_argument("--address", help="the cluster the executor joins (Ray: auto, HOST:6379, ray://HOST:10001; default a "
+                   "local Ray); the same as executor.address=A")
 
     p = sub.add_parser("plan", help="print the resolved stages without training (a dry run)")
     _add_config_args(p)
@@ -189,8 +191,8 @@ def _train(args) -> int:
     from hfstage.ensemble import is_stack_job, load_stack_job, run_stack_job
     from hfstage.sweeps import run_seeds
 
-    args.overrides = [*args.overrides, *([f"executor={args.executor}"] if args.executor else []),
-                      *([f"ray_address={args.address}"] if args.address else [])]
+    args.overrides = [*args.overrides, *([f"executor.type={args.executor}"] if args.executor else []),
+                      *([f"executor.address={args.address}"] if args.address else [])]
 
     if is_stack_job(read_yaml(args.config)):  # a stacking recipe: its bases, then the stack
         run_stack_job(load_stack_job(args.config, args.overrides))

@@ -38,6 +38,7 @@ from hfstage.arguments import (
     type_name,
 )
 from hfstage.errors import ConfigError
+from hfstage.executors.base import LOCAL, executor_spec, fans_out
 from hfstage.losses import LOSSES, DistillationLoss, loss_spec
 from hfstage.losses.base import loss_arguments, takes_label_smoothing
 from hfstage.training_args import (
@@ -68,17 +69,8 @@ def _f(default=dataclasses.MISSING, help: str = "", check=None, factory=None, pa
 _POSITIVE, _NON_NEGATIVE, _FRACTION, _AT_LEAST_ONE = POSITIVE, NON_NEGATIVE, FRACTION, AT_LEAST_ONE
 
 
-RAY_RESOURCES = ("num_cpus", "num_gpus", "memory")
-
-
-def check_resources(value: dict[str, float], where: str) -> dict[str, float]:
-    for key, amount in value.items():
-        if key not in RAY_RESOURCES:
-            raise ConfigError(f"{where}.{key}: not a resource a unit can ask for{closest(key, list(RAY_RESOURCES))} "
-                              f"(choose from {', '.join(RAY_RESOURCES)})")
-        if amount < 0:
-            raise ConfigError(f"{where}.{key}: {amount:g} must be >= 0")
-    return value
+# Run fields that became keys of the executor mapping: name -> its key there
+EXECUTOR_KEYS = {"ray_address": "address", "resources": "resources"}
 
 
 def augmentation_spec(value: Any, where: str) -> dict[str, float]:
@@ -305,20 +297,14 @@ class RunConfig:
         (lambda v: v == 0 or v >= 2, "must be 0 (no folds) or >= 2"),
     )
     fold: int | None = _f(None, "With `folds`: train only this fold (from 0), e.g. to spread folds over machines.")
-    executor: str = _f(
-        "local", "Where the independent units of a run train (the folds of `folds`, the seeds of `seeds`, the bases of "
-        "a stacking recipe): `local`, one after another in this process, or `ray`, side by side as Ray tasks "
-        "(`pip install 'hfstage[ray]'`; `hfstage train --executor ray`). Same run folders either way.",
-        (lambda v: v in ("local", "ray"), "must be local or ray"),
-    )
-    ray_address: str | None = _f(
-        None, "With `executor: ray`: the Ray cluster to join (`auto`, `HOST:6379`, `ray://HOST:10001`); unset = a Ray "
-        "already started in this process, else a local one on this machine. `hfstage train --address`."
-    )
-    resources: dict[str, float] = _f(
-        help="With `executor: ray`: what each unit asks Ray for, `{num_cpus: 2, num_gpus: 0.25}` (a fraction of a GPU "
-        "lets several small units share one; `memory` in bytes). Default: one CPU.",
-        factory=dict, parse=lambda v, where: check_resources(coerce(v, dict[str, float], where), where),
+    executor: dict[str, Any] = _f(
+        help="Where the independent units of a job train (the folds of `folds`, the seeds of `seeds`, the bases of a "
+        "stacking recipe): `{type: local}` (the default), one after another in this process, or `{type: ray, address: "
+        "auto, resources: {num_cpus: 2, num_gpus: 0.25}}`, side by side as Ray tasks (`pip install 'hfstage[ray]'`; "
+        "`address`: the cluster to join, unset = a local Ray; `resources`: what each unit asks for, default one CPU). "
+        "The other keys are checked against the executor's constructor; `hfstage train --executor NAME --address A`. "
+        "Same run folders either way.",
+        factory=lambda: {"type": "local"}, parse=lambda v, where: executor_spec(v, where),
     )
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(
@@ -388,6 +374,9 @@ def _build(cls, raw: Any, where: str):
                 new, example = MOVED_FIELDS[key]
                 raise ConfigError(f"{key_where}: loss parameters belong to the loss now: use {new}, i.e. "
                                   f"{example.replace('V', yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip())}")
+            if cls is RunConfig and key in EXECUTOR_KEYS:
+                raise ConfigError(f"{key_where}: belongs to the executor now: executor: {{type: ..., "
+                                  f"{EXECUTOR_KEYS[key]}: {yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}}}")
             level = {StageConfig: "stage", RunConfig: "run"}.get(cls)
             hint = hint_for(str(key), level) if level else ""
             raise ConfigError(f"{key_where}: unknown key{hint or closest(key, fields)}")
@@ -495,14 +484,13 @@ def build_run_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig
         raise ConfigError(f"{source}: stages.{refits[0]}.train_on_eval: with folds: {cfg.folds} the eval split is the "
                           "held-out fold, so training on it would leak into the out-of-fold predictions; set it "
                           "false for a k-fold run (e.g. stages.NAME.train_on_eval=false) or drop that stage")
-    if cfg.executor == "ray" and cfg.fold is not None:
-        raise ConfigError(f"{source}: executor: ray trains every fold side by side; fold: {cfg.fold} names one (drop "
+    kind = cfg.executor["type"]
+    if fans_out(cfg.executor) and cfg.fold is not None:
+        raise ConfigError(f"{source}: executor: {kind} trains every fold side by side; fold: {cfg.fold} names one (drop "
                           "one of the two)")
-    if cfg.executor == "ray" and not cfg.folds and not cfg.seeds:
-        raise ConfigError(f"{source}: executor: ray fans out the independent units of a run (the folds of folds: N, "
+    if fans_out(cfg.executor) and not cfg.folds and not cfg.seeds:
+        raise ConfigError(f"{source}: executor: {kind} fans out the independent units of a run (the folds of folds: N, "
                           "the seeds of seeds: [...], the bases of a stacking recipe); this recipe is one run")
-    if cfg.executor != "ray" and (cfg.resources or cfg.ray_address):
-        raise ConfigError(f"{source}: {'resources' if cfg.resources else 'ray_address'}: applies to executor: ray only")
     if cfg.push_to_hub and not cfg.hub_repo_id:
         raise ConfigError(f"{source}: hub_repo_id: push_to_hub is on but no repository is named (OWNER/NAME)")
     if cfg.hub_repo_id is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$", cfg.hub_repo_id):
@@ -614,7 +602,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     """Rebuild a RunConfig from ``RunConfig.to_dict()`` output (as saved in run.json), upgrading a config saved
     by an older hfstage (see ``upgrade_saved_stage``)."""
-    data = dict(data)
+    data = upgrade_saved_executor(dict(data))
     data["quick_test"] = False  # already applied to the saved stages and data
     if isinstance(data.get("defaults"), dict):
         data["defaults"] = upgrade_saved_stage(data["defaults"])
@@ -622,6 +610,17 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
         data["stages"] = [upgrade_saved_stage(s) if isinstance(s, dict) else s for s in data["stages"]]
     cfg = build_run_config(data, source)
     return cfg
+
+
+def upgrade_saved_executor(data: dict[str, Any]) -> dict[str, Any]:
+    """A run saved before the executor was a mapping (``executor: ray``, ``ray_address``, ``resources`` at the top),
+    in today's form (the keys of an executor that did not take them dropped). Recipes are refused instead."""
+    if not isinstance(data.get("executor"), str) and not any(k in data for k in EXECUTOR_KEYS):
+        return data
+    kind = data.get("executor") if isinstance(data.get("executor"), str) else (data.get("executor") or LOCAL)["type"]
+    old = {new: data.pop(key) for key, new in EXECUTOR_KEYS.items() if key in data}
+    data["executor"] = {"type": kind, **({k: v for k, v in old.items() if v} if kind != LOCAL["type"] else {})}
+    return data
 
 
 def upgrade_saved_stage(stage: dict[str, Any]) -> dict[str, Any]:

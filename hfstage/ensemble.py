@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from hfstage.arguments import closest, coerce
-from hfstage.config import apply_override, check_resources, load_config, read_yaml
+from hfstage.config import EXECUTOR_KEYS, apply_override, load_config, read_yaml
+from hfstage.executors import build_executor, executor_spec, fans_out
 from hfstage.errors import ConfigError
 from hfstage.stacking import META_CHOICES
 
@@ -58,9 +59,7 @@ class StackJob:
     agreement: bool = False
     passthrough: bool = False
     train_split: str | None = None  # default val; refused when every base is k-fold (their OOF is used)
-    executor: str = "local"  # local: one base after another; ray: every base (and fold) a Ray task
-    ray_address: str | None = None
-    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    executor: dict = dataclasses.field(default_factory=lambda: {"type": "local"})  # where the bases' units train
     test_split: str = "test"
     seed: int = 0
 
@@ -137,16 +136,15 @@ def load_stack_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
         bases.append(BaseRecipe(name, str(recipe_path), _as_overrides(entry.get("overrides"), f"{at}.overrides"), folds))
     types = typing.get_type_hints(StackJob)
     job = StackJob(output_dir="runs/stack", bases=bases, shared=shared)
+    for key in set(raw) & set(EXECUTOR_KEYS):
+        raise ConfigError(f"{where}: {key}: belongs to the executor now: executor: {{type: ..., {EXECUTOR_KEYS[key]}: "
+                          f"{raw[key]}}}")
     for key in JOB_FIELDS & set(raw):
-        setattr(job, key, coerce(raw[key], types[key], f"{where}: {key}"))
+        setattr(job, key, executor_spec(raw[key], f"{where}: executor") if key == "executor" else
+                coerce(raw[key], types[key], f"{where}: {key}"))
 
     if job.meta not in META_CHOICES:
         raise ConfigError(f"{where}: meta: {job.meta!r}; choose one of {', '.join(META_CHOICES)}")
-    if job.executor not in ("local", "ray"):
-        raise ConfigError(f"{where}: executor: {job.executor!r} must be local or ray")
-    check_resources(job.resources, f"{where}: resources")
-    if job.executor != "ray" and (job.resources or job.ray_address):
-        raise ConfigError(f"{where}: {'resources' if job.resources else 'ray_address'}: applies to executor: ray only")
     if job.meta_folds < 2:
         raise ConfigError(f"{where}: meta_folds: {job.meta_folds} must be >= 2")
     if job.meta_train_samples is not None and job.meta_train_samples < 2 * job.meta_folds:
@@ -223,8 +221,7 @@ def run_stack_job(job: StackJob) -> dict:
     configs = [base_config(job, base) for base in job.bases]
     for base, cfg in zip(job.bases, configs):  # every base's model and stages, before any base trains
         check_base(base, cfg)
-    if job.executor == "ray":  # the bases' runs side by side, then each k-fold base's out-of-fold files
-        from hfstage.executors import run_units
+    if fans_out(job.executor):  # the bases' runs side by side, then each k-fold base's out-of-fold files
         from hfstage.sweeps import join_units, leaf_units
 
         units, joins = [], []
@@ -233,7 +230,7 @@ def run_stack_job(job: StackJob) -> dict:
                 more, per_seed = leaf_units(cfg, base.recipe, prefix=base.name)
                 units += more
                 joins += [one for one in per_seed if one.folds]
-        run_units(units, job.ray_address, job.resources)
+        build_executor(job.executor).run(units)
         join_units(joins)
     else:
         for i, (base, cfg) in enumerate(zip(job.bases, configs), 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hfstage.config import RunConfig
+from hfstage.executors import build_executor, fans_out
 from hfstage.losses import describe
 from hfstage.models import build_model
 from hfstage.preflight import check_stages
@@ -72,7 +73,6 @@ def plan(cfg: RunConfig) -> str:
     if cfg.folds:
         which = f"fold {cfg.fold} only" if cfg.fold is not None else "then oof.npy and cv.json"
         lines.append(f"{cfg.folds} stratified folds, each a run in {cfg.output_dir}/fold_<k> ({which})")
-    if cfg.executor == "ray":
-        ask = ", ".join(f"{k} {v:g}" for k, v in {"num_cpus": 1.0, **cfg.resources}.items())
-        lines.append(f"executor ray: each seed/fold a Ray task ({ask}) on {cfg.ray_address or 'a local Ray'}")
+    if fans_out(cfg.executor):
+        lines.append(build_executor(cfg.executor).describe())
     return "\n".join(lines)

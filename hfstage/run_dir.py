@@ -58,7 +58,8 @@ CV_JSON = "cv.json"
 STAGE_FILES = ("config.json", "model.safetensors", "stage.json")
 STAGE_DIR_RE = re.compile(r"^stage_(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)$")
 # Fields that may differ on resume: how a run is logged, where it lives, and quick_test, whose
-# effects are already written into the stages and the data fields that are compared.
+# effects are already written into the stages and the data fields that are compared (and where it trains:
+# the executor, and its keys in runs saved before it was a mapping).
 COSMETIC_FIELDS = ("report_to", "project", "license", "logging_steps", "output_dir", "quick_test", "quick_test_samples",
                    "push_to_hub", "hub_repo_id", "hub_private", "executor", "ray_address", "resources")
 

@@ -31,6 +31,7 @@ from hfstage.config import RunConfig
 from hfstage.curriculum import run
 from hfstage.devices import cpu_only, distributed_state
 from hfstage.errors import ConfigError
+from hfstage.executors import build_executor
 from hfstage.evaluation import predict
 from hfstage.folds import FoldSubset, fold_indices, labels_of, sample_ids
 from hfstage.reporting import format_number, format_table
@@ -41,16 +42,18 @@ from hfstage.tasks import TASKS
 
 def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> list:
     """One run per seed of ``cfg.seeds`` in ``<output_dir>/seed_<s>`` (or the single run when there are none);
-    each is a k-fold run when ``cfg.folds`` is set. Returns each run's RunRecord (k-fold: its CV summary)."""
+    each is a k-fold run when ``cfg.folds`` is set. The runs are units trained by ``cfg.executor``
+    (``hfstage.executors``) and then joined here. Returns each run's RunRecord (k-fold: its CV summary)."""
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
-    if cfg.executor == "ray":
-        return _fan_out(cfg, config_file, callbacks)
-    one_run = run_folds if cfg.folds else run
-    if not cfg.seeds:
-        return [one_run(cfg, config_file, callbacks)]
-    finals = [one_run(seed_config(cfg, seed), config_file, callbacks) for seed in cfg.seeds]
-    if distributed_state().is_main_process:
+    if cfg.fold is not None:  # one fold of a k-fold run (the folds spread over machines by hand)
+        return [run(fold_config(cfg, cfg.fold), config_file, callbacks)]
+    if not cfg.folds and not cfg.seeds:  # one run: nothing to fan out or join
+        return [run(cfg, config_file, callbacks)]
+    units, per_seed = leaf_units(cfg, config_file)
+    build_executor(cfg.executor).run(units, callbacks)
+    finals = join_units(per_seed)
+    if cfg.seeds and distributed_state().is_main_process:
         print(format_seed_table(cfg, finals), flush=True)
     return finals
 
@@ -84,25 +87,11 @@ def join_units(per_seed: list[RunConfig]) -> list:
     for one in per_seed:
         if one.folds:
             summary = write_out_of_fold(one)
-            print(format_cv(summary), flush=True)
+            if distributed_state().is_main_process:
+                print(format_cv(summary), flush=True)
             finals.append(summary)
         else:
             finals.append(RunDir(one.output_dir).read())
-    return finals
-
-
-def _fan_out(cfg: RunConfig, config_file: str | None, callbacks: Sequence[StageCallback]) -> list:
-    """The seeds and folds of ``cfg`` trained by its executor (``hfstage.executors``), then joined here."""
-    from hfstage.executors import run_units
-
-    if callbacks:
-        raise ConfigError(f"executor: {cfg.executor}: stage callbacks live in this process and cannot follow units "
-                          "trained elsewhere; use executor: local with callbacks")
-    units, per_seed = leaf_units(cfg, config_file)
-    run_units(units, cfg.ray_address, cfg.resources)
-    finals = join_units(per_seed)
-    if cfg.seeds:
-        print(format_seed_table(cfg, finals), flush=True)
     return finals
 
 
@@ -136,18 +125,6 @@ def fold_config(cfg: RunConfig, k: int) -> RunConfig:
     return dataclasses.replace(cfg, fold=k, output_dir=str(out),
                                hub_repo_id=f"{cfg.hub_repo_id}-fold-{k}" if cfg.hub_repo_id else None,
                                stages=[dataclasses.replace(s) for s in cfg.stages])
-
-
-def run_folds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> dict | RunRecord:
-    """Every fold (or the one ``cfg.fold`` names), then, when all are done, the out-of-fold files."""
-    ks = [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
-    finals = [run(fold_config(cfg, k), config_file, callbacks) for k in ks]
-    if cfg.fold is not None:
-        return finals[0]
-    summary = write_out_of_fold(cfg)
-    if distributed_state().is_main_process:
-        print(format_cv(summary), flush=True)
-    return summary
 
 
 def write_out_of_fold(cfg: RunConfig) -> dict:

@@ -364,8 +364,6 @@ TINY_TIMM = {"type": "timm", "backbone": "test_efficientnet", "image_size": 32}
 def _image_cells():
     cells = []
     for i, rep in enumerate(FIELD_KINDS["image"].accepts):
-        if rep == "uint8 array H x W x C":
-            continue  # grey images: H x W x 1 is covered by the pair matrix; colour below
         source = "csv" if rep == "path" else ("jsonl" if rep == "nested list" else PAIR_SOURCES[i % 2])
         cells.append(("image", rep, source))
     cells += [("label", rep, src) for rep, src in zip(FIELD_KINDS["class_label"].accepts,
