@@ -299,7 +299,21 @@ def test_rgb_pairs_of_another_size_train_from_png_paths_in_csv_and_from_image_co
         saved = json.loads((tmp_path / source / "stage_1_only" / "config.json").read_text())
         assert saved["in_channels"] == 3 and saved["image_size"] == [24, 20]
     assert results[0] == results[1] == results[2]
-    assert main(["evaluate", str(tmp_path / "csv"), "--split", "test"]) == 0
+    assert main(["evaluate", str(tmp_path / "csv"), "--split", "test", "--save-predictions"]) == 0
+    # the stage's pipeline takes colour images of any size and gives what evaluation gave for the same pair
+    from PIL import Image
+    from transformers import pipeline
+
+    import hfstage  # noqa: F401  (registers the pipeline)
+
+    classify = pipeline("pair-classification", model=str(tmp_path / "csv" / "stage_1_only"))
+    a, b = (Image.fromarray(ref["test"][k][0].transpose(1, 2, 0)) for k in ("image_a", "image_b"))
+    out = classify({"image_a": a, "image_b": b.resize((40, 48))})  # another size: resized as in training
+    assert out["label"] in ("same", "different") and 0.5 <= out["score"] <= 1
+    got = classify({"image_a": a, "image_b": b})
+    first = (tmp_path / "csv" / "stage_1_only" / "eval" / "test_predictions.csv").read_text().splitlines()[1].split(",")
+    same = float(first[3]) if first[2] == "1" else 1 - float(first[3])  # the probability of "same"
+    assert (got["score"] if got["label"] == "same" else 1 - got["score"]) == pytest.approx(same, abs=1e-5)
 
 
 # --- sequences --------------------------------------------------------------------------------------------------
