@@ -14,77 +14,31 @@ business (``run_dir.py``); this module only runs the stages.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import logging
-import math
-import shutil
 import signal
 import socket
 import threading
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from transformers import EarlyStoppingCallback, set_seed
+from transformers import set_seed
 
-from hfstage.callbacks import StageCallback, TrainingLogCallback
+from hfstage.callbacks import StageCallback
 from hfstage.checkpoint import RunLock
-from hfstage.config import RunConfig, StageConfig, init_stage_index
+from hfstage.config import RunConfig
 from hfstage.curves import draw_curves
 from hfstage.devices import ddp_timeout, distributed_state
-from hfstage.errors import (
-    CheckpointError,
-    ConfigError,
-    HfstageError,
-    Interrupted,
-    PeerLost,
-    StageError,
-    first_line,
-)
-from hfstage.folds import JoinedSplits, fold_splits
+from hfstage.errors import CheckpointError, ConfigError, HfstageError, Interrupted, PeerLost, StageError, first_line
+from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
-from hfstage.adapt import fit_target_match, target_images
-from hfstage.cards import stage_card
-from hfstage.models import build_model, save_stage_model
-from hfstage.models.base import is_native
+from hfstage.models import build_model
 from hfstage.preflight import check_stages
-from hfstage.pseudo import add_pseudo_labels
-from hfstage.resolve import load_stage_model, resolve_checkpoint
-from hfstage.run_dir import (
-    CURVES_PNG,
-    RunDir,
-    RunRecord,
-    StageRecord,
-    decide_kept,
-    format_stage_table,
-    last_complete_checkpoint,
-    latest_kept,
-    stage_dirname,
-)
-from hfstage.surgery import freeze, keep_batchnorm_statistics, set_dropout, with_encoder_lr
+from hfstage.run_dir import CURVES_PNG, RunDir, RunRecord, StageRecord, format_stage_table, stage_dirname
+from hfstage.stage import train_stage
 from hfstage.tasks import TASKS, Splits
-from hfstage.tracking import TRAINER_SUMMARY_KEYS, CurriculumTracking
-from hfstage.trainer import StageTrainer, StageTrainingArguments
+from hfstage.tracking import CurriculumTracking
 
 logger = logging.getLogger("hfstage")
-
-
-def _resolve_auto(stage: StageConfig, task, train_set, where: str) -> tuple[StageConfig, dict]:
-    """The stage as it trains, with ``auto`` values worked out from the training split (``loss.pos_weight: auto``:
-    the ratio of correct to mispronounced phonemes); and those values, for stage.json."""
-    if stage.loss.get("pos_weight") != "auto":
-        return stage, {}
-    rate = task.error_rate(train_set)
-    if rate is None:
-        raise ConfigError(f"{where}.loss.pos_weight: auto needs a task with per-phoneme error labels (speech)")
-    if not 0 < rate < 1:
-        raise ConfigError(f"{where}.loss.pos_weight: auto needs correct and mispronounced phonemes in the training "
-                          f"split (its error rate is {rate:g}); give a number")
-    value = round((1 - rate) / rate, 4)
-    logger.info("stage '%s': loss.pos_weight auto = %g (training error rate %.4f)", stage.name, value, rate)
-    return dataclasses.replace(stage, loss={**stage.loss, "pos_weight": value}), {"loss.pos_weight": value}
 
 
 def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = (),
@@ -288,198 +242,9 @@ def _run_stages(cfg, config_file, callbacks, state, task, splits, records: list[
     return final
 
 
-def _best_checkpoint_metrics(trainer) -> dict | None:
-    """The evaluation logged for the checkpoint the Trainer restored at the end of training.
-
-    That checkpoint was saved right after this evaluation, so evaluating it again would only repeat
-    the same numbers at the cost of a pass over the validation set.
-    """
-    best = trainer.state.best_model_checkpoint
-    if not best:
-        return None
-    step = int(Path(best).name.rsplit("-", 1)[-1])
-    for entry in trainer.state.log_history:
-        if entry.get("step") == step and "eval_loss" in entry:
-            return {k: v for k, v in entry.items() if k.startswith("eval_")}
-    return None
-
-
 def split_sha256(cfg: RunConfig, task, splits, name: str) -> str:
     """SHA-256 of the run's ``train`` or ``eval`` split: what a stage trained on, so stacking can refuse leaks."""
     given = getattr(splits, f"{name}_sha256")
     if given:
         return given
     return task.data_fingerprint(cfg.data, f"{name}_file")
-
-
-def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, records: list[StageRecord],
-                folder: RunDir, callbacks: Sequence[StageCallback], state, train_sha256: str,
-                tracking: CurriculumTracking | None = None) -> StageRecord:
-    """Train one stage and publish its folder; returns its stage.json record."""
-    label = stage_dirname(index, stage.name)
-    where = f"stages.{index} ({stage.name})"
-    for cb in callbacks:
-        if hasattr(cb, "on_stage_begin"):  # plain TrainerCallbacks are welcome too
-            cb.on_stage_begin(stage_index=index, stage=stage, run_config=cfg)
-
-    chosen = init_stage_index(cfg.stages, stage)
-    start = records[chosen - 1] if chosen else latest_kept(records)
-    if start is None:
-        set_seed(cfg.seed)
-        model = build_model(cfg.model, load_weights=True, **task.model_args(splits))
-        started_from = None
-    else:
-        started_from = start.dir
-        model = load_stage_model(folder.stage_path(start))
-    train_set, pseudo = splits.train, None
-    if stage.group_by_length and not task.has_lengths:
-        raise ConfigError(f"{where}.group_by_length: the {cfg.task} data has no per-sample lengths to group by "
-                          "(speech clips and sequences do)")
-    if stage.pseudo_labels:  # labelled by the model this stage starts from, before it changes
-        train_set, pseudo = add_pseudo_labels(cfg, task, stage, model, splits.train)
-    if stage.train_on_eval:  # a refit on all labelled data: its eval metrics are in-sample from here on
-        train_set = JoinedSplits(train_set, splits.eval)
-    adapted, target_match, adapt_set = {}, {}, None  # domain adaptation (hfstage.adapt)
-    if stage.augmentation.get("match_target"):
-        target_match["target_match"], adapted["match_target"] = fit_target_match(cfg, task, stage, splits.train)
-    if stage.kind == "adabn":
-        adapt_set = target_images(cfg, task)
-    trained, resolved = _resolve_auto(stage, task, train_set, where)
-    set_dropout(model, stage.dropout)
-    frozen = freeze(model, stage.freeze_patterns, where)
-    if stage.freeze_batchnorm:
-        keep_batchnorm_statistics(model)
-    total = sum(p.numel() for p in model.parameters())
-
-    work = folder.work_dir(label, stage, main=state.is_main_process)
-    state.wait_for_everyone()
-    args = StageTrainingArguments.for_stage(cfg, with_encoder_lr(trained, model, where), index, work,
-                                            task.label_names)
-    stage_callbacks = [TrainingLogCallback(label), *callbacks]
-    if stage.early_stopping_patience:
-        stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience))
-    if tracking is not None:  # one timeline: this stage's steps follow the earlier stages'
-        tracking.begin_stage(index, stage, sum(r.global_steps or 0 for r in records))
-        stage_callbacks.append(tracking)
-    teacher = resolve_checkpoint(stage.teacher["checkpoint"]).load_model() if stage.teacher else None
-    try:
-        trainer = StageTrainer(
-            model=model,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=splits.eval,
-            data_collator=task.collator(stage, training=True, model_config=model.config, **target_match),
-            eval_data_collator=task.collator(stage, training=False, model_config=model.config),
-            compute_metrics=task.compute_metrics,
-            callbacks=stage_callbacks,
-            adapt_dataset=adapt_set,
-            eval_in_training=stage.train_on_eval,
-        )
-    except (ValueError, TypeError, ImportError) as exc:  # e.g. a training_args value only the accelerator judges
-        passed = f" (training_args: {', '.join(stage.training_args)})" if stage.training_args else ""
-        raise StageError(f"stage {index} '{stage.name}': the Trainer refused this stage's arguments{passed}: "
-                         f"{first_line(exc)}") from None
-    resume = last_complete_checkpoint(work)
-    if getattr(model, "fits_without_gradients", False):
-        logger.info("stage %d/%d '%s': %s fitted in one pass on the training split%s", index, len(cfg.stages),
-                    stage.name, model.config.estimator, " and the eval split" if stage.train_on_eval else "")
-    elif adapt_set is not None:
-        logger.info("stage %d/%d '%s': BatchNorm statistics re-estimated on %d images of %s (no gradient steps), "
-                    "from %s", index, len(cfg.stages), stage.name, len(adapt_set), cfg.data.unlabeled_file,
-                    started_from or "random init")
-    else:
-        logger.info(
-            "stage %d/%d '%s': %s epochs, lr %g, loss %s, %d of %d parameters frozen, from %s%s%s",
-            index, len(cfg.stages), stage.name, stage.epochs, stage.lr, stage.loss["type"], frozen, total,
-            started_from or "random init", f", resuming {resume}" if resume else "",
-            f", on train + eval ({len(train_set)} samples; eval metrics in-sample)" if stage.train_on_eval else "",
-        )
-    began = time.time()
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    except OSError as exc:  # a checkpoint could not be written (disk full, read-only folder)
-        raise StageError(f"stage {index} '{stage.name}': could not write its checkpoint under {work} "
-                         f"({exc.strerror or exc}); earlier stages are intact: free space or fix the folder's "
-                         "permissions, then rerun the same command to resume") from None
-    training_time = time.time() - began
-    metrics = _best_checkpoint_metrics(trainer) or trainer.evaluate()
-    decision = task.tuned_decision(metrics)  # speech: the error flags' threshold, chosen on the eval split (best F1)
-    if decision:
-        if stage.train_on_eval and start is not None:  # eval is in-sample now: keep the threshold chosen held out
-            saved = trainer.accelerator.unwrap_model(trainer.model).config
-            decision = {key: getattr(saved, key, value) for key, value in decision.items()}
-        trainer.compute_metrics = functools.partial(task.compute_metrics, **decision)  # the test split uses it
-        trainer.accelerator.unwrap_model(trainer.model).config.update(decision)  # and so do evaluate and the pipeline
-        resolved.update(decision)
-    test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if splits.test is not None else {}
-    for key, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise StageError(f"stage {index} '{stage.name}': {key} is {value}; the stage's files were not written")
-    kept, gain = decide_kept(cfg, records, metrics)
-    record = StageRecord(
-        stage_index=index,
-        stage_name=stage.name,
-        stage_description=stage.description,
-        task=cfg.task,
-        data=dataclasses.asdict(cfg.data),
-        train_data_sha256=train_sha256,
-        stage_config=dataclasses.asdict(stage),
-        metrics={k: v for k, v in metrics.items() if k.startswith("eval_")},
-        test_metrics={k: v for k, v in test_metrics.items() if k.startswith("test_")},
-        training_time_s=round(training_time, 3),
-        train_samples_per_second=(None if adapt_set is not None
-                                  else round(len(train_set) * stage.epochs / max(training_time, 1e-9), 1)),
-        global_steps=trainer.state.global_step,
-        kept=kept,
-        improvement=gain,
-        improvement_threshold=cfg.improvement_threshold,
-        started_from=started_from,
-        pseudo_labels=pseudo,
-        skipped_steps=trainer.skipped_steps if stage.on_nonfinite == "skip" else None,
-        frozen_parameters=frozen,
-        total_parameters=total,
-        world_size=state.num_processes,
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        log_history=[e for e in trainer.state.log_history
-                     if "step" in e and not any(k in e for k in TRAINER_SUMMARY_KEYS)],
-    )
-    if resolved:  # values decided while the stage ran: pos_weight: auto, the error threshold
-        record.extra["resolved"] = resolved
-    if adapt_set is not None:
-        adapted["adabn"] = trainer.adapted
-    if stage.train_on_eval:  # stacking refuses this stage's predictions of the eval split
-        record.extra["trained_on_eval"] = {"eval_data_sha256": split_sha256(cfg, task, splits, "eval"),
-                                           "train_samples": len(train_set)}
-    record.extra.update(adapted)
-    if state.is_main_process:
-        def fill(staged: Path) -> None:
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            save_stage_model(model, staged)
-            task.save_with_model(staged, model.config)  # what a pipeline needs beside the model
-            card = stage_card(staged, record, records, cfg.to_dict(), folder.path, native=is_native(staged))
-            (staged / "README.md").write_text(card, encoding="utf-8")
-
-        try:
-            folder.publish_stage(record, fill)
-        except OSError as exc:  # disk full, read-only or vanished folder: the half-written stage never counts
-            raise StageError(f"stage {index} '{stage.name}': could not save {folder.stage_path(label)} "
-                             f"({exc.strerror or exc}); earlier stages are intact and its checkpoint is kept: free "
-                             "space or fix the folder's permissions, then rerun the same command to resume") from None
-        shutil.rmtree(work, ignore_errors=True)
-    state.wait_for_everyone()
-    key = cfg.metric_for_best_model
-    if kept:
-        logger.info("stage %d '%s' kept: %s = %.5g", index, stage.name, key, metrics[key])
-    else:
-        logger.warning(
-            "stage %d '%s' NOT KEPT: %s = %.5g improves the best kept stage by %.5g < improvement_threshold %g; "
-            "the next stage starts from %s", index, stage.name, key, metrics[key], gain, cfg.improvement_threshold,
-            latest_kept(records).dir,
-        )
-    if tracking is not None:
-        tracking.end_stage(record)
-    for cb in callbacks:
-        if hasattr(cb, "on_stage_end"):
-            cb.on_stage_end(stage_index=index, stage=stage, run_config=cfg, record=record)
-    return record

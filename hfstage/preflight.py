@@ -25,6 +25,9 @@ def check_stages(cfg: RunConfig, task, model) -> None:
         where = f"stages.{index} ({stage.name})"
         task.check_stage(stage, where)
         task.check_stage_model(stage, model, where)
+        if stage.group_by_length and not task.has_lengths:
+            raise ConfigError(f"{where}.group_by_length: the {cfg.task} data has no per-sample lengths to group by "
+                              "(speech clips and sequences do)")
         with_encoder_lr(stage, model, where)
         check_pseudo_labels(cfg, task, stage, where)
         check_domain_adaptation(cfg, task, stage, where)

@@ -36,7 +36,7 @@ from hfstage.evaluation import predict
 from hfstage.folds import FoldSubset, fold_indices, labels_of, sample_ids
 from hfstage.reporting import format_number, format_table
 from hfstage.resolve import resolve_checkpoint
-from hfstage.run_dir import CV_JSON, RunDir, RunRecord
+from hfstage.run_dir import CV_JSON, RunDir
 from hfstage.tasks import TASKS
 
 

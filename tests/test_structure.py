@@ -107,3 +107,16 @@ def test_every_task_is_a_task_with_declared_fields_of_known_kinds():
         task = TASKS.get(name)
         assert issubclass(task, Task) and task.name == name and task.card is not None
         assert task.fields and all(f.kind in FIELD_KINDS for f in task.fields)
+
+
+def test_train_stage_is_an_event_loop_and_the_curriculum_runner_stays_small():
+    """Stage features live in their steps (hfstage/steps/), not as lines of train_stage (issue #33)."""
+    tree = ast.parse((PACKAGE / "stage.py").read_text(encoding="utf-8"))
+    [train_stage] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train_stage"]
+    assert train_stage.end_lineno - train_stage.lineno + 1 <= 80
+    assert len((PACKAGE / "curriculum.py").read_text(encoding="utf-8").splitlines()) <= 400
+    stage_fields = {"pseudo_labels", "train_on_eval", "early_stopping_patience", "teacher", "freeze_batchnorm",
+                    "dropout", "freeze_patterns"}
+    read = {n.attr for n in ast.walk(train_stage) if isinstance(n, ast.Attribute) and
+            isinstance(n.value, ast.Name) and n.value.id == "stage"}
+    assert not read & stage_fields  # the steps read them

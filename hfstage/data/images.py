@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation, class_order
-from hfstage.data.arrow import scalar_column
 from hfstage.data.sources import column_of
 from hfstage.errors import ConfigError, DataError
 from hfstage.registry import Registry

@@ -10,7 +10,6 @@ returns when all are done, or raises one ``StageError`` naming each unit that fa
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
