@@ -85,3 +85,11 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"hfstage {__version__}"
+
+
+def test_the_extending_page_shows_the_package_the_suite_installs():
+    """docs/extending.md quotes tests/fixtures/hfstage_tabular, which tests/test_plugins.py trains as a plug-in."""
+    page = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    fixture = ROOT / "tests" / "fixtures" / "hfstage_tabular"
+    for path in ("pyproject.toml", "hfstage_tabular/task.py", "hfstage_tabular/model.py"):
+        assert (fixture / path).read_text(encoding="utf-8").rstrip() in page, f"docs/extending.md: {path} differs"

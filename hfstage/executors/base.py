@@ -17,7 +17,7 @@ from hfstage.arguments import check_arguments, defaults_of
 from hfstage.errors import ConfigError
 from hfstage.registry import Registry
 
-EXECUTORS: Registry = Registry("executor")
+EXECUTORS: Registry = Registry("executor", "hfstage.executors")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from hfstage.arguments import accepted_arguments, check_arguments, defaults_of
 from hfstage.errors import ConfigError
 from hfstage.registry import Registry
 
-LOSSES: Registry = Registry("loss")
+LOSSES: Registry = Registry("loss", "hfstage.losses")
 
 
 def logits_of(outputs) -> torch.Tensor:

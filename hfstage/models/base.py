@@ -6,7 +6,7 @@ from hfstage.arguments import check_arguments
 from hfstage.errors import ConfigError
 from hfstage.registry import Registry
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model", "hfstage.models")
 
 
 def build_model(model_cfg: dict, where: str = "model", load_weights: bool = False, **task_args):
@@ -65,6 +65,8 @@ def load_saved_model(folder):
         return MODELS.get("timm").from_native(folder, saved)
     from transformers import AutoModel
 
+    MODELS.load_plugins()  # a plug-in's model registers its Auto classes when it loads
+
     return AutoModel.from_pretrained(folder)
 
 
@@ -74,5 +76,7 @@ def load_saved_config(folder):
     if saved is not None:
         return MODELS.get("timm").native_config(saved)
     from transformers import AutoConfig
+
+    MODELS.load_plugins()
 
     return AutoConfig.from_pretrained(folder)

@@ -21,7 +21,7 @@ from typing import Any
 
 from hfstage.registry import Registry
 
-STEPS: Registry = Registry("stage step")
+STEPS: Registry = Registry("stage step", "hfstage.steps")
 
 
 @dataclass

@@ -160,7 +160,7 @@ def as_split_ref(split, field: str):
     return split if isinstance(split, SplitRef) else SplitRef(str(Path(split).parent), Path(split).name, field)
 
 
-TASKS: Registry = Registry("task")
+TASKS: Registry = Registry("task", "hfstage.tasks")
 
 
 def load_run_splits(task, data, fields=("train_file", "eval_file", "test_file"), given: dict | None = None) -> dict:
