@@ -756,3 +756,20 @@ def test_a_split_of_another_size_is_resized_to_the_training_size_with_a_warning(
     with caplog.at_level("WARNING", logger="hfstage"):
         _train(tmp_path, "run", recipe)
     assert "val.npz: images of 36x36 are resized to 28x28 (the model's image size" in caplog.text
+
+
+def test_decoders_read_the_text_forms_csv_exports_write_and_a_classlabel_by_its_names():
+    import datasets
+
+    from hfstage.data.fields import binary_labels, phoneme_labels, phonemes
+
+    assert phonemes("['k', 'ae', 't']", "w", "canonical", "c") == ["k", "ae", "t"] == phonemes("k ae t", "w", "c", "c")
+    for text in ("[0, 1, 0]", "0 1 0", "0,1,0", "010"):
+        assert phoneme_labels(text, "w", "labels", "l") == [0, 1, 0]
+    # a ClassLabel whose names put the match first: the names decide, not the class ids
+    first = datasets.Dataset.from_dict({"y": [0, 1, 1]}, features=datasets.Features(
+        {"y": datasets.ClassLabel(names=["same", "different"])}))
+    plain = datasets.Dataset.from_dict({"y": [0, 1, 1]}, features=datasets.Features(
+        {"y": datasets.ClassLabel(names=["cat", "dog"])}))
+    assert binary_labels(first, "label", "y", "w").tolist() == [1, 0, 0]
+    assert binary_labels(plain, "label", "y", "w").tolist() == [0, 1, 1]

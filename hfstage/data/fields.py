@@ -43,9 +43,12 @@ FIELD_KINDS: dict[str, FieldKind] = {k.name: k for k in (
     FieldKind("lengths", ("int",), "valid frames per row (1..T); the rest is padding"),
     FieldKind("class_label", ("ClassLabel", "int", "string"), "class ids, or names (ordered as the training split's)"),
     FieldKind("binary_label", ("ClassLabel", "int", "bool", "string"),
-              "0/1; strings 0/1, true/false, yes/no, same/different"),
-    FieldKind("phonemes", ("list of strings", "space-separated string"), "phoneme symbols"),
-    FieldKind("phoneme_labels", ("list of 0/1", "string of 0/1"), "one 0/1 per canonical phoneme (1 = wrong)"),
+              "0/1; strings 0/1, true/false, yes/no, same/different; a ClassLabel's names decide when they say "
+              "which class is the match"),
+    FieldKind("phonemes", ("list of strings", "space-separated string"),
+              "phoneme symbols (a list written as text, as pandas writes it to CSV, is read as a list)"),
+    FieldKind("phoneme_labels", ("list of 0/1", "string of 0/1"),
+              "one 0/1 per canonical phoneme (1 = wrong): 0 1 0, 0,1,0, 010 or [0, 1, 0]"),
 )}
 
 _TRUE, _FALSE = {"1", "true", "yes", "same", "match", "positive"}, {"0", "false", "no", "different", "mismatch", "negative"}
@@ -97,11 +100,16 @@ def label_values(dataset, column: str) -> tuple[list, list[str] | None]:
 
 
 def binary_labels(dataset, field: str, column: str, where: str) -> np.ndarray:
-    """0/1 per row from a ``ClassLabel`` (two classes), ints, bools, floats 0.0/1.0 or strings."""
+    """0/1 per row from a ``ClassLabel`` (two classes; when both names say which is which, e.g. ``["same",
+    "different"]``, the names decide, else the class ids), ints, bools, floats 0.0/1.0 or strings."""
     values, names = label_values(dataset, column)
     if names is not None and len(names) > 2:
         raise DataError(f"{where}: field {field!r} (column {column!r}) is a ClassLabel of {len(names)} classes "
                         f"({', '.join(names)}); a binary label has two")
+    if names is not None and len(names) == 2:
+        meaning = [str(n).strip().lower() for n in names]
+        if meaning[0] in _TRUE and meaning[1] in _FALSE:  # the positive class first: its id is 0
+            return (values == 0).astype(np.int64)
     if values.dtype == bool:
         return values.astype(np.int64)
     if values.dtype.kind in "OUS":
@@ -146,17 +154,34 @@ def class_labels(dataset, field: str, column: str, where: str, classes: list[str
 
 # --- phonemes ---------------------------------------------------------------------------------------------------
 
+def _listed(text: str):
+    """A list written as text (``"[0, 1, 0]"``, ``"['k', 'ae']"``, as pandas writes lists to CSV), or None."""
+    import ast
+
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, list) else None
+
+
 def phonemes(value, where: str, field: str, column: str) -> list[str]:
-    """A list of phoneme strings, or one space-separated string of them."""
+    """A list of phoneme strings, or one space-separated string of them (or a list written as text)."""
     if isinstance(value, str):
-        return value.split()
+        listed = _listed(value)
+        return value.split() if listed is None else phonemes(listed, where, field, column)
     if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
         return [p for p in value if p.strip()]
     raise DataError(f"{where}: field {field!r} (column {column!r}) holds {value!r}; it accepts {accepted('phonemes')}")
 
 
 def phoneme_labels(value, where: str, field: str, column: str) -> list[int]:
-    """One 0/1 per phoneme: a list (ints, bools), or a string of them ("0 1 0", "0,1,0" or "010")."""
+    """One 0/1 per phoneme: a list (ints, bools), or a string of them ("0 1 0", "0,1,0", "010" or "[0, 1, 0]")."""
+    if isinstance(value, str) and _listed(value) is not None:
+        value = _listed(value)
     if isinstance(value, str):
         text = value.replace(",", " ").split()
         value = list(text[0]) if len(text) == 1 and len(text[0]) > 1 else text
