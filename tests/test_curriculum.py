@@ -18,10 +18,10 @@ from transformers import AutoModel, TrainerCallback
 
 import hfstage  # noqa: F401  (registers the Auto classes)
 from hfstage.cli import main
-from hfstage.config import build_run_config, load_config
+from hfstage.config import load_config
 from hfstage.curriculum import run
-from hfstage.run_dir import StageRecord, best_kept, decide_kept, latest_kept
-from hfstage.errors import ConfigError, StageError
+from hfstage.run_dir import StageRecord, best_kept
+from hfstage.errors import StageError
 
 STAGE_KEYS = {"stage_index", "stage_name", "stage_description", "stage_config", "metrics", "training_time_s", "kept",
               "started_from"}
@@ -29,62 +29,6 @@ STAGE_KEYS = {"stage_index", "stage_name", "stage_description", "stage_config", 
 
 def read(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-# ------------------------------------------------------------------------------------------------
-# keep / skip decisions on crafted metrics
-
-def cfg_with(threshold: float, metric: str = "eval_loss"):
-    return build_run_config({"improvement_threshold": threshold, "metric_for_best_model": metric,
-                             "stages": [{"name": "a"}]})
-
-
-def rec(i, value, kept=True, key="eval_loss"):
-    return StageRecord(stage_index=i, stage_name=f"s{i}", kept=kept, metrics={key: value})
-
-
-def test_first_stage_is_always_kept():
-    assert decide_kept(cfg_with(0.5), [], {"eval_loss": 9.0}) == (True, None)
-
-
-def test_loss_must_improve_by_threshold():
-    cfg = cfg_with(0.01)
-    records = [rec(1, 0.50)]
-    kept, gain = decide_kept(cfg, records, {"eval_loss": 0.495})
-    assert not kept and gain == pytest.approx(0.005)
-    kept, gain = decide_kept(cfg, records, {"eval_loss": 0.48})
-    assert kept and gain == pytest.approx(0.02)
-
-
-def test_negative_threshold_keeps_a_worse_stage():
-    kept, gain = decide_kept(cfg_with(-1), [rec(1, 0.5)], {"eval_loss": 0.9})
-    assert kept and gain == pytest.approx(-0.4)
-
-
-def test_accuracy_is_greater_is_better():
-    cfg = cfg_with(0.0, "eval_accuracy")
-    records = [rec(1, 0.90, key="eval_accuracy")]
-    assert decide_kept(cfg, records, {"eval_accuracy": 0.91})[0]
-    assert not decide_kept(cfg, records, {"eval_accuracy": 0.89})[0]
-
-
-def test_best_kept_ignores_stages_not_kept():
-    cfg = cfg_with(0.0)
-    records = [rec(1, 0.5), rec(2, 0.1, kept=False), rec(3, 0.4)]
-    assert best_kept(cfg, records).stage_index == 3
-    # the reference for the next stage is the best KEPT stage (0.4), not the skipped 0.1
-    assert decide_kept(cfg, records, {"eval_loss": 0.3})[0]
-
-
-def test_next_stage_starts_from_the_latest_kept_stage():
-    records = [rec(1, 0.5), rec(2, 0.6), rec(3, 0.1, kept=False)]
-    assert latest_kept(records).stage_index == 2  # kept (threshold < 0) though worse than stage 1
-    assert best_kept(cfg_with(-1), records).stage_index == 1  # ... while the run's best stage is 1
-
-
-def test_unknown_tracked_metric_is_a_config_error():
-    with pytest.raises(ConfigError, match="eval_auc"):
-        decide_kept(cfg_with(0.0, "eval_auc"), [], {"eval_loss": 1.0})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,23 +340,6 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(recipe, tmp_path, capsys):
     assert read(out / "run.json")["status"] == "finished"
 
 
-def test_seeds_train_one_run_per_seed(recipe, tmp_path, capsys):
-    path = recipe(stages=[{"name": "only", "epochs": 1}], seeds=[3, 4])
-    assert main(["plan", "--config", str(path)]) == 0
-    plan = capsys.readouterr().out
-    assert "seeds [3, 4]" in plan and "one run per seed" in plan
-    assert main(["train", "--config", str(path)]) == 0
-    out = capsys.readouterr().out
-    runs = [read(tmp_path / "run" / f"seed_{s}" / "run.json") for s in (3, 4)]
-    assert [r["config"]["seed"] for r in runs] == [3, 4] and all(r["status"] == "finished" for r in runs)
-    w3 = load_file(tmp_path / "run/seed_3/stage_1_only/model.safetensors")
-    w4 = load_file(tmp_path / "run/seed_4/stage_1_only/model.safetensors")
-    assert not torch.equal(w3["head.0.weight"], w4["head.0.weight"])  # really different seeds
-    assert "mean +- std" in out and out.count("stage_1_only") >= 2
-    assert main(["train", "--config", str(path), "seeds=[5, 5]"]) == 2
-    assert "repeats a seed" in capsys.readouterr().err
-
-
 def test_distillation_stage_learns_from_a_teacher_run(recipe, finished_run, pair_data, tmp_path, capsys):
     path = recipe(stages=[{"name": "baseline", "epochs": 1},
                           {"name": "distil", "epochs": 1, "teacher": {"checkpoint": str(finished_run), "alpha": 0.7}}])
@@ -425,14 +352,3 @@ def test_distillation_stage_learns_from_a_teacher_run(recipe, finished_run, pair
     assert main(["train", "--config", str(bad)]) == 2
     assert "stages.1 (distil).teacher:" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
-
-
-def test_teacher_of_another_task_is_refused_clearly(recipe, tmp_path, sequence_data, capsys):
-    seq_out = tmp_path / "seq"
-    assert main(["train", "--config", str(Path(__file__).resolve().parents[1] / "configs/sign_5stage.yaml"),
-                 "quick_test=true", f"data.path={sequence_data}", f"output_dir={seq_out}", "report_to=[none]",
-                 "stages.2.epochs=1"]) == 0
-    capsys.readouterr()
-    path = recipe(stages=[{"name": "distil", "epochs": 1, "teacher": str(seq_out)}])
-    assert main(["train", "--config", str(path)]) == 2
-    assert "solves sequence_classification, this run pair_classification" in capsys.readouterr().err

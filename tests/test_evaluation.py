@@ -15,8 +15,7 @@ import pytest
 from conftest import CPU_LAUNCH_ENV
 
 from hfstage.cli import main
-from hfstage.errors import CheckpointError, HubError
-from hfstage.evaluation import evaluate_checkpoint, resolve_checkpoint
+from hfstage.evaluation import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,14 +51,6 @@ def test_evaluate_reproduces_the_recorded_metrics_and_writes_reports(run_copy, p
     assert (stage / "eval/val_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_run_folder_means_its_best_stage(run_copy):
-    best = json.loads((run_copy / "run.json").read_text())["best_stage_dir"]
-    assert resolve_checkpoint(run_copy).stage_dir == run_copy / best
-    result = evaluate_checkpoint(run_copy)  # default split: test
-    record = json.loads((run_copy / best / "stage.json").read_text())
-    assert result["metrics"]["accuracy"] == pytest.approx(record["test_metrics"]["test_accuracy"])
-
-
 def test_a_stage_folder_moved_away_from_its_run_still_evaluates(run_copy, pair_data, tmp_path):
     alone = tmp_path / "alone"
     shutil.copytree(run_copy / "stage_1_baseline", alone)
@@ -75,19 +66,6 @@ def test_broken_checkpoints_are_refused(run_copy, capsys, break_it, message):
     break_it(run_copy)
     assert main(["evaluate", str(run_copy / "stage_1_baseline")]) == 2
     assert message in capsys.readouterr().err
-
-
-def test_missing_things(run_copy, capsys, monkeypatch):
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
-        resolve_checkpoint(run_copy / "stage_9_nope")
-    monkeypatch.setenv("HFSTAGE_HUB_RETRIES", "1")
-    monkeypatch.setenv("HFSTAGE_HUB_BACKOFF", "0.01")
-    # HF_ENDPOINT is the tests' local port: no server there yet (or one without that repository)
-    with pytest.raises(HubError, match="someone/model: (could not reach the Hub at http://127.0.0.1:\\d+ \\(ConnectError\\)$"
-                                       "|repository not found)"):
-        resolve_checkpoint("hf://someone/model")
-    assert main(["evaluate", str(run_copy), "--split", "holdout"]) == 2
-    assert "holdout.npz: file not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow
