@@ -57,13 +57,14 @@ class StageContext:
 
 
 class StageStep:
-    """A stage feature; ``applies`` chooses it from the stage's fields, the events act (all no-ops here)."""
+    """A stage feature; ``applies`` chooses it from the stage's fields (by default: the stage field ``field`` is
+    set), the events act (all no-ops here)."""
 
-    name: str = ""
+    field: str | None = None  # the StageConfig field that turns the step on
 
-    @staticmethod
-    def applies(stage) -> bool:
-        return False
+    @classmethod
+    def applies(cls, stage) -> bool:
+        return bool(getattr(stage, cls.field)) if cls.field else False
 
     def on_data(self, ctx: StageContext) -> None:
         """Decide what the stage trains on."""

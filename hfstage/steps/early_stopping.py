@@ -7,9 +7,7 @@ from hfstage.steps.base import STEPS, StageContext, StageStep
 
 @STEPS.register("early_stopping")
 class EarlyStopping(StageStep):
-    @staticmethod
-    def applies(stage) -> bool:
-        return bool(stage.early_stopping_patience)
+    field = "early_stopping_patience"
 
     def on_callbacks(self, ctx: StageContext) -> None:
         from transformers import EarlyStoppingCallback

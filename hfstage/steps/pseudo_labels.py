@@ -7,9 +7,7 @@ from hfstage.steps.base import STEPS, StageContext, StageStep
 
 @STEPS.register("pseudo_labels")
 class PseudoLabels(StageStep):
-    @staticmethod
-    def applies(stage) -> bool:
-        return bool(stage.pseudo_labels)
+    field = "pseudo_labels"
 
     def on_data(self, ctx: StageContext) -> None:
         from hfstage.pseudo import add_pseudo_labels

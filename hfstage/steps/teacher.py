@@ -7,9 +7,7 @@ from hfstage.steps.base import STEPS, StageContext, StageStep
 
 @STEPS.register("teacher")
 class Teacher(StageStep):
-    @staticmethod
-    def applies(stage) -> bool:
-        return bool(stage.teacher)
+    field = "teacher"
 
     def on_model(self, ctx: StageContext) -> None:
         from hfstage.resolve import resolve_checkpoint

@@ -8,9 +8,7 @@ from hfstage.steps.base import STEPS, StageContext, StageStep
 
 @STEPS.register("train_on_eval")
 class TrainOnEval(StageStep):
-    @staticmethod
-    def applies(stage) -> bool:
-        return bool(stage.train_on_eval)
+    field = "train_on_eval"
 
     def on_data(self, ctx: StageContext) -> None:
         from hfstage.folds import JoinedSplits
