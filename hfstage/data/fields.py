@@ -346,14 +346,10 @@ class EncodedImages:
 
     def check(self) -> None:
         """Check every image once (PIL's verify, no decoding): a missing or unreadable one stops the run before training."""
-        from PIL import Image
-
         for start in range(0, len(self.dataset), 512):
-            batch = self.dataset[start:start + 512][self.column]
-            for k, item in enumerate(batch):
-                where = f"{self.where}: row {start + k}"
-                if not isinstance(item, Image.Image):
-                    decode_image(item, self.base, where, self.field, self.column, verify=True).close()
+            for k, item in enumerate(self.dataset[start:start + 512][self.column]):
+                decode_image(item, self.base, f"{self.where}: row {start + k}", self.field, self.column,
+                             verify=True).close()
 
     def blocks(self):
         for start in range(0, len(self), 1024):
@@ -378,7 +374,6 @@ class ArrayImages:
         self.layout = image_layout(image_shape, where)
         native = (1, *image_shape) if self.layout == "hw" else (
             (image_shape[-1], *image_shape[:2]) if self.layout == "hwc" else tuple(image_shape))
-        self.native_channels = native[0]
         self.channels = channels or (3 if native[0] == 4 else native[0])
         self.size = tuple(size) if size else tuple(native[1:])
         self.native = native  # (C, H, W) as stored

@@ -50,11 +50,6 @@ class StageContext:
     description: str = ""  # what the stage does instead of gradient steps, for the log (estimators, AdaBN)
     log_suffix: str = ""  # appended to the stage's start line
 
-    @property
-    def adapting(self) -> bool:
-        """No gradient steps: BatchNorm statistics re-estimated instead (``kind: adabn``)."""
-        return self.trainer_args.get("adapt_dataset") is not None
-
 
 class StageStep:
     """A stage feature; ``applies`` chooses it from the stage's fields (by default: the stage field ``field`` is

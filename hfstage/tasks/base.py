@@ -77,9 +77,6 @@ class Task:
 
         self.columns = check_columns(self, data.columns)
 
-    def field(self, name: str) -> Field:
-        return next(f for f in self.fields if f.name == name)
-
     def load_split(self, split, field: str = "data", limit: int | None = None):
         raise NotImplementedError(f"{type(self).__name__}.load_split")
 
