@@ -122,6 +122,12 @@ def test_bad_images_and_csv_rows(image_data, tmp_path):
     ok = tmp_path / "ok.csv"
     ok.write_text(f"path,label\n{good},7\n")
     assert load_image_list(ok, "data.eval_file", classes=[str(d) for d in range(10)]).labels.tolist() == [7]
+    # hfstage's own CSV with other column names, mapped by data.columns
+    named = tmp_path / "named.csv"
+    named.write_text(f"file,digit\n{good},7\n")
+    mapped = load_image_list(named, "data.eval_file", classes=[str(d) for d in range(10)],
+                             columns={"image": "file", "label": "digit"})
+    assert mapped.labels.tolist() == [7] and mapped.paths == [str(good)]
     (tmp_path / "empty" / "0").mkdir(parents=True)
     with pytest.raises(DataError, match="empty: no image files"):
         load_image_list(tmp_path / "empty", "data.train_file")

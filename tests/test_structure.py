@@ -117,3 +117,14 @@ def test_tests_mirror_the_modules_the_engine_is_made_of():
     for module in ("run_dir", "resolve", "sweeps", "preflight", "plan", "surgery", "stage", "steps", "executors",
                    "tasks", "curriculum", "trainer", "config"):
         assert (tests / f"test_{module}.py").is_file(), f"tests/test_{module}.py"
+
+
+def test_no_module_but_the_ray_executor_names_ray():
+    """Executors are peers behind one interface: Ray is imported and named by executors/ray.py alone."""
+    import re
+
+    package = PACKAGE
+    named = [f"{p.relative_to(package)}:{n}" for p in package.rglob("*.py") if p != package / "executors" / "ray.py"
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"""(["'])ray\1|^\s*(import ray\b|from ray\b)""", line)]
+    assert named == []
