@@ -1,8 +1,8 @@
 """hfstage: staged (curriculum) training on transformers.Trainer and accelerate.
 
-Importing the package registers hfstage's models with the transformers Auto classes, so
-``AutoModel.from_pretrained(stage_dir)`` works on any saved stage. The functions the command line calls are here
-too, loaded on first use::
+Importing the package registers hfstage's models with the transformers Auto classes (when transformers is
+imported, so ``import hfstage`` itself loads neither torch nor transformers), so ``AutoModel.from_pretrained(stage_dir)``
+works on any saved stage. The functions the command line calls are here too, loaded on first use::
 
     import hfstage
 
@@ -15,12 +15,54 @@ too, loaded on first use::
 ``load_config``; see docs/python-api.md.
 """
 
+import importlib.abc
+import importlib.util
+import sys
+
 from hfstage.version import __version__  # noqa: F401
 
-from hfstage import models  # noqa: E402,F401  (registers the Auto classes)
-from hfstage.pipelines import register_pipelines  # noqa: E402
+_registered = False
 
-register_pipelines()  # pipeline("pair-classification" | "feature-sequence-classification" | "pronunciation-assessment")
+
+def _register() -> None:
+    """Register hfstage's models with the transformers Auto classes and its pipelines (``pipeline("pair-classification"
+    | "feature-sequence-classification" | "pronunciation-assessment")``), once."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from hfstage import models  # noqa: F401  (each model module registers its Auto classes)
+    from hfstage.pipelines import register_pipelines
+
+    register_pipelines()
+
+
+class _AfterTransformers(importlib.abc.MetaPathFinder):
+    """Runs ``_register`` right after ``transformers`` is imported: ``import hfstage`` stays light (a help text
+    imports neither torch nor transformers), and ``AutoModel.from_pretrained(stage)`` / ``pipeline(...)`` after
+    ``import hfstage`` work as they always did, since they import transformers first."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _register()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "transformers" in sys.modules:  # already paid for: register now
+    _register()
+else:
+    sys.meta_path.insert(0, _AfterTransformers())
 
 # name -> (module, attribute): imported when first used, so ``import hfstage`` stays as light as the Auto classes
 _API = {

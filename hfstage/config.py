@@ -39,8 +39,6 @@ from hfstage.arguments import (
 )
 from hfstage.errors import ConfigError
 from hfstage.executors.base import LOCAL, executor_spec, fans_out
-from hfstage.losses import LOSSES, DistillationLoss, loss_spec
-from hfstage.losses.base import loss_arguments, takes_label_smoothing
 from hfstage.training_args import (
     check_report_to,
     check_training_args,
@@ -93,8 +91,17 @@ def teacher_spec(value: Any, where: str) -> dict[str, Any] | None:
     if not isinstance(value.get("checkpoint"), str) or not value["checkpoint"]:
         raise ConfigError(f"{where}.checkpoint: missing; name the teacher's stage or run folder (or hf:// reference)")
     args = {k: v for k, v in value.items() if k != "checkpoint"}
-    return {"checkpoint": value["checkpoint"], **loss_arguments(DistillationLoss, args, where, "teacher (distillation)",
-                                                                 ("hard_loss",))}
+    losses = _losses()
+    return {"checkpoint": value["checkpoint"], **losses.base.loss_arguments(losses.DistillationLoss, args, where,
+                                                                            "teacher (distillation)", ("hard_loss",))}
+
+
+def _losses():
+    """The losses package, imported when a loss mapping is checked (it imports torch; reading a saved run's
+    record, ``hfstage runs list``, does not need it)."""
+    import hfstage.losses
+
+    return hfstage.losses
 
 
 # Stage fields that became arguments of a loss (or of distillation): name -> (where it lives now, example)
@@ -138,8 +145,8 @@ class StageConfig:
         "Learning-rate schedule: any transformers `SchedulerType` (`linear`, `cosine`, `cosine_with_restarts`, "
         "`polynomial`, `constant`, `constant_with_warmup`, `inverse_sqrt`, `reduce_lr_on_plateau`, "
         "`cosine_with_min_lr`, `warmup_stable_decay`, ...).",
-        (lambda v: v in scheduler_names(), "is not a transformers SchedulerType; choose one of "
-         + ", ".join(scheduler_names())),
+        (lambda v: v in scheduler_names(),
+         lambda: "is not a transformers SchedulerType; choose one of " + ", ".join(scheduler_names())),
     )
     scheduler_kwargs: dict[str, Any] = _f(
         help="The scheduler's own arguments (TrainingArguments' `lr_scheduler_kwargs`), e.g. `{num_decay_steps: 100}` "
@@ -150,8 +157,8 @@ class StageConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (not applied to biases and norm weights).", _NON_NEGATIVE)
     optim: str = _f("adamw_torch", "Optimizer: any `TrainingArguments.optim` name (`adamw_torch`, `adamw_torch_fused`, "
                     "`sgd`, `adafactor`, ...); one whose package is missing is refused before training.",
-                    (lambda v: v in optimizer_names(), "is not a TrainingArguments optimizer; choose one of "
-                     + ", ".join(optimizer_names())))
+                    (lambda v: v in optimizer_names(),
+                     lambda: "is not a TrainingArguments optimizer; choose one of " + ", ".join(optimizer_names())))
     batch_size: int = _f(128, "Training batch size per device (the global batch grows with the process count).", _AT_LEAST_ONE)
     eval_batch_size: int = _f(512, "Evaluation batch size per device.", _AT_LEAST_ONE)
     group_by_length: bool = _f(
@@ -169,7 +176,7 @@ class StageConfig:
         help="Training loss: a registered name (`cross_entropy`, `focal`, `arcface` (needs `model.head: cosine`), "
         "`ctc_mispronunciation`) or a mapping `{type: focal, gamma: 2.0}` whose other keys are the loss's arguments "
         "(see Losses below); saved with every argument filled in.",
-        factory=lambda: {"type": "cross_entropy"}, parse=loss_spec,
+        factory=lambda: {"type": "cross_entropy"}, parse=lambda v, where: _losses().loss_spec(v, where),
     )
     label_smoothing: float = _f(0.0, "Label smoothing of the training loss (every loss that takes it).", _FRACTION)
     augmentation: dict[str, float] = _f(
@@ -388,7 +395,7 @@ def _build(cls, raw: Any, where: str):
         coerced = parse(value, key_where) if parse is not None else coerce(value, tp, key_where)
         check = fields[key].metadata.get("check")
         if check is not None and coerced is not None and not check[0](coerced):
-            raise ConfigError(f"{key_where}: {coerced!r} {check[1]}")
+            raise ConfigError(f"{key_where}: {coerced!r} {check[1]() if callable(check[1]) else check[1]}")
         kwargs[key] = coerced
     return cls(**kwargs)
 
@@ -411,7 +418,7 @@ def _check_stage_names(stages: list[StageConfig], where: str) -> None:
                     f"{', '.join(earlier) or 'there is none'})"
                 )
         seen.add(stage.name)
-        if stage.label_smoothing and not takes_label_smoothing(stage.loss["type"]):
+        if stage.label_smoothing and not _losses().base.takes_label_smoothing(stage.loss["type"]):
             raise ConfigError(f"{where}.stages.{i}.label_smoothing: loss '{stage.loss['type']}' takes no label "
                               "smoothing; leave it at 0")
 
@@ -669,11 +676,12 @@ def reference_markdown() -> str:
         parts.append("")
     parts.append("## Losses (`loss: NAME` or `loss: {type: NAME, argument: value}`)\n\n"
                  "| loss | arguments (default) | what it is |\n|---|---|---|")
-    for name in LOSSES.names():
-        cls = LOSSES.get(name)
-        args = loss_spec(name, "loss")
+    losses = _losses()
+    for name in losses.LOSSES.names():
+        cls = losses.LOSSES.get(name)
+        args = losses.loss_spec(name, "loss")
         shown = ", ".join(f"`{k}` ({v})" for k, v in args.items() if k != "type") or "-"
-        smoothing = " Takes the stage's `label_smoothing`." if takes_label_smoothing(name) else ""
+        smoothing = " Takes the stage's `label_smoothing`." if losses.base.takes_label_smoothing(name) else ""
         summary = " ".join((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
         parts.append(f"| `{name}` | {shown} | {summary}{smoothing} |")
     parts.append("\n## Coming from HF Trainer\n\nEach `TrainingArguments` name hfstage sets from a key of its own, and where "

@@ -47,16 +47,18 @@ def set_verbose(on: bool) -> None:
 
 def _quiet_libraries() -> None:
     """Weight-loading, download and dataset progress bars: off unless verbose (one line per event is hfstage's).
-    Libraries not imported yet read the setting from their environment variables when they are."""
-    import transformers.utils.logging as tlog
-
+    Libraries not imported yet read the setting from their environment variables when they are (transformers from
+    huggingface_hub's), so a command that never imports them does not pay for importing them here."""
     on = verbose()
     for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         if on:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = "1"
-    tlog.enable_progress_bar() if on else tlog.disable_progress_bar()
+    if "transformers" in sys.modules:
+        import transformers.utils.logging as tlog
+
+        tlog.enable_progress_bar() if on else tlog.disable_progress_bar()
     if "datasets" in sys.modules:
         import datasets
 

@@ -128,3 +128,22 @@ def test_no_module_but_the_ray_executor_names_ray():
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"""(["'])ray\1|^\s*(import ray\b|from ray\b)""", line)]
     assert named == []
+
+
+def test_import_hfstage_and_help_texts_load_no_heavy_library():
+    """``import hfstage``, ``hfstage --help``, ``hfstage <verb> --help`` and ``hfstage runs list`` import neither torch,
+    transformers, timm, datasets nor evaluate (issue #33); transformers' Auto classes still know hfstage's models
+    once it is imported."""
+    import subprocess
+    import sys
+
+    probe = ("import runpy, sys\nimport hfstage\nsys.argv = ['hfstage', *sys.argv[1:]]\ntry:\n"
+             "    runpy.run_module('hfstage', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('HEAVY', *[m for m in ('torch', 'transformers', 'timm', 'datasets', 'evaluate') if m in sys.modules])")
+    runs = PACKAGE.parent / "tests"  # no run folders there: an empty listing
+    for args in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["runs", "--help"], ["runs", "list", str(runs)]):
+        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip().splitlines()[-1] == "HEAVY", (args, proc.stdout[-500:], proc.stderr[-500:])
+    check = ("import hfstage\nfrom transformers import AutoConfig\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
+             "AutoConfig.for_model('hfstage_pair_cnn')\nassert 'pair-classification' in PIPELINE_REGISTRY.get_supported_tasks()")
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=300).returncode == 0
