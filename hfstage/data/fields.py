@@ -123,11 +123,16 @@ def binary_labels(dataset, field: str, column: str, where: str) -> np.ndarray:
         return out
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
         raise refuse(where, None, field, column, f"values of type {values.dtype}", "binary_label")
-    bad = ~np.isin(values, (0, 1))
+    return check_binary_labels(values, f"{where}: column {column!r}")
+
+
+def check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Numeric labels that are all 0 or 1, as int64; else one error naming the first other value."""
+    bad = ~np.isin(y, (0, 1))
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{where}: column {column!r} must be 0 or 1; sample {i} has {values[i].item()!r}")
-    return values.astype(np.int64)
+        raise DataError(f"{where} must be 0 or 1; sample {i} has {y[i].item()!r}")
+    return y.astype(np.int64)
 
 
 def class_labels(dataset, field: str, column: str, where: str, classes: list[str] | None,

@@ -52,15 +52,9 @@ def load_pair_arrays(path: str | Path, field: str = "data", keys: dict[str, str]
         raise DataError(f"{path}: key {keys['y']!r} must hold integers 0/1, got {y.dtype}")
     if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
         raise DataError(f"{path}: key {keys['y']!r} holds NaN or Inf")
+    from hfstage.data.fields import check_binary_labels
+
     return x, check_binary_labels(y, f"{path}: key {keys['y']!r}")
-
-
-def check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
-    bad = ~np.isin(y, (0, 1))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(f"{where} must be 0 or 1; sample {i} has {y[i].item()!r}")
-    return y.astype(np.int64)
 
 
 def npz_keys(columns: dict[str, str]) -> dict[str, str]:

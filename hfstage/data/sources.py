@@ -159,6 +159,12 @@ class SplitRef:
     def path(self) -> Path:
         return Path(self.source) / self.name
 
+    @property
+    def folder(self) -> Path | None:
+        """The local folder relative paths in the split's rows are relative to (None for data from the Hub or
+        passed in from Python)."""
+        return Path(self.source) if self.given is None and not self.source.startswith(HUB_DATASETS) else None
+
     def __str__(self) -> str:
         if self.given is not None:
             return f"{self.name}_dataset"

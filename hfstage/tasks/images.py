@@ -45,9 +45,8 @@ class ImageClassificationTask(MultiClassDecisions, Task):
     def load_split(self, path: SplitRef | Path, field: str = "data", limit: int | None = None) -> images.ImageDataset:
         ref = as_split_ref(path, field)
         if ref.dataset:
-            base = Path(ref.source) if ref.given is None and not ref.source.startswith("hf://") else None
             return images.ImageDataset.from_dataset(open_split(ref), self.columns, f"{ref} ({field})", self.classes,
-                                                    limit, self.skip_bad, base=base)
+                                                    limit, self.skip_bad, base=ref.folder)
         listed = images.load_image_list(ref.path, field, self.classes, self.skip_bad, columns=self.columns)
         return images.ImageDataset(listed, limit)
 

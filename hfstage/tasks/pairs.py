@@ -57,9 +57,8 @@ class PairClassificationTask(Task):
         """One split, validated; ``field`` names the config field in error messages."""
         ref = as_split_ref(split, field)
         if ref.dataset:
-            base = Path(ref.source) if ref.given is None and not ref.source.startswith("hf://") else None
             return npz_pairs.PairDataset.from_dataset(open_split(ref), self.columns, f"{ref} ({field})", limit,
-                                                      base=base, channels=self.channels, size=self.size)
+                                                      base=ref.folder, channels=self.channels, size=self.size)
         dataset = npz_pairs.npz_as_dataset(ref.path, field, self.columns)  # data.columns names its keys
         return npz_pairs.PairDataset.from_dataset(dataset, {}, f"{ref.path} ({field})", limit, checked=True,
                                                   channels=self.channels, size=self.size)
