@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ from hfstage.arguments import (
     POSITIVE,
     closest,
     coerce,
-    type_name,
 )
 from hfstage.errors import ConfigError
 from hfstage.executors.base import LOCAL, executor_spec, fans_out
@@ -45,7 +43,6 @@ from hfstage.training_args import (
     hint_for,
     optimizer_names,
     scheduler_names,
-    trainer_table,
 )
 
 STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -646,50 +643,6 @@ def upgrade_saved_stage(stage: dict[str, Any]) -> dict[str, Any]:
         moved = {"distill_temperature": "temperature", "distill_alpha": "alpha"}
         stage["teacher"] = {"checkpoint": stage["teacher"], **{new: old[k] for k, new in moved.items() if k in old}}
     return stage
-
-
-# --------------------------------------------------------------------------------------------------
-# Reference documentation, generated from the dataclasses so it cannot drift
-
-
-def _default_text(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(value):
-            return "(table below)"
-    else:
-        return "(required)"
-    return "`" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip() + "`"
-
-
-def reference_markdown() -> str:
-    """The config reference: every field of every config table, its type, default and meaning."""
-    parts = []
-    for title, cls in (("Run (top level)", RunConfig), ("`data`", DataConfig), ("Stage (`defaults` and each of `stages`)", StageConfig)):
-        hints = typing.get_type_hints(cls)
-        parts.append(f"## {title}\n\n| field | type | default | meaning |\n|---|---|---|---|")
-        for f in dataclasses.fields(cls):
-            tp = type_name(hints[f.name]).replace("|", "or")
-            parts.append(f"| `{f.name}` | {tp} | {_default_text(f)} | {f.metadata.get('help', '')} |")
-        parts.append("")
-    parts.append("## Losses (`loss: NAME` or `loss: {type: NAME, argument: value}`)\n\n"
-                 "| loss | arguments (default) | what it is |\n|---|---|---|")
-    losses = _losses()
-    for name in losses.LOSSES.names():
-        cls = losses.LOSSES.get(name)
-        args = losses.loss_spec(name, "loss")
-        shown = ", ".join(f"`{k}` ({v})" for k, v in args.items() if k != "type") or "-"
-        smoothing = " Takes the stage's `label_smoothing`." if losses.base.takes_label_smoothing(name) else ""
-        summary = " ".join((cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
-        parts.append(f"| `{name}` | {shown} | {summary}{smoothing} |")
-    parts.append("\n## Coming from HF Trainer\n\nEach `TrainingArguments` name hfstage sets from a key of its own, and where "
-                 "that key goes in a recipe; every other field goes under `training_args:`. Using a Trainer name as a "
-                 "key gets the hfstage key in the error message (`stages.1.learning_rate` -> did you mean `lr`).\n")
-    parts.append(trainer_table() + "\n")
-    parts.append(f"\nDistillation (`teacher:`) takes `checkpoint` plus {', '.join(f'`{k}` ({v})' for k, v in teacher_spec('x', 'teacher').items() if k != 'checkpoint')}.\n")
-    return "\n".join(parts)
 
 
 def init_stage_index(stages: list[StageConfig], stage: StageConfig) -> int | None:

@@ -6,7 +6,6 @@ from hfstage.config import (
     apply_override,
     build_run_config,
     load_config,
-    reference_markdown,
 )
 from hfstage.errors import ConfigError
 
@@ -126,27 +125,6 @@ def test_round_trip_through_dict(tmp_path):
     assert cfg.defaults == {"lr": 1e-3, "batch_size": 64}
     again = build_run_config({**cfg.to_dict(), "quick_test": False})
     assert again.to_dict() == {**cfg.to_dict(), "quick_test": False}
-
-
-def test_reference_lists_every_field():
-    import dataclasses
-
-    from hfstage.config import DataConfig, RunConfig
-
-    text = reference_markdown()
-    for cls in (RunConfig, DataConfig, StageConfig):
-        for f in dataclasses.fields(cls):
-            assert f"| `{f.name}` |" in text
-
-
-def test_docs_config_reference_is_current():
-    from pathlib import Path
-
-    from hfstage.cli import REFERENCE_END, REFERENCE_START
-
-    page = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    current = page.split(REFERENCE_START, 1)[1].split(REFERENCE_END, 1)[0].strip()
-    assert current == reference_markdown().strip(), "run `make reference` to regenerate docs/config.md"
 
 
 def test_init_from_must_name_an_earlier_stage(tmp_path):

@@ -130,10 +130,10 @@ def test_no_module_but_the_ray_executor_names_ray():
     assert named == []
 
 
-def test_import_hfstage_and_help_texts_load_no_heavy_library():
-    """``import hfstage``, ``hfstage --help``, ``hfstage <verb> --help`` and ``hfstage runs list`` import neither torch,
-    transformers, timm, datasets nor evaluate (issue #33); transformers' Auto classes still know hfstage's models
-    once it is imported."""
+def test_import_hfstage_and_help_texts_load_no_heavy_library(finished_run):
+    """``import hfstage``, ``hfstage --help``, ``hfstage <verb> --help``, ``hfstage runs list/show/compare`` and
+    ``hfstage config --reference`` import neither torch, transformers, timm, datasets nor evaluate (issue #33);
+    transformers' Auto classes still know hfstage's models once it is imported."""
     import subprocess
     import sys
 
@@ -141,9 +141,37 @@ def test_import_hfstage_and_help_texts_load_no_heavy_library():
              "    runpy.run_module('hfstage', run_name='__main__')\nexcept SystemExit:\n    pass\n"
              "print('HEAVY', *[m for m in ('torch', 'transformers', 'timm', 'datasets', 'evaluate') if m in sys.modules])")
     runs = PACKAGE.parent / "tests"  # no run folders there: an empty listing
-    for args in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["runs", "--help"], ["runs", "list", str(runs)]):
+    for args in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["runs", "--help"], ["runs", "list", str(runs)],
+                 ["runs", "show", str(finished_run)], ["runs", "compare", str(finished_run), str(finished_run)],
+                 ["config", "--reference"]):
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and len(proc.stdout.strip().splitlines()) > 1, (args, proc.stderr[-500:])
         assert proc.stdout.strip().splitlines()[-1] == "HEAVY", (args, proc.stdout[-500:], proc.stderr[-500:])
     check = ("import hfstage\nfrom transformers import AutoConfig\nfrom transformers.pipelines import PIPELINE_REGISTRY\n"
              "AutoConfig.for_model('hfstage_pair_cnn')\nassert 'pair-classification' in PIPELINE_REGISTRY.get_supported_tasks()")
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=300).returncode == 0
+
+
+def test_pyproject_states_the_versions_the_suite_runs_on():
+    """Every requirement's floor is the release the suite runs on (#33: no untested floors): the installed version
+    satisfies it, and the floor names the installed major.minor (a newer registry release means raising it)."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    checked = 0
+    for text in requirements:
+        req = Requirement(text)
+        try:
+            installed = Version(version(req.name))
+        except PackageNotFoundError:
+            continue  # an extra the suite does not install (wandb is, trackio is, ...)
+        assert req.specifier.contains(installed, prereleases=True), (text, str(installed))
+        floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==")]
+        assert floors and floors[0].release[:2] == installed.release[:2], (text, str(installed))
+        checked += 1
+    assert checked >= 25
