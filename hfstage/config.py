@@ -93,6 +93,12 @@ def teacher_spec(value: Any, where: str) -> dict[str, Any] | None:
                                                                             "teacher (distillation)", ("hard_loss",))}
 
 
+def _search_block(value: Any, where: str) -> dict[str, Any]:
+    from hfstage.stage_search.settings import search_block
+
+    return search_block(value, where)
+
+
 def _losses():
     """The losses package, imported when a loss mapping is checked (it imports torch; reading a saved run's
     record, ``hfstage runs list``, does not need it)."""
@@ -309,6 +315,12 @@ class RunConfig:
         "The other keys are checked against the executor's constructor; `hfstage train --executor NAME --address A`. "
         "Same run folders either way.",
         factory=lambda: {"type": "local"}, parse=lambda v, where: executor_spec(v, where),
+    )
+    search: dict[str, Any] = _f(
+        help="Settings of `hfstage search` (docs/search.md): `trials`, `space` (KEY: DIST), `metric`, `pruner`, "
+        "`timeout`, `out`, `from_run`, `through`, `storage`, `trials_per_stage`, `executor`; its flags override them. "
+        "`hfstage train` does not read it.",
+        factory=dict, parse=lambda v, where: _search_block(v, where),
     )
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(

@@ -47,9 +47,10 @@ def _flat(data: dict) -> dict[str, Any]:
 
 
 def run_name(output_dir: str | Path) -> str:
-    """A tracker run's name: the run folder's name (``seed_1``/``fold_0`` with their parent's)."""
+    """A tracker run's name: the run folder's name (``seed_1``/``fold_0``, a search's ``trial_3`` and ``base``, with
+    their parent's)."""
     path = Path(output_dir).resolve()
-    if path.name.startswith(("seed_", "fold_")):
+    if path.name.startswith(("seed_", "fold_", "trial_")) or path.name == "base":
         return f"{path.parent.name}-{path.name}"
     return path.name
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow  # each a subprocess training small models: make t
     ("scaling.py", "worst_epoch_time_linearity", 0.0, float("inf")),
     ("data_memory.py", "peak_rss_ratio_16x_vs_1x", 0.5, 1.25),
     ("startup.py", "cli_help_over_torch_import", 0.0, float("inf")),
+    ("search.py", "search_time_ratio_vs_whole_run_search", 0.0, float("inf")),
     ("gpu_models.py", "gpu_model_checks_failed", 0.0, 0.0),
     pytest.param("speech_baseline.py", "speech_baseline_test_error_f1", 0.0, 1.0, marks=pytest.mark.skipif(
         shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")),

@@ -575,6 +575,7 @@ def test_own_npz_files_with_other_key_names_train_through_data_columns(pair_refe
     assert got == expected
 
 
+@pytest.mark.slow  # a full recipe
 def test_the_quickstart_recipe_trains_on_mnist_pairs_with_image_columns_and_a_classlabel(pair_data, tmp_path):
     """The Hub's standard form of a pair set (two Image() columns, a ClassLabel), as parquet files and as a
     save_to_disk folder, through data.columns with configs/quickstart.yaml (quick test): the .npz run's metrics."""

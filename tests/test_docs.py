@@ -78,6 +78,16 @@ def test_the_python_api_example_runs(recipe, tmp_path, capsys, monkeypatch):
     assert hfstage.evaluate.__module__ == "hfstage.api" and hfstage.pull.__module__ == "hfstage.hub.pull"
 
 
+def test_the_search_python_example_runs(recipe, tmp_path, capsys, monkeypatch):
+    [example] = [b for b in code_blocks(ROOT / "docs" / "search.md", "python") if "hfstage.search" in b]
+    monkeypatch.chdir(tmp_path)
+    path = recipe([{"name": "baseline", "epochs": 1}, {"name": "finetune", "epochs": 1, "lr": 1e-3}])
+    exec(example.replace("configs/quickstart.yaml", str(path)).replace("trials=4", "trials=2"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[-3:-1]] == ["0", "1"] and printed[-1].startswith("best ")
+    assert (tmp_path / "runs" / "search_demo" / "best.yaml").is_file()
+
+
 def test_version_flag(capsys):
     from hfstage import __version__
     from hfstage.cli import main

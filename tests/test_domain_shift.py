@@ -145,6 +145,7 @@ def test_inspect_shift_cli_writes_the_report_and_the_picture(shifted_data, tmp_p
     assert "nowhere" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a full recipe
 def test_domain_shift_recipe_in_quick_test_mode(shifted_data, tmp_path):
     recipe = yaml.safe_load(Path("configs/images_domain_shift.yaml").read_text())
     recipe["model"] = dict(TINY_TIMM)

@@ -140,6 +140,7 @@ def test_label_outside_the_training_classes_is_refused(sequence_data, tmp_path, 
     assert "val.npz: key 'y' has class 12, outside the 9 classes" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a full recipe
 @pytest.mark.parametrize("arch", ["gru", "transformer", "inception"])
 def test_sign_5stage_recipe_quick_test(sequence_data, tmp_path, arch):
     out = tmp_path / "run"

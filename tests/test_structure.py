@@ -115,7 +115,7 @@ def test_train_stage_is_an_event_loop_and_the_curriculum_runner_stays_small():
 def test_tests_mirror_the_modules_the_engine_is_made_of():
     tests = PACKAGE.parent / "tests"
     for module in ("run_dir", "resolve", "sweeps", "preflight", "plan", "surgery", "stage", "steps", "executors",
-                   "tasks", "curriculum", "trainer", "config"):
+                   "tasks", "curriculum", "trainer", "config", "search", "reference"):
         assert (tests / f"test_{module}.py").is_file(), f"tests/test_{module}.py"
 
 
@@ -130,6 +130,16 @@ def test_no_module_but_the_ray_executor_names_ray():
     assert named == []
 
 
+def test_no_module_but_the_search_study_imports_optuna():
+    """Optuna is an extra (hfstage[search]): stage_search/study.py is the one module that imports it."""
+    import re
+
+    named = [f"{p.relative_to(PACKAGE)}:{n}" for p in PACKAGE.rglob("*.py") if p != PACKAGE / "stage_search" / "study.py"
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"^\s*(import optuna\b|from optuna\b)", line)]
+    assert named == []
+
+
 def test_import_hfstage_and_help_texts_load_no_heavy_library(finished_run):
     """``import hfstage``, ``hfstage --help``, ``hfstage <verb> --help``, ``hfstage runs list/show/compare`` and
     ``hfstage config --reference`` import neither torch, transformers, timm, datasets nor evaluate (issue #33);
@@ -141,7 +151,8 @@ def test_import_hfstage_and_help_texts_load_no_heavy_library(finished_run):
              "    runpy.run_module('hfstage', run_name='__main__')\nexcept SystemExit:\n    pass\n"
              "print('HEAVY', *[m for m in ('torch', 'transformers', 'timm', 'datasets', 'evaluate') if m in sys.modules])")
     runs = PACKAGE.parent / "tests"  # no run folders there: an empty listing
-    for args in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["runs", "--help"], ["runs", "list", str(runs)],
+    for args in (["--help"], ["train", "--help"], ["search", "--help"], ["evaluate", "--help"], ["runs", "--help"],
+                 ["runs", "list", str(runs)],
                  ["runs", "show", str(finished_run)], ["runs", "compare", str(finished_run), str(finished_run)],
                  ["config", "--reference"]):
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)

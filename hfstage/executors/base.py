@@ -27,6 +27,8 @@ class Unit:
     name: str  # fold_1, seed_3, seed_3/fold_0, or a stack base's name
     cfg: Any  # its RunConfig
     config_file: str | None = None
+    callbacks: tuple = ()  # stage callbacks that travel with the unit (picklable; they report to shared storage,
+    #                        such as a search trial's pruning, not to this process)
 
 
 class Executor:
@@ -43,6 +45,10 @@ class Executor:
     def describe(self) -> str:
         """One line for ``hfstage plan``."""
         return f"executor {self.name}"
+
+    def slots(self) -> int:
+        """How many units it trains side by side (what a search starts at once)."""
+        return 1
 
 
 LOCAL = {"type": "local"}

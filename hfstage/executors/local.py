@@ -17,7 +17,7 @@ class LocalExecutor(Executor):
         from hfstage.curriculum import run
 
         for unit in units:
-            run(unit.cfg, unit.config_file, callbacks)
+            run(unit.cfg, unit.config_file, [*callbacks, *unit.callbacks])
 
     def describe(self) -> str:
         return "executor local: the units one after another in this process"

@@ -54,6 +54,15 @@ class RayExecutor(Executor):
         ask = ", ".join(f"{k} {v:g}" for k, v in {"num_cpus": 1.0, **self.resources}.items())
         return f"executor ray: each seed/fold a Ray task ({ask}) on {self.address or 'a local Ray'}"
 
+    def slots(self) -> int:
+        """The units that fit the cluster at once: its CPUs (GPUs) over what each unit asks for."""
+        ray = _start(self.address)
+        cluster = ray.cluster_resources()
+        ask = {"num_cpus": 1.0, **self.resources}
+        fits = [cluster.get(kind, 0) / ask[key] for key, kind in (("num_cpus", "CPU"), ("num_gpus", "GPU"))
+                if ask.get(key, 0) > 0]
+        return max(1, int(min(fits))) if fits else 1
+
     def run(self, units: list[Unit], callbacks=()) -> None:
         from hfstage.devices import distributed_state
         from hfstage.executors.units import run_finished
@@ -83,7 +92,8 @@ def _ray():
     return ray
 
 
-def _run_on_ray(units: list[Unit], address: str | None, resources: dict) -> None:
+def _start(address: str | None):
+    """Ray, started (a local one) or joined (``address``) once per process."""
     ray = _ray()
     if not ray.is_initialized():
         try:
@@ -94,6 +104,11 @@ def _run_on_ray(units: list[Unit], address: str | None, resources: dict) -> None
         except Exception as exc:  # noqa: BLE001  Ray raises ConnectionError, RuntimeError, ValueError ...
             raise ConfigError(f"executor.address: could not start or join Ray{f' at {address}' if address else ''}: "
                               f"{first_line(exc)}") from None
+    return ray
+
+
+def _run_on_ray(units: list[Unit], address: str | None, resources: dict) -> None:
+    ray = _start(address)
     cluster = ray.cluster_resources()
     ask = {"num_cpus": 1.0, **resources}
     for key, amount in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
@@ -106,7 +121,7 @@ def _run_on_ray(units: list[Unit], address: str | None, resources: dict) -> None
                 ", ".join(u.name for u in units), ", ".join(f"{k} {v:g}" for k, v in ask.items()),
                 cluster.get("CPU", 0), cluster.get("GPU", 0))
     refs = [task.options(name=f"hfstage:{u.name}", max_retries=0, **ask).remote(u.cfg.to_dict(), u.config_file, cwd,
-                                                                                   ask["num_cpus"])
+                                                                                   ask["num_cpus"], u.callbacks)
             for u in units]
     failures = []
     for unit, ref in zip(units, refs):
@@ -125,7 +140,7 @@ def _run_on_ray(units: list[Unit], address: str | None, resources: dict) -> None
                          f"and a rerun trains only what is missing: " + "; ".join(failures))
 
 
-def _train_unit(config: dict, config_file: str | None, cwd: str, num_cpus: float) -> str | None:
+def _train_unit(config: dict, config_file: str | None, cwd: str, num_cpus: float, callbacks: tuple = ()) -> str | None:
     """A Ray task: train one unit in this worker process; None when it finished, else its error as one line."""
     import torch
 
@@ -139,7 +154,7 @@ def _train_unit(config: dict, config_file: str | None, cwd: str, num_cpus: float
     setup_console()
     try:
         cfg = config_from_dict(config, config_file or "<unit>")  # quick_test is already applied to its stages
-        run(dataclasses.replace(cfg, quick_test=bool(config.get("quick_test"))), config_file)
+        run(dataclasses.replace(cfg, quick_test=bool(config.get("quick_test"))), config_file, list(callbacks))
     except HfstageError as exc:
         return str(exc)
     return None
