@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "start from (instead of training them)")
     p.add_argument("--through", metavar="LAST", help="each trial also trains the stages after the searched one, up to "
                    "this one")
-    p.add_argument("--storage", help="an Optuna storage URL (an RDB, or a journal file on a shared filesystem) instead "
-                   "of <out>/study.db")
+    p.add_argument("--storage", help="an Optuna RDB URL (sqlite:///..., postgresql://...) or journal:PATH (a journal file "
+                   "on a shared filesystem) instead of <out>/study.db")
     p.add_argument("--trials-per-stage", type=int, help="all: the trials of each stage (default --trials)")
     p.add_argument("--executor", choices=EXECUTORS.names(), help="where trials train: local (one after another) or "
                    "ray (side by side as Ray tasks, as many as the cluster fits)")

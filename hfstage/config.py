@@ -346,6 +346,9 @@ class RunConfig:
     project: str = _f("hfstage", "Tracker project the run is logged under (trackio project, MLflow experiment, "
                       "W&B project); the tracker run is named after the run folder.")
     logging_steps: int = _f(50, "Log the training loss every N steps.", _AT_LEAST_ONE)
+    test_every_stage: bool = _f(
+        True, "Evaluate the test split (`data.test_file`) after every stage (`test_metrics` in `stage.json`); false "
+        "leaves the test split to `hfstage evaluate` (`hfstage search` trials do: they never look at it).")
     push_to_hub: bool = _f(
         False,
         "Push each stage to the Hub (`hub_repo_id`) in the background as it finishes, then the whole run "

@@ -61,7 +61,8 @@ STAGE_DIR_RE = re.compile(r"^stage_(\d+)_([A-Za-z0-9][A-Za-z0-9_-]*)$")
 # effects are already written into the stages and the data fields that are compared (and where it trains:
 # the executor, and its keys in runs saved before it was a mapping).
 COSMETIC_FIELDS = ("report_to", "project", "license", "logging_steps", "output_dir", "quick_test", "quick_test_samples",
-                   "push_to_hub", "hub_repo_id", "hub_private", "executor", "search", "ray_address", "resources")
+                   "push_to_hub", "hub_repo_id", "hub_private", "executor", "search", "test_every_stage", "ray_address",
+                   "resources")
 
 
 def stage_dirname(index: int, name: str) -> str:

@@ -65,7 +65,8 @@ def train_stage(cfg: RunConfig, task, splits, index: int, stage: StageConfig, re
     training_time = time.time() - began
     metrics = best_checkpoint_metrics(trainer) or trainer.evaluate()
     fire(steps, "after_evaluation", ctx, trainer, metrics)
-    test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if splits.test is not None else {}
+    tested = splits.test is not None and ctx.cfg.test_every_stage
+    test_metrics = trainer.evaluate(splits.test, metric_key_prefix="test") if tested else {}
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise StageError(f"stage {index} '{stage.name}': {key} is {value}; the stage's files were not written")

@@ -38,7 +38,44 @@ def site(tmp_path_factory) -> Path:
     project = tomllib.loads((FIXTURE / "pyproject.toml").read_text())["project"]
     _dist_info(site, project["name"], project["version"], project["entry-points"])
     _dist_info(site, "hfstage-broken", "0.1.0", {"hfstage.tasks": {"broken_task": "hfstage_broken_missing.task:Task"}})
+    (site / "hfstage_extras.py").write_text(EXTRAS)
+    _dist_info(site, "hfstage-extras", "0.1.0", {"hfstage.steps": {"stamp": "hfstage_extras:Stamp"},
+                                                 "hfstage.executors": {"journal": "hfstage_extras:JournalExecutor"}})
     return site
+
+
+# a stage step and an executor from an outside package: the step stamps the record of every stage whose
+# description asks for it; the executor trains the units here, in turn, and writes down each one it ran
+EXTRAS = """
+from pathlib import Path
+
+from hfstage.executors.base import Executor
+from hfstage.steps.base import StageStep
+
+
+class Stamp(StageStep):
+    @classmethod
+    def applies(cls, stage):
+        return "stamp" in stage.description
+
+    def on_record(self, ctx, trainer, record):
+        record.extra["stamped_by"] = "hfstage-extras"
+
+
+class JournalExecutor(Executor):
+    name = "journal"
+
+    def __init__(self, journal: str = "units.txt"):
+        self.journal = journal
+
+    def run(self, units, callbacks=()):
+        from hfstage.curriculum import run
+
+        for unit in units:
+            with open(self.journal, "a") as f:
+                f.write(unit.name + "\n")
+            run(unit.cfg, unit.config_file, [*callbacks, *unit.callbacks])
+"""
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +149,18 @@ def test_a_recipe_naming_a_part_whose_plugin_failed_exits_2_naming_the_package(s
             "ModuleNotFoundError: No module named 'hfstage_broken_missing'") in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
+
+
+def test_an_outside_stage_step_and_executor_take_part_in_a_run(site, wine, tmp_path):
+    path = _recipe(tmp_path / "r.yaml", wine, tmp_path / "run")
+    recipe = yaml.safe_load(path.read_text())
+    recipe.update(seeds=[0, 1], executor={"type": "journal", "journal": str(tmp_path / "units.txt")})
+    recipe["stages"][1]["description"] = "stamp this one"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = _hfstage(site, "train", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "units.txt").read_text().split() == ["seed_0", "seed_1"]
+    for seed in (0, 1):
+        stages = [json.loads((tmp_path / "run" / f"seed_{seed}" / d / "stage.json").read_text())
+                  for d in ("stage_1_baseline", "stage_2_finetune")]
+        assert [s.get("stamped_by") for s in stages] == [None, "hfstage-extras"]  # record extras: top-level keys

@@ -152,6 +152,7 @@ def test_three_trials_of_one_stage_train_the_base_once_and_best_yaml_reproduces_
         assert "stage 1 'baseline' already finished; skipping" in log and "stage 2/2 'finetune'" in log
         record = json.loads((trial / "stage_2_finetune" / "stage.json").read_text())
         assert record["started_from"] == "stage_1_baseline"
+        assert record["test_metrics"] == {}  # trials never look at the test split
     assert (base / "training.log").read_text().count("stage 1/1 'baseline'") == 1
 
     rows = list(__import__("csv").DictReader((out / "trials.csv").open()))
@@ -164,6 +165,9 @@ def test_three_trials_of_one_stage_train_the_base_once_and_best_yaml_reproduces_
         assert record["stage_config"]["lr"] == pytest.approx(float(r["lr"]), rel=1e-5)
     best = min(rows, key=lambda r: float(r["eval_loss"]))
     assert "trial" in table and "pruned_at_step" in table and f"{float(best['eval_loss']):.6g}" in table
+    tested = json.loads((out / f"trial_{best['trial']}" / "stage_2_finetune" / "eval" / "test.json").read_text())
+    assert (f"best trial {best['trial']}: stage_2_finetune eval_loss = {float(best['eval_loss']):.6g}; on the test "
+            f"split (evaluated once): test_loss = {tested['metrics']['loss']:.6g}") in table
     for name in ("history.png", "importance.png", "study.db"):
         assert (out / name).stat().st_size > 0
 
@@ -198,8 +202,9 @@ def test_a_hopeless_trial_is_pruned_and_kept(recipe, tmp_path):
 
     path = recipe([{"name": "baseline", "epochs": 1}, {"name": "finetune", "epochs": 3, "lr": 1e-3}])
     out = tmp_path / "search"
-    study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}" if out.mkdir() is None else None,
-                                study_name="hfstage-stage_2_finetune", direction="minimize")
+    out.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name="hfstage-stage_2_finetune",
+                                direction="minimize")
     for lr in (3e-3, 5e-3, 1e-8):
         study.enqueue_trial({"lr": lr})
     result = hfstage.search(str(path), "finetune", space={"lr": "loguniform(1e-8,1e-2)"}, trials=3, out=str(out),
@@ -302,3 +307,48 @@ def test_every_trial_is_a_tracker_run_grouped_under_the_search(recipe, tmp_path,
     assert sorted(r.info.run_name for r in runs) == ["search-base", "search-trial_0", "search-trial_1"]
     for k in range(2):  # and TensorBoard, pointed at the search folder, shows each trial
         assert list((tmp_path / "search" / f"trial_{k}" / "logs").glob("events.out.tfevents.*"))
+
+
+def test_a_recipe_search_block_from_a_finished_run_through_a_later_stage(recipe, finished_run, tmp_path):
+    """The recipe's search: block (metric eval_accuracy, a journal-file storage, --through) with --from a finished
+    run: no base is trained, each trial trains the searched stage and the one after it, the best trial is the one
+    with the highest accuracy over those two stages."""
+    import hfstage
+
+    journal = tmp_path / "journal.log"
+    path = recipe([*TWO_STAGES[:1], {"name": "finetune", "epochs": 1, "lr": 1e-3}, {"name": "polish", "epochs": 1,
+                                                                                       "lr": 3e-4}],
+                  search={"trials": 2, "space": {"lr": "loguniform(1e-4,1e-2)"}, "pruner": "none",
+                          "metric": "eval_accuracy", "through": "polish", "storage": f"journal:{journal}"})
+    out = tmp_path / "search"
+    result = hfstage.search(str(path), "finetune", from_run=str(finished_run), out=str(out))
+    assert not (out / "base").exists() and not (out / "study.db").exists() and journal.stat().st_size > 0
+    weights = finished_run / "stage_1_baseline" / "model.safetensors"
+    for k in (0, 1):
+        trial = out / f"trial_{k}"
+        assert (trial / "stage_1_baseline" / "model.safetensors").stat().st_ino == weights.stat().st_ino
+        assert (trial / "stage_3_polish" / "stage.json").is_file()
+    accuracies = {r.trial: max(json.loads((out / f"trial_{r.trial}" / d / "stage.json").read_text())["metrics"]
+                               ["eval_accuracy"] for d in ("stage_2_finetune", "stage_3_polish")) for r in result.rows}
+    assert {r.trial: r.metric for r in result.rows} == pytest.approx(accuracies)
+    assert result.best.trial == max(accuracies, key=accuracies.get) and result.metric == "eval_accuracy"
+    study = optuna.load_study(study_name="hfstage-stage_2_finetune", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and len(study.trials) == 2
+
+
+def test_no_trial_starts_after_the_timeout(recipe, tmp_path):
+    import hfstage
+
+    path = recipe([TWO_STAGES[0], {"name": "finetune", "epochs": 8, "lr": 1e-3}])  # a trial outlasts a second
+    result = hfstage.search(str(path), "finetune", space=["lr=loguniform(1e-4,1e-2)"], trials=5,
+                            timeout="1s", pruner="none", out=str(tmp_path / "search"))
+    assert [r.state for r in result.rows] == ["complete"]  # none starts after the first
+
+
+def test_a_metric_no_stage_records_stops_the_search_after_one_trial(recipe, tmp_path, capsys):
+    path = recipe(TWO_STAGES)
+    assert main(["search", "--config", str(path), "finetune", "--space", "lr=loguniform(1e-4,1e-2)", "--trials", "3",
+                 "--metric", "auc", "--pruner", "hyperband", "--out", str(tmp_path / "s")]) == 2
+    assert "--metric eval_auc: not among the stage metrics (eval_accuracy, eval_f1, eval_loss" in capsys.readouterr().err
+    assert _trial_numbers(tmp_path / "s") == [0]

@@ -31,7 +31,8 @@ class TrialRow:
     pruned_at_step: int | None = None
     folder: str | None = None
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    stage: str | None = None  # the best trial: the stage folder that reached its metric
+    test: dict = field(default_factory=dict)  # the best trial: that stage's test metrics (evaluated once)
 
 
 def _cell(value: Any, full: bool = False) -> str:

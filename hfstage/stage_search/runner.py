@@ -180,7 +180,7 @@ def _base(recipe: Recipe, number: int, settings: SearchSettings, out: Path) -> t
         base = out / "base"
         raw = copy.deepcopy(recipe.raw)
         raw["stages"] = raw["stages"][:number - 1]
-        raw.update(output_dir=str(base), project=search_project(recipe.cfg, number))
+        raw.update(output_dir=str(base), project=search_project(recipe.cfg, number), test_every_stage=False)
         raw.pop("search", None)
         cfg = build_run_config(raw, recipe.source)
         logger.info("search: training the stages before the searched one once, into %s", base)
@@ -265,8 +265,14 @@ def _search_stage(recipe: Recipe, number: int, settings: SearchSettings, header:
             folder = out / f"trial_{trial.number}"
             trial.set_user_attr("folder", str(folder))
             raw = trial_raw(recipe, base_stages, number, last, values)
-            raw.update(output_dir=str(folder), project=project)
-            trial_cfg = build_run_config(raw, f"{out} trial {trial.number}")
+            raw.update(output_dir=str(folder), project=project, test_every_stage=False)  # test: the best, once
+            try:
+                trial_cfg = build_run_config(raw, f"{out} trial {trial.number}")
+            except ConfigError as exc:  # values each fine alone, refused together
+                trial.set_user_attr("error", str(exc))
+                study.tell(trial, state=states.FAIL)
+                logger.error("search: trial %d: %s", trial.number, exc)
+                continue
             seed_trial_folder(base, folder, [stage_dirname(i, s["name"]) for i, s in enumerate(base_stages, 1)])
             callback = studies.PruningCallback(storage, study_name, trial._trial_id, metric, settings.pruner, last)
             logger.info("search: trial %d: %s", trial.number, ", ".join(f"{k}={outputs.value_text(v)}"
@@ -279,14 +285,33 @@ def _search_stage(recipe: Recipe, number: int, settings: SearchSettings, header:
         except HfstageError as exc:
             error = exc
         for trial, unit, began in batch:
-            _finish(study, states, trial, unit, number, metric, greater, error, time.monotonic() - began)
+            mine = error is not None and (len(batch) == 1 or f"{unit.name} (" in str(error))
+            _finish(study, states, trial, unit, number, metric, greater, error if mine else None,
+                    time.monotonic() - began)
 
     rows = _rows(study, states)
     best = _best(rows, greater)
     values = {number: best.params} if best else {}
     result = SearchResult(out, metric, rows, best, Path(best.folder) if best else None, out / outputs.BEST_YAML, values)
+    if best is not None:
+        best.stage, best.test = evaluate_best_stage(Path(best.folder), number, metric, greater)
     _write_outputs(result, recipe, base_stages, greater, study, header)
     return result
+
+
+def evaluate_best_stage(folder: Path, first: int, metric: str, greater: bool) -> tuple[str, dict[str, float]]:
+    """The trial's stage that reached its metric (the best of the searched stages), evaluated on the test split once
+    (trials train with ``test_every_stage: false``: the search never chooses by the test split). Returns the stage
+    folder's name and its test metrics (empty without a test split)."""
+    from hfstage.api import evaluate
+
+    folder_run = RunDir(folder)
+    records = [r for r in folder_run.records() if r.stage_index >= first and metric in r.metrics]
+    chosen = (max if greater else min)(records, key=lambda r: r.metrics[metric])
+    if folder_run.config().data.test_file is None:
+        return chosen.dir, {}
+    result = evaluate(folder / chosen.dir, split="test")
+    return chosen.dir, {f"test_{k}": v for k, v in result["metrics"].items()}
 
 
 def _check_identity(study, identity: dict[str, Any], storage: str) -> None:
@@ -331,11 +356,13 @@ def _finish(study, states, trial, unit: Unit, number: int, metric: str, greater:
     folder = RunDir(unit.cfg.output_dir)
     records = folder.finished_on_disk(unit.cfg)[number - 1:] if folder.is_run() else []
     values = [r.metrics[metric] for r in records if metric in r.metrics]
-    failed = error is not None and (f"{unit.name} (" in str(error) or not values)
+    if records and not values and error is None:
+        study.tell(trial, state=states.FAIL)
+        raise ConfigError(f"--metric {metric}: not among the stage metrics ({', '.join(sorted(records[0].metrics))})")
     if "pruned_at_step" in attrs:
         study.tell(trial, state=states.PRUNED)
         logger.info("search: trial %d pruned at step %d", trial.number, attrs["pruned_at_step"])
-    elif failed or not values:
+    elif error is not None or not values:
         trial.set_user_attr("error", str(error) if error else f"no {metric} recorded in {folder}")
         study.tell(trial, state=states.FAIL)
         logger.error("search: trial %d failed: %s", trial.number, trial.user_attrs.get("error", error))
@@ -399,8 +426,10 @@ def _write_outputs(result: SearchResult, recipe: Recipe, base_stages: list[dict]
     outputs.write_best_yaml(result.best_yaml, raw, header or (
         f"hfstage search: the recipe with trial {best.trial}'s values in stage {number} ({metric} = {best.metric:.6g});\n"
         f"hfstage train --config {result.best_yaml} trains it again"))
-    logger.info("search: best trial %d (%s = %.6g): %s; %s", best.trial, metric, best.metric, best.folder,
-                result.best_yaml)
+    tested = ", ".join(f"{k} = {v:.6g}" for k, v in best.test.items() if isinstance(v, float))
+    print(f"best trial {best.trial}: {best.stage} {metric} = {best.metric:.6g}"
+          + (f"; on the test split (evaluated once): {tested}" if tested else ""), flush=True)
+    logger.info("search: best trial %d: %s; %s", best.trial, best.folder, result.best_yaml)
 
 
 def _built_stages(recipe: Recipe) -> list[dict]:
@@ -450,6 +479,10 @@ def _greedy(recipe: Recipe, settings: SearchSettings) -> SearchResult:
                             f"{run_dir} holds the curriculum of the best trials")
     rows = [row for r in results for row in r.rows]
     last = results[-1]
-    print(f"search all: best trials {', '.join(str(r.best.trial) for r in results)}; run {run_dir}", flush=True)
-    return SearchResult(out, last.metric, rows, last.best, run_dir, best_yaml, values)
+    best = dataclasses.replace(last.best)
+    best.stage, best.test = evaluate_best_stage(run_dir, 1, last.metric, _direction(recipe, last.metric))
+    tested = ", ".join(f"{k} = {v:.6g}" for k, v in best.test.items() if isinstance(v, float))
+    print(f"search all: best trials {', '.join(str(r.best.trial) for r in results)}; run {run_dir}, best stage "
+          f"{best.stage}" + (f"; on the test split (evaluated once): {tested}" if tested else ""), flush=True)
+    return SearchResult(out, last.metric, rows, best, run_dir, best_yaml, values)
 

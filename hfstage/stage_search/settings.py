@@ -40,7 +40,7 @@ class SearchSettings:
     out: str | None = None  # default <output_dir>/search_<stage name>
     from_run: str | None = None  # a finished run whose earlier stages the trials start from
     through: str | None = None  # also train the stages after the searched one, up to this one
-    storage: str | None = None  # an Optuna storage URL; default sqlite:///<out>/study.db
+    storage: str | None = None  # an Optuna RDB URL or journal:PATH; default sqlite:///<out>/study.db
     trials_per_stage: int | None = None  # `all`: trials of each stage
     executor: dict = field(default_factory=lambda: dict(LOCAL))  # where trials train ({type: ray} side by side)
 

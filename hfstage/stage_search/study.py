@@ -33,11 +33,28 @@ def make_pruner(name: str):
     return op.pruners.NopPruner()
 
 
+JOURNAL = "journal:"
+
+
+def storage_of(url: str):
+    """An Optuna storage from its URL: an RDB URL (``sqlite:///...``, ``postgresql://...``) as Optuna reads it, or
+    ``journal:PATH``, a journal file (append-only, for many machines that share a filesystem without a database)."""
+    op = optuna()
+    if url.startswith(JOURNAL):
+        path = url[len(JOURNAL):].removeprefix("//")
+        if not path:
+            raise ConfigError(f"--storage {url}: name the journal file (journal:/shared/search.log)")
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        return op.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return url
+
+
 def open_study(storage: str, name: str, direction: str, seed: int, pruner: str):
     """Create the study, or load it to continue (a rerun of the same search)."""
     op = optuna()
     try:
-        return op.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
+        return op.create_study(storage=storage_of(storage), study_name=name, direction=direction, load_if_exists=True,
                                sampler=op.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner))
     except Exception as exc:  # noqa: BLE001  SQLAlchemy / journal errors: a bad URL or an unreachable database
         raise ConfigError(f"--storage: cannot open the study at {storage}: {type(exc).__name__}: {exc}") from None
@@ -92,7 +109,8 @@ class PruningCallback(StageCallback):
     def trial(self):
         if self._trial is None:
             op = optuna()
-            study = op.load_study(study_name=self.study_name, storage=self.storage, pruner=make_pruner(self.pruner))
+            study = op.load_study(study_name=self.study_name, storage=storage_of(self.storage),
+                                  pruner=make_pruner(self.pruner))
             self._trial = op.trial.Trial(study, self.trial_id)
         return self._trial
 
