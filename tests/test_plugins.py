@@ -73,7 +73,7 @@ class JournalExecutor(Executor):
 
         for unit in units:
             with open(self.journal, "a") as f:
-                f.write(unit.name + "\n")
+                f.write(unit.name + "\\n")
             run(unit.cfg, unit.config_file, [*callbacks, *unit.callbacks])
 """
 

@@ -222,7 +222,7 @@ def test_a_hopeless_trial_is_pruned_and_kept(recipe, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_trial_is_marked_failed_and_retried_once_on_rerun(recipe, tmp_path):
-    path = recipe([{"name": "baseline", "epochs": 1}, {"name": "finetune", "epochs": 40, "lr": 1e-3}])
+    path = recipe([{"name": "baseline", "epochs": 1}, {"name": "finetune", "epochs": 15, "lr": 1e-3}])
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "hfstage", "search", "--config", str(path), "finetune", "--trials", "2", "--space",
            "lr=loguniform(1e-4,1e-2)", "--pruner", "none", "--out", str(out)]
