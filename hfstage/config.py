@@ -37,6 +37,7 @@ from hfstage.arguments import (
 )
 from hfstage.errors import ConfigError
 from hfstage.executors.base import LOCAL, executor_spec, fans_out
+from hfstage.stage_search.settings import search_block
 from hfstage.training_args import (
     check_report_to,
     check_training_args,
@@ -91,12 +92,6 @@ def teacher_spec(value: Any, where: str) -> dict[str, Any] | None:
     losses = _losses()
     return {"checkpoint": value["checkpoint"], **losses.base.loss_arguments(losses.DistillationLoss, args, where,
                                                                             "teacher (distillation)", ("hard_loss",))}
-
-
-def _search_block(value: Any, where: str) -> dict[str, Any]:
-    from hfstage.stage_search.settings import search_block
-
-    return search_block(value, where)
 
 
 def _losses():
@@ -320,7 +315,7 @@ class RunConfig:
         help="Settings of `hfstage search` (docs/search.md): `trials`, `space` (KEY: DIST), `metric`, `pruner`, "
         "`timeout`, `out`, `from_run`, `through`, `storage`, `trials_per_stage`, `executor`; its flags override them. "
         "`hfstage train` does not read it.",
-        factory=dict, parse=lambda v, where: _search_block(v, where),
+        factory=dict, parse=lambda v, where: search_block(v, where),
     )
     data: DataConfig = _f(help="Data settings (see the `data` table).", factory=DataConfig)
     model: dict[str, Any] = _f(

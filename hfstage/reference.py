@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def _imported(name: str) -> LossFacts:
 
     cls = losses.LOSSES.get(name)
     args = {k: v for k, v in losses.loss_spec(name, "loss").items() if k != "type"}
-    return LossFacts(name, args, _summary(cls.__doc__ or __import__(cls.__module__, fromlist=["_"]).__doc__),
+    return LossFacts(name, args, _summary(cls.__doc__ or sys.modules[cls.__module__].__doc__),
                      losses.base.takes_label_smoothing(name))
 
 

@@ -23,6 +23,7 @@ from hfstage.executors.base import EXECUTORS, Executor, Unit
 logger = logging.getLogger("hfstage")
 
 RESOURCES = ("num_cpus", "num_gpus", "memory")
+CLUSTER_KINDS = (("num_cpus", "CPU"), ("num_gpus", "GPU"))  # a unit's ask -> the cluster resource it draws on
 
 
 @EXECUTORS.register("ray")
@@ -51,16 +52,14 @@ class RayExecutor(Executor):
                 raise ConfigError(f"resources.{key}: {amount:g} must be >= 0")
 
     def describe(self) -> str:
-        ask = ", ".join(f"{k} {v:g}" for k, v in {"num_cpus": 1.0, **self.resources}.items())
+        ask = ", ".join(f"{k} {v:g}" for k, v in _ask(self.resources).items())
         return f"executor ray: each seed/fold a Ray task ({ask}) on {self.address or 'a local Ray'}"
 
     def slots(self) -> int:
         """The units that fit the cluster at once: its CPUs (GPUs) over what each unit asks for."""
-        ray = _start(self.address)
-        cluster = ray.cluster_resources()
-        ask = {"num_cpus": 1.0, **self.resources}
-        fits = [cluster.get(kind, 0) / ask[key] for key, kind in (("num_cpus", "CPU"), ("num_gpus", "GPU"))
-                if ask.get(key, 0) > 0]
+        cluster = _start(self.address).cluster_resources()
+        ask = _ask(self.resources)
+        fits = [cluster.get(kind, 0) / ask[key] for key, kind in CLUSTER_KINDS if ask.get(key, 0) > 0]
         return max(1, int(min(fits))) if fits else 1
 
     def run(self, units: list[Unit], callbacks=()) -> None:
@@ -92,6 +91,11 @@ def _ray():
     return ray
 
 
+def _ask(resources: dict) -> dict:
+    """What each unit asks Ray for: one CPU unless ``resources`` says otherwise."""
+    return {"num_cpus": 1.0, **resources}
+
+
 def _start(address: str | None):
     """Ray, started (a local one) or joined (``address``) once per process."""
     ray = _ray()
@@ -110,8 +114,8 @@ def _start(address: str | None):
 def _run_on_ray(units: list[Unit], address: str | None, resources: dict) -> None:
     ray = _start(address)
     cluster = ray.cluster_resources()
-    ask = {"num_cpus": 1.0, **resources}
-    for key, amount in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+    ask = _ask(resources)
+    for key, amount in CLUSTER_KINDS:
         if ask.get(key, 0) > cluster.get(amount, 0):
             raise ConfigError(f"executor.resources.{key}: each unit asks for {ask[key]:g}, the Ray cluster has "
                               f"{cluster.get(amount, 0):g} {amount}(s) in all")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from hfstage.checkpoint import atomic_write_text
+from hfstage.checkpoint import atomic_write, atomic_write_text
 from hfstage.config import apply_override
 
 TRIALS_CSV, BEST_YAML, HISTORY_PNG, IMPORTANCE_PNG = "trials.csv", "best.yaml", "history.png", "importance.png"
@@ -94,19 +94,34 @@ def with_values(raw: dict[str, Any], values: dict[int, dict[str, Any]]) -> dict[
     return out
 
 
+def tested_text(best: TrialRow) -> str:
+    """``; on the test split (evaluated once): test_accuracy = ...`` for the printed result ('' without a test split)."""
+    tested = ", ".join(f"{k} = {v:.6g}" for k, v in best.test.items() if isinstance(v, float))
+    return f"; on the test split (evaluated once): {tested}" if tested else ""
+
+
 def write_best_yaml(path: Path, raw: dict[str, Any], header: str) -> None:
     text = yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
     atomic_write_text(path, "".join(f"# {line}\n" for line in header.splitlines()) + text)
 
 
-def plot_history(path: Path, rows: list[TrialRow], metric: str, greater_is_better: bool) -> None:
-    """Metric per trial (pruned ones marked x, at their last reported value) and the best so far."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)
+    _pyplot().close(fig)
+
+
+def plot_history(path: Path, rows: list[TrialRow], metric: str, greater_is_better: bool) -> None:
+    """Metric per trial (pruned ones marked x, at their last reported value) and the best so far."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     done = [r for r in rows if r.state == "complete" and r.metric is not None]
     pruned = [r for r in rows if r.state == "pruned" and r.metric is not None and math.isfinite(r.metric)]
     ax.plot([r.trial for r in done], [r.metric for r in done], "o", color="tab:blue", label="complete")
@@ -125,24 +140,13 @@ def plot_history(path: Path, rows: list[TrialRow], metric: str, greater_is_bette
     ax.set_ylabel(metric)
     ax.legend(loc="best")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def plot_importance(path: Path, importances: dict[str, float], metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 1 + 0.4 * len(names)))
+    fig, ax = _pyplot().subplots(figsize=(6, 1 + 0.4 * len(names)))
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel(f"importance for {metric} (Optuna, fANOVA)")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)

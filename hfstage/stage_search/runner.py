@@ -54,6 +54,10 @@ class Recipe:
     source: str
     config_file: str | None
 
+    def plain(self) -> dict[str, Any]:
+        """A copy of the raw recipe without its ``search:`` block (what a base, a trial and best.yaml train)."""
+        return copy.deepcopy({k: v for k, v in self.raw.items() if k != "search"})
+
 
 def load_recipe(config: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> Recipe:
     if isinstance(config, dict):
@@ -77,7 +81,7 @@ def search(config: str | Path | dict[str, Any], stage: str | int, overrides: Seq
     ``search:`` block."""
     recipe = load_recipe(config, overrides)
     if space is not None and not isinstance(space, dict):
-        space = {k: v for k, v in (_split_space(item) for item in space)}
+        space = space_texts(parse_space(space))
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(SearchSettings)})
     if unknown:
         raise ConfigError(f"search: unknown setting(s) {', '.join(unknown)}")
@@ -85,13 +89,6 @@ def search(config: str | Path | dict[str, Any], stage: str | int, overrides: Seq
     if str(stage) == "all":
         return _greedy(recipe, chosen)
     return _search_stage(recipe, _stage(recipe.cfg, stage, "STAGE"), chosen)
-
-
-def _split_space(item: str) -> tuple[str, str]:
-    key, sep, dist = str(item).partition("=")
-    if not sep:
-        raise ConfigError(f"--space {item!r}: expected KEY=DIST, e.g. lr=loguniform(1e-5,1e-2)")
-    return key.strip(), dist
 
 
 def _stage(cfg: RunConfig, token: Any, what: str) -> int:
@@ -110,9 +107,8 @@ def _stage(cfg: RunConfig, token: Any, what: str) -> int:
 def trial_raw(recipe: Recipe, base_stages: list[dict], number: int, last: int, values: dict[str, Any]) -> dict:
     """The raw recipe a trial trains: the base's stages as they were saved, then the recipe's stages ``number``
     to ``last`` with the trial's values written into the searched one."""
-    raw = copy.deepcopy(recipe.raw)
-    raw["stages"] = [*copy.deepcopy(base_stages), *copy.deepcopy(recipe.raw["stages"][number - 1:last])]
-    raw.pop("search", None)
+    raw = recipe.plain()
+    raw["stages"] = [*copy.deepcopy(base_stages), *raw["stages"][number - 1:last]]
     return outputs.with_values(raw, {number: values})
 
 
@@ -126,10 +122,8 @@ def check_space(recipe: Recipe, number: int, space: dict[str, Dist]) -> None:
         if key in ("name", "description", "init_from"):
             raise ConfigError(f"--space {key}: not a searchable field (it names or places the stage)")
         for value in dist.probes():
-            raw = copy.deepcopy(recipe.raw)
-            raw.pop("search", None)
             try:
-                build_run_config(outputs.with_values(raw, {number: {key: value}}), recipe.source)
+                build_run_config(outputs.with_values(recipe.plain(), {number: {key: value}}), recipe.source)
             except ConfigError as exc:
                 raise ConfigError(f"--space {key}={dist.text}: the value {value!r} is refused: {exc}") from None
 
@@ -178,10 +172,9 @@ def _base(recipe: Recipe, number: int, settings: SearchSettings, out: Path) -> t
                               f"{', '.join(str(e.stage_index) for e in saved.finished()) or 'none'})")
     else:
         base = out / "base"
-        raw = copy.deepcopy(recipe.raw)
+        raw = recipe.plain()
         raw["stages"] = raw["stages"][:number - 1]
         raw.update(output_dir=str(base), project=search_project(recipe.cfg, number), test_every_stage=False)
-        raw.pop("search", None)
         cfg = build_run_config(raw, recipe.source)
         logger.info("search: training the stages before the searched one once, into %s", base)
         run(cfg, recipe.config_file)
@@ -215,7 +208,7 @@ def _direction(recipe: Recipe, metric: str) -> bool:
     return not lower_is_better(metric)
 
 
-def _search_stage(recipe: Recipe, number: int, settings: SearchSettings, header: str = "") -> SearchResult:
+def _search_stage(recipe: Recipe, number: int, settings: SearchSettings) -> SearchResult:
     from hfstage.stage_search import study as studies
 
     cfg = recipe.cfg
@@ -295,7 +288,7 @@ def _search_stage(recipe: Recipe, number: int, settings: SearchSettings, header:
     result = SearchResult(out, metric, rows, best, Path(best.folder) if best else None, out / outputs.BEST_YAML, values)
     if best is not None:
         best.stage, best.test = evaluate_best_stage(Path(best.folder), number, metric, greater)
-    _write_outputs(result, recipe, base_stages, greater, study, header)
+    _write_outputs(result, recipe, base_stages, greater, study)
     return result
 
 
@@ -351,8 +344,10 @@ def _counted(trials, states) -> int:
 
 def _finish(study, states, trial, unit: Unit, number: int, metric: str, greater: bool, error: HfstageError | None,
             seconds: float) -> None:
+    from hfstage.stage_search import study as studies
+
     trial.set_user_attr("time_s", round(seconds, 2))
-    attrs = studies_trial_attrs(study, trial)
+    attrs = studies.fresh_attrs(study, trial)  # written by the unit's callback, maybe in another process
     folder = RunDir(unit.cfg.output_dir)
     records = folder.finished_on_disk(unit.cfg)[number - 1:] if folder.is_run() else []
     values = [r.metrics[metric] for r in records if metric in r.metrics]
@@ -370,13 +365,6 @@ def _finish(study, states, trial, unit: Unit, number: int, metric: str, greater:
         value = max(values) if greater else min(values)
         study.tell(trial, value)
         logger.info("search: trial %d: %s = %.6g", trial.number, metric, value)
-
-
-def studies_trial_attrs(study, trial) -> dict[str, Any]:
-    """The trial's user attributes as the storage holds them now (the unit's callback wrote them, maybe elsewhere)."""
-    from hfstage.stage_search import study as studies
-
-    return studies.fresh_attrs(study, trial)
 
 
 def _rows(study, states) -> list[outputs.TrialRow]:
@@ -400,8 +388,7 @@ def _best(rows: list[outputs.TrialRow], greater: bool) -> outputs.TrialRow | Non
     return max(done, key=lambda r: r.metric if greater else -r.metric)
 
 
-def _write_outputs(result: SearchResult, recipe: Recipe, base_stages: list[dict], greater: bool, study,
-                   header: str) -> None:
+def _write_outputs(result: SearchResult, recipe: Recipe, base_stages: list[dict], greater: bool, study) -> None:
     from hfstage.stage_search import study as studies
 
     out, metric, rows, best = result.out, result.metric, result.rows, result.best
@@ -416,19 +403,16 @@ def _write_outputs(result: SearchResult, recipe: Recipe, base_stages: list[dict]
     if best is None:
         logger.warning("search: no trial completed; no best.yaml")
         return
-    raw = copy.deepcopy(recipe.raw)
+    raw = recipe.plain()
     number = next(iter(result.best_values))
-    if base_stages and [s for s in base_stages] != _built_stages(recipe)[:len(base_stages)]:
+    if base_stages and base_stages != _built_stages(recipe)[:len(base_stages)]:
         raw["stages"][:len(base_stages)] = copy.deepcopy(base_stages)  # --from a run whose stages differ
     raw = outputs.with_values(raw, result.best_values)
     raw["output_dir"] = str(out / "best")
-    raw.pop("search", None)
-    outputs.write_best_yaml(result.best_yaml, raw, header or (
+    outputs.write_best_yaml(result.best_yaml, raw, (
         f"hfstage search: the recipe with trial {best.trial}'s values in stage {number} ({metric} = {best.metric:.6g});\n"
         f"hfstage train --config {result.best_yaml} trains it again"))
-    tested = ", ".join(f"{k} = {v:.6g}" for k, v in best.test.items() if isinstance(v, float))
-    print(f"best trial {best.trial}: {best.stage} {metric} = {best.metric:.6g}"
-          + (f"; on the test split (evaluated once): {tested}" if tested else ""), flush=True)
+    print(f"best trial {best.trial}: {best.stage} {metric} = {best.metric:.6g}{outputs.tested_text(best)}", flush=True)
     logger.info("search: best trial %d: %s; %s", best.trial, best.folder, result.best_yaml)
 
 
@@ -472,7 +456,7 @@ def _greedy(recipe: Recipe, settings: SearchSettings) -> SearchResult:
     record.config["output_dir"] = str(run_dir)
     record.trackers = None  # the best trial's tracker runs stay the trial's
     folder.write(record)
-    raw = outputs.with_values({k: v for k, v in recipe.raw.items() if k != "search"}, values)
+    raw = outputs.with_values(recipe.plain(), values)
     raw["output_dir"] = str(out / "best")
     best_yaml = out / outputs.BEST_YAML
     outputs.write_best_yaml(best_yaml, raw, "hfstage search all: the recipe with every stage's best values;\n"
@@ -481,8 +465,7 @@ def _greedy(recipe: Recipe, settings: SearchSettings) -> SearchResult:
     last = results[-1]
     best = dataclasses.replace(last.best)
     best.stage, best.test = evaluate_best_stage(run_dir, 1, last.metric, _direction(recipe, last.metric))
-    tested = ", ".join(f"{k} = {v:.6g}" for k, v in best.test.items() if isinstance(v, float))
     print(f"search all: best trials {', '.join(str(r.best.trial) for r in results)}; run {run_dir}, best stage "
-          f"{best.stage}" + (f"; on the test split (evaluated once): {tested}" if tested else ""), flush=True)
+          f"{best.stage}{outputs.tested_text(best)}", flush=True)
     return SearchResult(out, last.metric, rows, best, run_dir, best_yaml, values)
 

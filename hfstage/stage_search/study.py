@@ -53,8 +53,9 @@ def storage_of(url: str):
 def open_study(storage: str, name: str, direction: str, seed: int, pruner: str):
     """Create the study, or load it to continue (a rerun of the same search)."""
     op = optuna()
+    backend = storage_of(storage)
     try:
-        return op.create_study(storage=storage_of(storage), study_name=name, direction=direction, load_if_exists=True,
+        return op.create_study(storage=backend, study_name=name, direction=direction, load_if_exists=True,
                                sampler=op.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner))
     except Exception as exc:  # noqa: BLE001  SQLAlchemy / journal errors: a bad URL or an unreachable database
         raise ConfigError(f"--storage: cannot open the study at {storage}: {type(exc).__name__}: {exc}") from None
