@@ -71,6 +71,7 @@ _API = {
     "evaluate": ("hfstage.api", "evaluate"),
     "stack": ("hfstage.stacking", "stack"),
     "search": ("hfstage.stage_search.runner", "search"),
+    "auto": ("hfstage.automl.runner", "auto"),
     "push": ("hfstage.hub.push", "push"),
     "pull": ("hfstage.hub.pull", "pull"),
     "load_config": ("hfstage.config", "load_config"),

@@ -64,13 +64,14 @@ def predict(runs: Sequence[str] = (), images: str | Path | None = None, out: str
     """``hfstage predict``: images with runs, stages or ``hf://`` references (k-fold runs average their folds, ``tta``
     views) into the CSV ``out``; or, with ``stack=DIR`` and ``data=DIR``, a fitted stack on ``split`` (the CSV is
     written when ``out`` is given). Returns the summary the command prints."""
+    if stack is None and images is None and len(runs) == 1 and data is not None:
+        stack, runs = runs[0], ()  # an auto or stack folder given as the one positional
     if stack is not None:
         from hfstage.checkpoint import atomic_write_text
-        from hfstage.stacking import predict_with_stack
 
         if runs or images or data is None:
             raise ConfigError("predict: with stack=DIR give data=DIR (and no runs or images)")
-        summary, table = predict_with_stack(stack, data, split)
+        summary, table = predict_answer(stack, data, split)
         if out is not None:
             atomic_write_text(out, table)
         return summary
@@ -81,14 +82,40 @@ def predict(runs: Sequence[str] = (), images: str | Path | None = None, out: str
     return predict_images(list(runs), images, out, tta, proba, batch_size)
 
 
+def predict_answer(folder: str | Path, data: str, split: str = "test") -> tuple[dict, str]:
+    """(summary, predictions CSV) of a stack folder, or of an ``hfstage auto`` folder's answer (its stack, or its
+    best model when that is the answer), on ``data``'s ``split``."""
+    import tempfile
+
+    from hfstage.automl import final_of
+    from hfstage.stacking import is_stack, predict_with_stack
+
+    final = final_of(folder)
+    if final is None and not is_stack(folder):
+        raise ConfigError(f"predict: {folder} is neither a stack folder (stack_meta.json) nor an hfstage auto folder "
+                          "(auto.json); for runs give --images DIR --out FILE.csv")
+    path = final["path"] if final else folder
+    if is_stack(path):
+        return predict_with_stack(path, data, split)
+    with tempfile.TemporaryDirectory() as tmp:  # the answer is one model: its evaluation's predictions
+        result = evaluate(path, data, split, save_predictions=True, out=tmp)
+        table = (Path(tmp) / f"{split}_predictions.csv").read_text(encoding="utf-8")
+    summary = {"samples": result.get("samples"), "data_file": result.get("data_file"), **result.get("metrics", {})}
+    return summary, table
+
+
 def evaluate(path: str | Path, data_dir: str | None = None, split: str = "test", save_predictions: bool = False,
              batch_size: int = 512, out: str | Path | None = None) -> dict:
-    """``hfstage evaluate``: a run (its best stage), a stage, an ``hf://`` reference, or a fitted stack (a folder
-    written by ``hfstage stack`` or a stacking recipe); returns the ``eval/<split>.json`` record, whose
+    """``hfstage evaluate``: a run (its best stage), a stage, an ``hf://`` reference, a fitted stack (a folder
+    written by ``hfstage stack`` or a stacking recipe) or an ``hfstage auto`` folder (its final answer); returns the ``eval/<split>.json`` record, whose
     ``metrics.accuracy`` is the test accuracy whatever was evaluated."""
+    from hfstage.automl import final_of
     from hfstage.evaluation import evaluate_checkpoint
     from hfstage.stacking import evaluate_stack, is_stack
 
+    final = final_of(path)  # an hfstage auto folder: its answer
+    if final is not None:
+        path = final["path"]
     if is_stack(path):
         return evaluate_stack(path, data_dir, split, save_predictions, None if out is None else str(out))
     return evaluate_checkpoint(path, data_dir, split, save_predictions, batch_size, None if out is None else str(out))

@@ -67,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="the cluster the executor joins (Ray: auto, HOST:6379; default a local Ray)")
     _add_verbose(p)
 
+    p = sub.add_parser("auto", help="the best model or stacked ensemble a time budget buys on a data set: portfolio "
+                       "recipes quick then full, a stage search, k-fold bags, the stack (docs/auto.md)")
+    p.add_argument("--data", required=True, help="the data: hfstage's own files, a save_to_disk/parquet/csv/json folder "
+                   "or hf://datasets/OWNER/NAME")
+    p.add_argument("--budget", required=True, metavar="DURATION", help="wall time for all of it (90s, 15m, 2h, 1h30m); "
+                   "a rerun with a larger budget continues")
+    p.add_argument("--task", help="the task kind: pair_classification, sequence_classification, image_classification "
+                   "or speech_assessment (default: read from the data's fields)")
+    p.add_argument("--out", default="runs/auto", help="the auto folder (default runs/auto)")
+    p.add_argument("--metric", help="the eval metric models are ranked by (default accuracy; speech error_f1)")
+    p.add_argument("--executor", choices=EXECUTORS.names(), help="where the folds of a bag and the trials of a search "
+                   "train: local (in turn) or ray (side by side)")
+    p.add_argument("--address", help="the cluster the executor joins (Ray: auto, HOST:6379; default a local Ray)")
+    p.add_argument("--preset", choices=("quick", "best"), default="best", help="quick: the portfolio quickly, then the "
+                   "best recipe in full; best (default): then a stage search, k-fold bags and the stack")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every recipe (data.columns.label=y ...)")
+    _add_verbose(p)
+
     p = sub.add_parser("plan", help="print the resolved stages without training (a dry run)")
     _add_config_args(p)
 
@@ -145,14 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("predict", help="predict images with runs (folds, TTA) into a submission CSV, or with a fitted stack")
-    p.add_argument("runs", nargs="*", help="with --images: runs (k-fold runs average their folds), stages or hf:// references")
+    p = sub.add_parser("predict", help="predict images with runs (folds, TTA) into a submission CSV, or with a fitted "
+                       "stack or an hfstage auto folder (DIR --data NEW)")
+    p.add_argument("runs", nargs="*", help="with --images: runs (k-fold runs average their folds), stages or hf:// "
+                   "references; with --data: one hfstage auto (or stack) folder")
     p.add_argument("--images", help="folder of images to predict (flat, or with class folders to also score them)")
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-8 (1-6 never flip; see docs/tasks/images.md)")
     p.add_argument("--proba", action="store_true", help="add one p_<class> probability column per class")
     p.add_argument("--stack", help="a folder written by `hfstage stack` (instead of runs and --images)")
-    p.add_argument("--data", help="--stack: folder with the split file")
-    p.add_argument("--split", default="test", help="--stack: split to predict")
+    p.add_argument("--data", help="--stack or an auto folder: the data (folder or source) holding the split")
+    p.add_argument("--split", default="test", help="--stack or an auto folder: split to predict")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", help="CSV to write (required with --images; final_results.json goes beside it)")
 
@@ -330,6 +350,19 @@ def _inspect_shift(args) -> int:
     return 0
 
 
+def _auto(args) -> int:
+    from hfstage.automl.leaderboard import format_leaderboard
+    from hfstage.automl.runner import auto
+
+    executor = {**({"type": args.executor} if args.executor else {}), **({"address": args.address} if args.address else {})}
+    result = auto(args.data, args.budget, args.task, args.out, args.metric, executor or None, args.preset,
+                  args.overrides)
+    print(format_leaderboard(result.leaderboard, result.metric))
+    print(f"answer: {result.final['name']} ({result.final['why']}); {result.out / 'leaderboard.csv'}, "
+          f"{result.out / 'auto.json'}")
+    return 0
+
+
 def _stack(args) -> int:
     from hfstage.stacking import format_stack, stack
 
@@ -340,10 +373,12 @@ def _stack(args) -> int:
 
 
 def _predict(args) -> int:
+    from hfstage.api import predict_answer
     from hfstage.checkpoint import atomic_write_text
     from hfstage.errors import ConfigError
-    from hfstage.stacking import predict_with_stack
 
+    if len(args.runs) == 1 and not args.images and not args.stack and args.data:  # an auto (or stack) folder
+        args.stack, args.runs = args.runs[0], []
     if args.images or args.runs:
         if args.stack or not args.images or not args.runs or not args.out:
             raise ConfigError("predict: give RUN [RUN ...] --images DIR --out FILE.csv (or --stack DIR --data DIR)")
@@ -356,10 +391,11 @@ def _predict(args) -> int:
         return 0
     if not args.stack or not args.data:
         raise ConfigError("predict: give --stack DIR --data DIR (or RUN [RUN ...] --images DIR --out FILE.csv)")
-    summary, table = predict_with_stack(args.stack, args.data, args.split)
+    summary, table = predict_answer(args.stack, args.data, args.split)
     if args.out:
         atomic_write_text(args.out, table)
-    print(f"{summary['data_file']}: {summary['samples']} samples, accuracy {summary['accuracy']:.4f}"
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k in ("accuracy", "error_f1", "per"))
+    print(f"{summary['data_file']}: {summary['samples']} samples" + (f", {scores}" if scores else "")
           + (f"; predictions in {args.out}" if args.out else ""))
     return 0
 
@@ -447,7 +483,7 @@ def _config(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "search": _search, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "export": _export, "stack": _stack,
+COMMANDS = {"train": _train, "search": _search, "auto": _auto, "plan": _plan, "prepare": _prepare, "evaluate": _evaluate, "export": _export, "stack": _stack,
             "predict": _predict, "continue": _continue, "push": _push, "pull": _pull, "doctor": _doctor, "runs": _runs,
             "config": _config, "inspect-shift": _inspect_shift}
 

@@ -1,11 +1,18 @@
-"""hfstage auto's budget (#35, first slice): the cost model on hand-made timings, the planner that never starts a
-unit which cannot finish, and the deadline stop that keeps a run's last kept stage (and resumes later)."""
+"""hfstage auto: the cost model on hand-made timings, the planner that never starts a unit which cannot finish, the
+deadline stop that keeps a run's last kept stage, task detection (every form each task takes is checked in
+test_conformance, on the very sources the conformance matrix trains on; here the ambiguous and the unknown case),
+the portfolio, and a 3-minute auto run on a tiny pair set that resumes, reports and predicts with its ensemble."""
 
+import csv
 import json
+import time
 
+import numpy as np
 import pytest
 
 from hfstage.automl.budget import Budget, CostModel, DeadlineCallback, OutOfTime, Unit, next_unit
+from hfstage.cli import main
+from hfstage.errors import ConfigError
 
 
 class Clock:
@@ -83,3 +90,129 @@ def test_the_deadline_stops_a_run_after_its_current_stage_and_a_rerun_resumes_it
     log = (tmp_path / "run" / "training.log").read_text()
     assert log.count("stage 1/3 'baseline'") == 1 and "stage 1 'baseline' already finished; skipping" in log
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+
+
+# --- task detection -------------------------------------------------------------------------------------------------
+
+def _table(folder, columns: dict) -> str:
+    import datasets
+
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_dict(columns).save_to_disk(str(folder))
+    return str(folder)
+
+
+def test_data_that_could_be_two_kinds_names_both_and_takes_task(tmp_path, capsys):
+    """Float arrays in [0, 1] may be grey images or feature sequences: the error says both and asks for --task."""
+    from hfstage.automl.detect import detect
+
+    rng = np.random.default_rng(0)
+    path = _table(tmp_path / "matrix", {"x": list(rng.random((12, 16, 16), dtype=np.float32)), "label": [0, 1, 2] * 4})
+    with pytest.raises(ConfigError, match="could be image_classification or sequence_classification .*Give --task"):
+        detect(path)
+    found = detect(path, "sequence_classification")
+    assert found.task == "sequence_classification" and found.data["columns"] == {"features": "x"}
+    assert found.samples == 12
+    assert main(["auto", "--data", path, "--budget", "1m", "--out", str(tmp_path / "auto")]) == 2
+    assert "could be image_classification or sequence_classification" in capsys.readouterr().err
+    assert not (tmp_path / "auto").exists()  # nothing written before the data is understood
+
+
+@pytest.mark.parametrize("columns, message", [
+    ({"a": [1.0, 2.0], "b": [3, 4]}, "no task kind fits"),  # scalars only
+    ({"a": ["x.png", "y.png"], "b": ["x.png", "y.png"], "c": ["x.png", "y.png"], "y": [0, 1]}, "no task kind fits"),
+])
+def test_data_no_kind_fits_is_refused_with_what_each_kind_needs(tmp_path, columns, message):
+    from hfstage.automl.detect import detect
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        detect(_table(tmp_path / "t", columns))
+    assert "pair_classification: two image columns" in str(caught.value) and "Give --task" in str(caught.value)
+
+
+def test_a_task_that_does_not_fit_the_data_is_refused(sequence_data):
+    from hfstage.automl.detect import detect
+
+    with pytest.raises(ConfigError, match="--task pair_classification: .*train.npz does not hold what it needs"):
+        detect(str(sequence_data), "pair_classification")
+    with pytest.raises(ConfigError, match="unknown task"):
+        detect(str(sequence_data), "pairs")
+
+
+# --- the portfolio --------------------------------------------------------------------------------------------------
+
+def test_every_portfolio_recipe_builds_and_the_portfolio_is_ordered_by_score_per_second(tmp_path):
+    from hfstage.automl.portfolio import read_portfolios
+    from hfstage.config import build_run_config
+    from hfstage.stage_search.settings import search_block
+    from hfstage.tasks import TASKS
+
+    portfolios = read_portfolios()
+    assert set(portfolios) == set(TASKS.names()) - {"tabular_classification"}
+    for task, portfolio in portfolios.items():
+        assert portfolio.measured and portfolio.recommended in portfolio.names()
+        assert len(set(portfolio.names())) == len(portfolio.names())
+        values = [c.value for c in portfolio.candidates]
+        assert values == sorted(values, reverse=True)
+        for c in portfolio.candidates:
+            raw = {**c.raw(), "data": {"path": str(tmp_path)}, "output_dir": str(tmp_path / c.name)}
+            search_block(raw.get("search"), f"{task}.{c.name}.search")
+            cfg = build_run_config(raw, f"{task}.{c.name}")
+            assert cfg.task == task and c.rate > 0 and 0 < c.score <= 1
+    with pytest.raises(ConfigError, match="needs exactly name, score, seconds, rate, recipe"):
+        read_portfolios("pair_classification: {recommended: a, measured: m, candidates: [{name: a, score: 1}]}")
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # a 3-minute budget, spent in two runs
+def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(pair_data, tmp_path, capsys):
+    out = tmp_path / "auto"
+    began = time.monotonic()
+    assert main(["auto", "--data", str(pair_data), "--budget", "40s", "--out", str(out)]) == 0
+    first = json.loads((out / "auto.json").read_text())
+    trained = {d["unit"] for d in first["decisions"] if d["action"] == "finished"}
+    assert trained and first["spent_s"] <= 40 * 1.1
+    weights = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("model.safetensors")}
+    assert weights
+
+    # the same command with a larger budget continues: nothing finished retrains, the total stays in the budget
+    assert main(["auto", "--data", str(pair_data), "--budget", "3m", "--out", str(out)]) == 0
+    wall = time.monotonic() - began
+    state = json.loads((out / "auto.json").read_text())
+    assert state["spent_s"] <= 180 * 1.1 and wall <= 180 * 1.1 + 30  # + two start-ups of the command
+    assert all(p.stat().st_mtime_ns == t for p, t in weights.items())
+    again = state["decisions"][len(first["decisions"]):]
+    assert {d["unit"] for d in again if d["action"] == "reuse"} >= {u for u in trained if not u.endswith("_quick")} - {
+        d["unit"] for d in again if d["action"] == "finished"}
+    assert not {d["unit"] for d in again if d["action"] == "finished"} & trained
+    for d in state["decisions"]:  # every start was estimated, and fitted the time left
+        if d["action"] == "train":
+            assert d["estimate_s"] > 0 and "min left" in d["why"]
+
+    with open(out / "leaderboard.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["model", "kind", "recipe", "overrides", "eval_accuracy", "test_accuracy", "fit_seconds",
+                             "predict_ms_per_sample", "stack_weight", "final"]
+    assert sum(r["final"] == "True" for r in rows) == 1
+    final = state["final"]
+    printed = capsys.readouterr().out
+    assert f"answer: {final['name']}" in printed
+    if final["kind"] == "stack":
+        stack_row = rows[0]
+        assert stack_row["kind"] == "stack" and stack_row["final"] == "True"
+        members = [r for r in rows if r["stack_weight"] and r["kind"] != "stack"]
+        assert len(members) >= 2 and sum(float(r["stack_weight"]) for r in members) == pytest.approx(1.0, abs=1e-6)
+    models = [r for r in rows if r["kind"] != "stack"]
+    assert all(r["eval_accuracy"] and r["test_accuracy"] and float(r["predict_ms_per_sample"]) > 0 for r in models)
+
+    # the answer predicts new data and evaluates like any run or stack
+    assert main(["predict", str(out), "--data", str(pair_data), "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = capsys.readouterr().out
+    assert main(["evaluate", str(out), "--split", "test", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert f"accuracy {evaluated['metrics']['accuracy']:.4f}" in predicted
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(lines) == 161 and lines[0].startswith("id,label,prediction")
+    best_row = next(r for r in rows if r["final"] == "True")
+    assert float(best_row["test_accuracy"]) == pytest.approx(evaluated["metrics"]["accuracy"], abs=1e-6)

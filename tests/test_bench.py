@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow  # each a subprocess training small models: make t
     ("data_memory.py", "peak_rss_ratio_16x_vs_1x", 0.5, 1.25),
     ("startup.py", "cli_help_over_torch_import", 0.0, float("inf")),
     ("search.py", "search_time_ratio_vs_whole_run_search", 0.0, float("inf")),
+    ("auto.py", "auto_min_margin_vs_recommended_recipe", -1.0, 1.0),
     ("gpu_models.py", "gpu_model_checks_failed", 0.0, 0.0),
     pytest.param("speech_baseline.py", "speech_baseline_test_error_f1", 0.0, 1.0, marks=pytest.mark.skipif(
         shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")),

@@ -198,6 +198,15 @@ def write_source(kind: str, folder: Path, splits: dict[str, dict], features: dic
     return str(folder)
 
 
+def _detected(path: str, task: str, columns: dict) -> None:
+    """hfstage auto reads the task kind from the same source, and the columns it maps are the ones the cell names."""
+    from hfstage.automl.detect import detect
+
+    found = detect(str(path))
+    assert found.task == task, found.why
+    assert all(columns.get(f, f) == c for f, c in found.data.get("columns", {}).items()), (found.data, columns)
+
+
 def _train(tmp_path: Path, name: str, recipe: dict) -> dict:
     out = tmp_path / name
     recipe = {**recipe, "output_dir": str(out)}
@@ -264,6 +273,7 @@ def pair_reference_metrics(pair_data, tmp_path_factory):
     for split, file in zip(SPLITS, ("train.npz", "val.npz", "test_public.npz")):
         np.savez(folder / file, x=np.stack([np.stack([a, b]) for a, b in zip(ref[split]["image_a"], ref[split]["image_b"])]),
                  y=ref[split]["label"])
+    _detected(folder, "pair_classification", {})
     return ref, _train(folder, "ref", _recipe("pair_classification", {"path": str(folder)}, TINY_MODEL))
 
 
@@ -278,6 +288,7 @@ def test_pairs_every_representation_reaches_the_reference_metrics(pair_reference
     path = write_source(source, folder, splits, feats)
     columns = {"pair": "both", "label": "same"} if field == "pair" else {"image_a": "left", "image_b": "right",
                                                                          "label": "same"}
+    _detected(path, "pair_classification", columns)
     got = _train(tmp_path, "run", _recipe("pair_classification", {"path": path, "columns": columns}, TINY_MODEL))
     assert got == expected
 
@@ -337,6 +348,7 @@ def sequence_reference_metrics(sequence_data, tmp_path_factory):
     for split, file in zip(SPLITS, ("train.npz", "val.npz", "test_public.npz")):
         r = ref[split]
         np.savez(folder / file, x=r["padded"], y=r["label"], lengths=r["lengths"], classes=np.asarray(r["classes"]))
+    _detected(folder, "sequence_classification", {})
     return ref, _train(folder, "ref", _recipe("sequence_classification", {"path": str(folder)}, SEQUENCE_MODEL))
 
 
@@ -362,6 +374,7 @@ def test_sequences_every_representation_reaches_the_reference_metrics(sequence_r
         splits[split] = cols
     path = write_source(source, tmp_path / "data", splits, feats)
     columns = {"features": "frames", "label": "y", **({} if rep == "ragged rows" else {"lengths": "n"})}
+    _detected(path, "sequence_classification", columns)
     got = _train(tmp_path, "run", _recipe("sequence_classification", {"path": path, "columns": columns},
                                           SEQUENCE_MODEL))
     if rep == "ragged rows":  # padded per batch, not to the split's length: same data, other padding
@@ -396,6 +409,7 @@ def image_reference_metrics(pair_data, tmp_path_factory):
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_bytes(_png(im))
     data = {"path": str(folder), "train_file": "train", "eval_file": "validation", "test_file": "test"}
+    _detected(folder, "image_classification", {})
     return ref, _train(folder, "ref", _recipe("image_classification", data, TINY_TIMM))
 
 
@@ -417,6 +431,7 @@ def test_images_every_representation_reaches_the_reference_metrics(image_referen
             feats["cls"] = feature
         splits[split] = cols
     path = write_source(source, folder, splits, feats)
+    _detected(path, "image_classification", {"image": "pic", "label": "cls"})
     got = _train(tmp_path, "run", _recipe("image_classification", {"path": path, "columns": {"image": "pic",
                                                                                            "label": "cls"}}, TINY_TIMM))
     assert got == expected  # (int labels: classes named 0, 1, 2 instead of a, b, c; the same ids)
@@ -440,6 +455,7 @@ def speech_reference_metrics(tmp_path_factory):
     rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
     speech_recipe = _recipe("speech_assessment", data, SPEECH_MODEL)
     speech_recipe["defaults"] = {**speech_recipe["defaults"], "loss": {"type": "ctc_mispronunciation"}}
+    _detected(folder, "speech_assessment", {})
     return folder, rows, speech_recipe, _train(folder, "ref", speech_recipe)
 
 
@@ -512,6 +528,7 @@ def test_speech_every_representation_reaches_the_reference_metrics(speech_refere
             for split, ds in per_split.items():
                 ds.to_parquet(str(out / f"{split}-00000-of-00001.parquet"))
         data = {**recipe["data"], "path": str(out), "eval_file": "validation", "columns": dict(names)}
+    _detected(data["path"], "speech_assessment", data["columns"])
     got = _train(tmp_path, "run", {**recipe, "data": data})
     assert got == expected
 
