@@ -186,3 +186,47 @@ hfstage train --config config.yaml
 ```
 """
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def auto_card(state: dict, rows: list[dict], metric: str, folder: Path) -> str:
+    """README.md of an ``hfstage auto`` folder: the task, the data, the budget spent, the answer and why, the
+    leaderboard, and how to use the answer."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    task, final = state["task"], state.get("final") or {}
+    dataset = hub_dataset({"path": state.get("data")})
+    meta = ModelCardData(library_name="hfstage", license=None, tags=["hfstage", "automl", "stacking", task],
+                         datasets=[dataset] if dataset else None, model_name=folder.name)
+    header = ("| model | kind | recipe | eval_" + metric + " | test_" + metric
+              + " | fit s | ms / sample | stack weight | answer |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kind']} | {r['recipe']} | {format_number(r['eval_metric'])} | "
+                     f"{format_number(r['test_metric'])} | {r['fit_seconds']:.0f} | "
+                     f"{'-' if r['predict_ms_per_sample'] is None else format(r['predict_ms_per_sample'], '.3f')} | "
+                     f"{'-' if r['stack_weight'] is None else format(r['stack_weight'], '.2f')} | "
+                     f"{'*' if r['final'] else ''} |")
+    started = sum(1 for d in state["decisions"] if d["action"] in ("train", "search"))
+    body = f"""
+# {folder.name}
+
+Made by `hfstage auto` (task `{task}`, data `{state.get('data')}`, preset `{state.get('preset')}`): {started} units of
+work started within a budget of {state['budget_s'] / 60:.1f} min ({state.get('spent_s', 0) / 60:.1f} min spent).
+
+**Answer: {final.get('name')}**: {final.get('why')}.
+
+## Leaderboard
+
+{chr(10).join(lines)}
+
+Every decision, with its estimate and its actual time, is in `auto.json`; the rows as CSV in `leaderboard.csv`.
+
+## Use
+
+```bash
+pip install hfstage
+hfstage evaluate {folder.name} --split test
+hfstage predict {folder.name} --data NEW_DATA --out predictions.csv
+```
+"""
+    return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n{body}"))

@@ -92,6 +92,28 @@ def test_the_deadline_stops_a_run_after_its_current_stage_and_a_rerun_resumes_it
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
 
 
+def test_progress_is_a_line_per_decision_and_a_budget_bar_on_a_terminal(caplog):
+    import io
+    import logging
+
+    from hfstage.automl.runner import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    clock = Clock()
+    budget = Budget(600, clock=clock)
+    screen, pipe = Terminal(), io.StringIO()
+    clock.now = 150.0
+    with caplog.at_level(logging.INFO, logger="hfstage"):
+        Progress(budget, screen).line("training cnn_5stage (est. 4.0 min, 7 min left)")
+        Progress(budget, pipe).line("training stats_logreg (est. 0.1 min, 7 min left)")
+    assert "training cnn_5stage (est. 4.0 min, 7 min left)" in caplog.text
+    assert screen.getvalue() == "\r[" + "#" * 7 + " " * 23 + "]  25% of the budget  \n"
+    assert pipe.getvalue() == ""  # a log file or a pipe gets the lines only
+
+
 # --- task detection -------------------------------------------------------------------------------------------------
 
 def _table(folder, columns: dict) -> str:
@@ -137,6 +159,14 @@ def test_a_task_that_does_not_fit_the_data_is_refused(sequence_data):
         detect(str(sequence_data), "pair_classification")
     with pytest.raises(ConfigError, match="unknown task"):
         detect(str(sequence_data), "pairs")
+
+
+def test_a_metric_the_models_do_not_report_stops_after_the_first_model(pair_data, tmp_path, capsys):
+    assert main(["auto", "--data", str(pair_data), "--budget", "2m", "--out", str(tmp_path / "a"), "--metric", "auc"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric auc: the pair_classification models report no eval_auc; choose one of accuracy, f1" in err
+    decisions = json.loads((tmp_path / "a" / "auto.json").read_text())["decisions"]
+    assert [d["action"] for d in decisions].count("train") == 1
 
 
 # --- the portfolio --------------------------------------------------------------------------------------------------
@@ -203,6 +233,8 @@ def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(
         assert stack_row["kind"] == "stack" and stack_row["final"] == "True"
         members = [r for r in rows if r["stack_weight"] and r["kind"] != "stack"]
         assert len(members) >= 2 and sum(float(r["stack_weight"]) for r in members) == pytest.approx(1.0, abs=1e-6)
+    card = (out / "README.md").read_text()
+    assert f"**Answer: {final['name']}**" in card and all(f"| {r['model']} | {r['kind']} |" in card for r in rows)
     models = [r for r in rows if r["kind"] != "stack"]
     assert all(r["eval_accuracy"] and r["test_accuracy"] and float(r["predict_ms_per_sample"]) > 0 for r in models)
 
@@ -214,5 +246,7 @@ def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(
     assert f"accuracy {evaluated['metrics']['accuracy']:.4f}" in predicted
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert len(lines) == 161 and lines[0].startswith("id,label,prediction")
+    assert main(["push", str(out), "--repo-id", "someone/auto"]) == 2  # not built yet: refused, naming what to push
+    assert "an hfstage auto folder; pushing its ensemble is not built yet" in capsys.readouterr().err
     best_row = next(r for r in rows if r["final"] == "True")
     assert float(best_row["test_accuracy"]) == pytest.approx(evaluated["metrics"]["accuracy"], abs=1e-6)

@@ -74,7 +74,9 @@ def test_the_python_api_example_runs(recipe, tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2] == "finished stage_1_baseline" and printed[-1].startswith("test accuracy 0.")  # after the table
     assert (tmp_path / "runs" / "api" / "stage_1_baseline" / "eval" / "test.json").is_file()
-    assert {"train", "evaluate", "predict", "stack", "push", "pull", "load_config"} <= set(hfstage.__all__)
+    assert {"train", "evaluate", "predict", "stack", "search", "auto", "push", "pull",
+            "load_config"} <= set(hfstage.__all__)
+    assert hfstage.auto.__module__ == "hfstage.automl.runner"
     assert hfstage.evaluate.__module__ == "hfstage.api" and hfstage.pull.__module__ == "hfstage.hub.pull"
 
 

@@ -6,8 +6,9 @@ feature and its first rows: ``image``, ``image_pair``, ``audio``, ``sequence``, 
 image or a feature sequence, the data cannot say), or ``other``. A task kind fits when the data columns are exactly
 what its declared fields take (pairs: two images or one image pair; images: one image; sequences: one sequence;
 speech: one clip) and a label column is found (named label, labels, y, class, target ...; else the only
-class-like scalar; else the only scalar). One fit is the answer (with the ``data.columns`` mapping when the names differ from the fields'); none or
-several is an error that says what each kind needs and what was found, and to give ``--task``.
+class-like scalar; else the only scalar). One fit is the answer (with the ``data.columns`` mapping when the names
+differ from the fields'); none or several is an error that says what each kind needs and what was found, and to
+give ``--task``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ NEEDS = {
     "pair_classification": ([{"image": 2}, {"image_pair": 1}], True, "two image columns (or one image-pair column) "
                             "and a 0/1 label"),
     "image_classification": ([{"image": 1}], True, "one image column and a class label"),
-    "sequence_classification": ([{"sequence": 1}], True, "one feature-sequence column (T x F per row) and a class label"),
+    "sequence_classification": ([{"sequence": 1}], True, "one feature-sequence column (T x F per row) and a class "
+                                "label"),
     "speech_assessment": ([{"audio": 1}], False, "one audio column (with canonical/spoken phonemes and 0/1 labels)"),
 }
 FIELD_OF = {"image": ("image",), "image_pair": ("pair",), "sequence": ("features",), "audio": ("audio",)}
@@ -69,8 +71,8 @@ def detect(path: str, task: str | None = None) -> Detection:
     else:
         kinds_text = "; ".join(f"{name}: {NEEDS[name][2]}" for name in (fits or NEEDS))
         if not fits:
-            raise ConfigError(f"--data {path}: no task kind fits {where} (found {found}); each kind needs: {kinds_text}. "
-                              "Give --task, and data.columns.<field>=<column> where the names differ")
+            raise ConfigError(f"--data {path}: no task kind fits {where} (found {found}); each kind needs: "
+                              f"{kinds_text}. Give --task, and data.columns.<field>=<column> where the names differ")
         raise ConfigError(f"--data {path}: {where} could be {' or '.join(sorted(fits))} (found {found}): {kinds_text}. "
                           "Give --task")
     columns = {f: c for f, c in fits[chosen].items() if c != (OWN_KEYS.get(f, f) if own else f)}
@@ -99,11 +101,13 @@ def _assign(task: str, kinds: dict[str, str]) -> dict[str, str] | None:
     data_columns = [c for c, k in kinds.items() if k in DATA_KINDS]
     for want in alternatives:
         kind, count = next(iter(want.items()))
-        usable = [c for c in data_columns if kinds[c] == kind or (kinds[c] == "matrix" and kind in ("image", "sequence"))]
+        usable = [c for c in data_columns
+                  if kinds[c] == kind or (kinds[c] == "matrix" and kind in ("image", "sequence"))]
         if len(usable) != count or len(data_columns) != count:
             continue
         names = ("image_a", "image_b") if (task, kind) == ("pair_classification", "image") else FIELD_OF[kind]
-        chosen = dict(zip(names, sorted(usable, key=lambda c: (c not in names, names.index(c) if c in names else 0, c))))
+        ordered = sorted(usable, key=lambda c: (c not in names, names.index(c) if c in names else 0, c))
+        chosen = dict(zip(names, ordered))
         if labelled:
             label = _label_column(kinds)
             if label is None:

@@ -127,7 +127,8 @@ def leaderboard(auto, stack_result: dict | None, final: dict) -> list[dict[str, 
                         "recipe": f"stack of {len(members)}", "overrides": "meta=auto",
                         "eval_metric": chosen["cv_accuracy"] if auto.metric == "accuracy" else None,
                         "test_metric": chosen["test_accuracy"] if auto.metric == "accuracy" else None,
-                        "fit_seconds": round(sum(r["fit_seconds"] for r in members) + chosen.get("cv_fit_seconds", 0), 1),
+                        "fit_seconds": round(sum(r["fit_seconds"] for r in members)
+                                             + chosen.get("cv_fit_seconds", 0), 1),
                         "predict_ms_per_sample": sum(r["predict_ms_per_sample"] or 0 for r in members) or None,
                         "stack_weight": 1.0, "final": final["kind"] == "stack"})
     return rows

@@ -202,7 +202,22 @@ class Auto:
                     f"{seconds / 60:.1f} min (est. {estimate / 60:.1f} min)"
                     + ("" if usable else "; nothing kept to use"), estimate_s=round(estimate, 1),
                     actual_s=round(seconds, 1))
+        if usable:
+            self._check_metric(model)
         return model if usable else None
+
+    def _check_metric(self, model: Model) -> None:
+        """--metric must be one the models report (checked on the first one that finishes)."""
+        from hfstage.automl.leaderboard import score
+        from hfstage.run_dir import RunDir
+
+        if model.kind == "bag" or score(model, self.metric) is not None:
+            return
+        reported = sorted(k[len("eval_"):] for k, v in RunDir(model.path).best().metrics.items()
+                          if k.startswith("eval_") and isinstance(v, (int, float))
+                          and not k.endswith(("runtime", "per_second", "preparation_time")))
+        raise ConfigError(f"--metric {self.metric}: the {self.task} models report no eval_{self.metric}; choose one "
+                          f"of {', '.join(reported)}")
 
     def _observe(self, recipe: str, unit: Unit, folder: Path, seconds: float) -> None:
         """Feed the cost model with the unit's timed stages (their training time and their share of the wall time)."""
@@ -343,7 +358,8 @@ class Auto:
                         f"two do not fit a third of the {left / 60:.1f} min left")
             return
         self.decide("search", name, f"searching {candidate.name}'s stage '{stage}' ({trials} trials, est. "
-                    f"{trials * trial_s / 60:.1f} min, {left / 60:.0f} min left)", estimate_s=round(trials * trial_s, 1))
+                    f"{trials * trial_s / 60:.1f} min, {left / 60:.0f} min left)",
+                    estimate_s=round(trials * trial_s, 1))
         began = self.clock()
         raw = self.raw(candidate, name)
         raw["search"] = block
@@ -393,6 +409,10 @@ class Auto:
         board = leaderboard(self, stack_result, final)
         write_leaderboard(self.out, board, self.metric)
         self._save(final)
+        from hfstage.cards import auto_card
+        from hfstage.checkpoint import atomic_write_text
+
+        atomic_write_text(self.out / "README.md", auto_card(self.state, board, self.metric, self.out))
         self.decide("final", final.get("name"), f"answer: {final['name']} ({final['why']})")
         return AutoResult(self.out, self.task, self.metric, list(self.models.values()), final, board,
                           self.state["decisions"])
