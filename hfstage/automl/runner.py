@@ -6,9 +6,10 @@ time left:
 1. **quick**: every portfolio recipe in quick mode (one epoch per stage on at most 2,000 samples), in the
    portfolio's order (score per second on the development sets);
 2. **full**: the recipes in full, best quick score per estimated second first (preset ``quick``: only the best);
-3. **search** (preset ``best``, Optuna installed): the best full recipe's ``search:`` block, its stage searched from
-   the full run's earlier stages (``hfstage search``), as many trials as fit a third of the time left;
-4. **bag** (preset ``best``): k-fold bagging (``folds: N``) of the full recipes, the best first, while time is left;
+3. **search** (preset ``best``, Optuna installed): the first stage of the best full recipe with a ``search:``
+   block (``hfstage search``, each trial through the last stage), as many trials as fit a third of the time left;
+4. **bag** (preset ``best``): k-fold bagging (``folds: N``) while units fit: the searched recipe with its best
+   values, the full recipes by eval score, then the first of those with two more seeds;
 5. **stack**: the bags' out-of-fold predictions (two or more bags), else every full model's predictions of the
    validation split, stacked with ``--meta auto``; the best single model is the answer instead when the stack's CV
    accuracy falls below it beyond fold noise (one binomial standard error). Speech has no stack: its answer is the
@@ -47,6 +48,7 @@ PRESETS = ("quick", "best")
 QUICK_SAMPLES = 2000
 RESERVE = 0.05  # share of the budget kept for the stack, the leaderboard and the card
 TASK_METRIC = {"speech_assessment": "error_f1"}
+SEEDS = (1, 2)  # the extra seeds the best bag is trained with when time is left
 STACKABLE = ("pair_classification", "sequence_classification", "image_classification")
 
 
@@ -111,6 +113,7 @@ class Auto:
         self.samples = self.detection.samples
         self.progress = Progress(self.budget)
         self.models: dict[str, Model] = {}
+        self.tuned: tuple[str, list[str]] | None = None  # the searched recipe and its best values as overrides
         self._check_recipes()
 
     # --- state ---------------------------------------------------------------------------------------------------
@@ -163,10 +166,14 @@ class Auto:
             self.config(candidate, candidate.name)
 
     # --- units ---------------------------------------------------------------------------------------------------
-    def unit(self, candidate: Candidate, kind: str, folds: int = 0) -> tuple[Unit, list[str]]:
-        name = {"quick": f"{candidate.name}_quick", "full": candidate.name, "bag": f"{candidate.name}_bag{folds}"}[kind]
+    def unit(self, candidate: Candidate, kind: str, folds: int = 0, variant: str = "",
+             more: Sequence[str] = ()) -> tuple[Unit, list[str]]:
+        """A unit of ``candidate``: ``variant`` names overrides ``more`` beyond the portfolio's recipe (tuned values,
+        another seed)."""
+        name = {"quick": f"{candidate.name}_quick", "full": candidate.name,
+                "bag": f"{candidate.name}{variant}_bag{folds}"}[kind]
         extra = {"quick": ["quick_test=true", f"quick_test_samples={QUICK_SAMPLES}"], "full": [],
-                 "bag": [f"folds={folds}"]}[kind]
+                 "bag": [f"folds={folds}"]}[kind] + list(more)
         cfg = self.config(candidate, name, extra)
         epochs = [s.epochs or 1.0 for s in cfg.stages]
         samples = min(self.samples, QUICK_SAMPLES) if kind == "quick" else self.samples
@@ -313,8 +320,12 @@ class Auto:
             for m in full:
                 self.models[m.name] = m
             if self.preset == "best" and full:
-                best = sorted(full, key=lambda m: self._rank(score(m, self.metric)))
-                self._search(best[0])
+                best = self._ranked(full)
+                searchable = [m for m in best if self.portfolio.get(m.candidate).recipe.get("search")]
+                if searchable:
+                    self._search(searchable[0])
+                else:
+                    self.decide("skip", None, "search: no finished recipe has a search: block in the portfolio")
                 if self.task in STACKABLE:
                     self._bag(best)
             final = self._final()
@@ -327,6 +338,17 @@ class Auto:
         cfg = self.config(candidate, candidate.name)
         return self.samples <= QUICK_SAMPLES and all((s.epochs or 1.0) <= 1.0 for s in cfg.stages)
 
+    def _ranked(self, models: list[Model]) -> list[Model]:
+        """Best first by eval ``metric``; a tie (a small eval split where several are perfect) goes to the lower eval
+        loss."""
+        from hfstage.automl.leaderboard import score
+
+        def loss(m: Model) -> float:
+            value = score(m, "loss")
+            return math.inf if value is None or math.isnan(value) else value
+
+        return sorted(models, key=lambda m: (self._rank(score(m, self.metric)), loss(m)))
+
     def _rank(self, value: float | None) -> float:
         if value is None or math.isnan(value):
             return math.inf
@@ -334,10 +356,7 @@ class Auto:
 
     def _search(self, model: Model) -> None:
         candidate = self.portfolio.get(model.candidate)
-        block = candidate.recipe.get("search")
-        if not block:
-            self.decide("skip", None, f"search: {candidate.name} has no search: block in the portfolio")
-            return
+        block = candidate.recipe["search"]
         if importlib.util.find_spec("optuna") is None:
             self.decide("skip", None, "search skipped: Optuna is not installed (pip install 'hfstage[search]')")
             return
@@ -374,31 +393,38 @@ class Auto:
         self.decide("finished", name, f"search of {candidate.name}: {seconds / 60:.1f} min", actual_s=round(seconds, 1))
         if result is None or result.best_run is None or not RunDir(result.best_run).is_run():
             return
-        self.models[name] = Model(name, "search", candidate.name, Path(result.best_run),
-                                  [*self.overrides, *(f"stages.{stage}.{k}={v}" for k, v in
-                                                      result.best_values.get(1, {}).items())], seconds)
+        tuned = [f"stages.{stage}.{k}={v}" for k, v in result.best_values.get(1, {}).items()]
+        self.models[name] = Model(name, "search", candidate.name, Path(result.best_run), [*self.overrides, *tuned],
+                                  seconds)
+        if tuned:
+            self.tuned = (candidate.name, tuned)
 
     def _bag(self, ranked: list[Model]) -> None:
-        """k-fold bags of the full recipes, the best first (the two best whenever they fit, then the others while
-        time is left: more bags, a richer stack)."""
+        """k-fold bags, most promising first, while they fit: the searched recipe with its best values, then every
+        full recipe by its eval score, then the first of those again with other seeds (more members, a richer
+        stack)."""
         folds = 5 if self.samples >= 500 else 3
+        variants = [(self.portfolio.get(self.tuned[0]), "_tuned", self.tuned[1])] if self.tuned else []
+        variants += [(self.portfolio.get(m.candidate), "", []) for m in ranked]
+        if variants:
+            first, suffix, more = variants[0]
+            variants += [(first, f"{suffix}_seed{s}", [*more, f"seed={s}"]) for s in SEEDS]
         units = []
-        for rank, m in enumerate(ranked):
-            candidate = self.portfolio.get(m.candidate)
-            unit, extra = self.unit(candidate, "bag", folds)
-            unit.value_per_second = float(len(ranked) - rank)  # the better recipe first, whatever it costs
+        for rank, (candidate, suffix, more) in enumerate(variants):
+            unit, extra = self.unit(candidate, "bag", folds, suffix, more)
+            unit.value_per_second = float(len(variants) - rank)  # the more promising first, whatever it costs
             units.append((candidate, unit, extra))
         for m in self.run_units(units):
             self.models[m.name] = m
 
     def _final(self) -> AutoResult:
-        from hfstage.automl.leaderboard import leaderboard, score, write_leaderboard
+        from hfstage.automl.leaderboard import leaderboard, write_leaderboard
 
         models = [m for m in self.models.values() if m.kind != "quick"] or list(self.models.values())
         if not models:
             raise HfstageError(f"{self.out}: no model finished within the budget; give a larger --budget "
                                f"(the cheapest unit's estimate is in {self.out / AUTO_JSON})")
-        best = sorted(models, key=lambda m: self._rank(score(m, self.metric)))[0]
+        best = self._ranked(models)[0]
         final: dict[str, Any] = {"kind": "model", "path": str(best.path), "name": best.name,
                                  "why": f"the best single model by eval {self.metric}"}
         stack_result = None
