@@ -169,6 +169,38 @@ def test_a_metric_the_models_do_not_report_stops_after_the_first_model(pair_data
     assert [d["action"] for d in decisions].count("train") == 1
 
 
+@pytest.mark.parametrize("stack_cv, answer", [(0.90, "stack"), (0.89, "stack"), (0.87, "runs/a")])
+def test_the_stack_is_the_answer_unless_it_is_worse_than_the_best_member_beyond_fold_noise(stack_cv, answer):
+    """400 samples at 0.9: one standard error is sqrt(0.9 * 0.1 / 400) = 0.015, so 0.89 is a tie and 0.87 a loss."""
+    from hfstage.automl.runner import stack_or_single
+
+    result = {"meta_learner": "logreg", "samples": {"meta_train": 400}, "methods": [
+        {"method": "base: runs/a", "cv_accuracy": 0.90}, {"method": "base: runs/b", "cv_accuracy": 0.85},
+        {"method": "best single (runs/a)", "cv_accuracy": 0.90},
+        {"method": "logreg stack", "meta": "logreg", "cv_accuracy": stack_cv, "chosen": True}]}
+    single, why = stack_or_single(result)
+    if answer == "stack":
+        assert single is None and why.startswith(f"--meta auto chose logreg: CV accuracy {stack_cv:.4f}")
+    else:
+        assert single == "runs/a" and "beyond fold noise (0.0150 on 400 samples)" in why
+
+
+@pytest.mark.slow  # a few small units
+def test_preset_quick_trains_the_portfolio_quickly_then_only_the_best_in_full(pair_data, tmp_path):
+    out = tmp_path / "quick"
+    assert main(["auto", "--data", str(pair_data), "--budget", "1m", "--out", str(out), "--preset", "quick"]) == 0
+    state = json.loads((out / "auto.json").read_text())
+    kinds = [r["kind"] for r in csv.DictReader(open(out / "leaderboard.csv"))]
+    assert "quick" in kinds and "bag" not in kinds and "search" not in kinds and "stack" not in kinds
+    started = [d["unit"] for d in state["decisions"] if d["action"] == "train"]
+    # estimators on 320 samples train in full in the quick phase; after it, at most the best recipe in full
+    assert len([u for u in started if f"{u}_quick" in started]) <= 1
+    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    [answer] = [r for r in rows if r["final"] == "True"]
+    assert state["final"]["kind"] == "model" and answer["kind"] == "full"
+    assert float(answer["eval_accuracy"]) == max(float(r["eval_accuracy"]) for r in rows if r["kind"] == "full")
+
+
 # --- the portfolio --------------------------------------------------------------------------------------------------
 
 def test_every_portfolio_recipe_builds_and_the_portfolio_is_ordered_by_score_per_second(tmp_path):
@@ -216,15 +248,18 @@ def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(
     assert {d["unit"] for d in again if d["action"] == "reuse"} >= {u for u in trained if not u.endswith("_quick")} - {
         d["unit"] for d in again if d["action"] == "finished"}
     assert not {d["unit"] for d in again if d["action"] == "finished"} & trained
-    for d in state["decisions"]:  # every start was estimated, and fitted the time left
+    for d in state["decisions"]:  # every start was estimated, and fitted the time left; its actual time recorded
         if d["action"] == "train":
             assert d["estimate_s"] > 0 and "min left" in d["why"]
+        if d["action"] == "finished" and d["unit"] and not d["unit"].endswith("_search"):
+            assert d["actual_s"] > 0 and d["estimate_s"] > 0
 
     with open(out / "leaderboard.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["model", "kind", "recipe", "overrides", "eval_accuracy", "test_accuracy", "fit_seconds",
                              "predict_ms_per_sample", "stack_weight", "final"]
     assert sum(r["final"] == "True" for r in rows) == 1
+    assert {"quick", "full", "search", "bag"} <= {r["kind"] for r in rows}  # every phase had its turn
     final = state["final"]
     printed = capsys.readouterr().out
     assert f"answer: {final['name']}" in printed

@@ -5,7 +5,8 @@ time left:
 
 1. **quick**: every portfolio recipe in quick mode (one epoch per stage on at most 2,000 samples), in the
    portfolio's order (score per second on the development sets);
-2. **full**: the recipes in full, best quick score per estimated second first (preset ``quick``: only the best);
+2. **full**: the recipes in full, best quick score per estimated second first (preset ``quick``: only the best,
+   and the best single model is the answer);
 3. **search** (preset ``best``, Optuna installed): the first stage of the best full recipe with a ``search:``
    block (``hfstage search``, each trial through the last stage), as many trials as fit a third of the time left;
 4. **bag** (preset ``best``): k-fold bagging (``folds: N``) while units fit: the searched recipe with its best
@@ -259,9 +260,8 @@ class Auto:
         return Model(unit.name, unit.kind, candidate.name, Path(cfg.output_dir), [*self.overrides, *extra],
                      recorded_seconds(Path(cfg.output_dir)))
 
-    def run_units(self, units: list[tuple[Candidate, Unit, list[str]]], limit: int | None = None) -> list[Model]:
-        """Finished units are read; the others start most valuable first while they fit; ``limit``: at most this
-        many models from the list."""
+    def run_units(self, units: list[tuple[Candidate, Unit, list[str]]]) -> list[Model]:
+        """Finished units are read; the others start most valuable first while they fit."""
         done, todo = [], []
         for candidate, unit, extra in units:
             if unit.name in self.models:  # trained in an earlier phase of this run
@@ -274,7 +274,7 @@ class Auto:
                 done.append(model)
             else:
                 todo.append((candidate, unit, extra))
-        while todo and (limit is None or len(done) < limit):
+        while todo:
             if self.clock() >= self.train_deadline:
                 self.decide("skip", None, f"the budget's training time is spent; {len(todo)} unit(s) not started")
                 break
@@ -312,11 +312,11 @@ class Auto:
             quick_score = {m.candidate: score(m, self.metric) for m in quick}
             order = sorted(candidates, key=lambda c: self._rank(quick_score.get(c.name)))
             full_units = []
-            for rank, c in enumerate(order):
+            for rank, c in enumerate(order[:1] if self.preset == "quick" else order):  # quick: only the best
                 unit, extra = self.unit(c, "full")
                 unit.value_per_second = (len(order) - rank) / max(self.cost.estimate(unit), 1e-6)
                 full_units.append((c, unit, extra))
-            full = self.run_units(full_units, limit=1 if self.preset == "quick" else None)
+            full = self.run_units(full_units)
             for m in full:
                 self.models[m.name] = m
             if self.preset == "best" and full:
@@ -430,8 +430,8 @@ class Auto:
         stack_result = None
         bags = [m for m in models if m.kind == "bag"]
         members = bags if len(bags) >= 2 else models
-        if self.task in STACKABLE and len(members) >= 2:
-            final, stack_result = self._stack(members, best)
+        if self.preset == "best" and self.task in STACKABLE and len(members) >= 2:
+            final, stack_result = self._stack(members)
         board = leaderboard(self, stack_result, final)
         write_leaderboard(self.out, board, self.metric)
         self._save(final)
@@ -443,29 +443,36 @@ class Auto:
         return AutoResult(self.out, self.task, self.metric, list(self.models.values()), final, board,
                           self.state["decisions"])
 
-    def _stack(self, members: list[Model], best: Model) -> tuple[dict, dict]:
-        import numpy as np
-
+    def _stack(self, members: list[Model]) -> tuple[dict, dict]:
         from hfstage.stacking import stack
 
         folder = self.out / "stack"
         self.decide("stack", "stack", f"stacking {len(members)} models ({', '.join(m.name for m in members)}) "
                     "with --meta auto")
         result = stack([str(m.path) for m in members], folder, meta="auto", folds=5, seed=0)
-        rows = result["methods"]
-        chosen = next(r for r in rows if r.get("chosen"))
-        single = next(r for r in rows if r["method"].startswith("best single"))
-        n = result["samples"]["meta_train"]
-        noise = float(np.sqrt(single["cv_accuracy"] * (1 - single["cv_accuracy"]) / max(n, 1)))
-        if chosen["cv_accuracy"] < single["cv_accuracy"] - noise:
-            name = single["method"][len("best single ("):-1]
-            member = next(m for m in members if str(m.path) == name)
-            return ({"kind": "model", "path": str(member.path), "name": member.name,
-                     "why": f"the stack's CV accuracy {chosen['cv_accuracy']:.4f} is below the best single model's "
-                            f"{single['cv_accuracy']:.4f} beyond fold noise ({noise:.4f})"}, result)
-        return ({"kind": "stack", "path": str(folder), "name": f"stack ({result['meta_learner']})",
-                 "why": f"--meta auto chose {result['meta_learner']}: CV accuracy {chosen['cv_accuracy']:.4f} vs the "
-                        f"best single model's {single['cv_accuracy']:.4f} on {n} samples"}, result)
+        single_path, why = stack_or_single(result)
+        if single_path is not None:
+            member = next(m for m in members if str(m.path) == single_path)
+            return {"kind": "model", "path": str(member.path), "name": member.name, "why": why}, result
+        return {"kind": "stack", "path": str(folder), "name": f"stack ({result['meta_learner']})", "why": why}, result
+
+
+def stack_or_single(result: dict) -> tuple[str | None, str]:
+    """(None, why) when the stack (``stack.json``'s record) is the answer; (the best single member's reference,
+    why) when the stack's CV accuracy is below that member's beyond fold noise (one binomial standard error of the
+    member's accuracy on the meta-train samples)."""
+    rows = result["methods"]
+    chosen = next(r for r in rows if r.get("chosen"))
+    single = next(r for r in rows if r["method"].startswith("best single ("))
+    n = result["samples"]["meta_train"]
+    top = single["cv_accuracy"]
+    noise = math.sqrt(top * (1 - top) / max(n, 1))
+    if chosen["cv_accuracy"] < top - noise:
+        return single["method"][len("best single ("):-1], (
+            f"the stack's CV accuracy {chosen['cv_accuracy']:.4f} is below the best single model's {top:.4f} beyond "
+            f"fold noise ({noise:.4f} on {n} samples)")
+    return None, (f"--meta auto chose {result['meta_learner']}: CV accuracy {chosen['cv_accuracy']:.4f} vs the best "
+                  f"single model's {top:.4f} on {n} samples")
 
 
 def auto(data: str, budget: str | float, task: str | None = None, out: str | Path = "runs/auto",
