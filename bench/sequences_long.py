@@ -10,7 +10,7 @@ official test split as test), side by side on the same splits:
   ``hfstage evaluate RUN --split test --json`` (``metrics.accuracy``).
 
     python bench/sequences_long.py            # ~15 min on 2 CPU cores
-    python bench/sequences_long.py --quick    # smoke mode: GunPoint, the references and the MiniRocket recipe
+    python bench/sequences_long.py --quick    # smoke mode: ItalyPowerDemand (the shortest), the references and the MiniRocket recipe
 
 The last line is ``sequences_long_min_margin_vs_minirocket: X``: over the sets, the smallest margin (in
 accuracy) of the best hfstage recipe over aeon's MiniRocket. The table goes to docs/benchmarks.md.
@@ -84,7 +84,7 @@ def main(argv=None) -> float:
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     tmp = tempfile.TemporaryDirectory()
-    sets = ("GunPoint",) if args.quick else SETS
+    sets = ("ItalyPowerDemand",) if args.quick else SETS
     extra = ["quick_test=true"] if args.quick else []
     runs = Path(tmp.name) if args.quick else Path(args.runs)
     from hfstage.data.prepare import prepare_aeon

@@ -7,7 +7,7 @@ every base, the best single base (chosen on the out-of-fold predictions) and the
 
     python bench/sequences_stack.py                                   # the five sets, ~45 min on 2 CPU cores
     python bench/sequences_stack.py --sets ArrowHead GunPoint         # some of them
-    python bench/sequences_stack.py --quick                           # smoke mode: GunPoint, quick_test
+    python bench/sequences_stack.py --quick                           # smoke mode: ItalyPowerDemand, quick_test
 
 The last line is ``sequences_stack_min_gain_vs_best_base: X``: over the sets, the smallest margin (in
 accuracy) of the saved stack over its best single base. The table goes to docs/benchmarks.md.
@@ -38,7 +38,7 @@ def main(argv=None) -> float:
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     tmp = tempfile.TemporaryDirectory()
-    sets = ["GunPoint"] if args.quick else args.sets
+    sets = ["ItalyPowerDemand"] if args.quick else args.sets
     extra = ["quick_test=true", "report_to=[none]"] if args.quick else ["report_to=[none]"]
     runs = Path(tmp.name) if args.quick else Path(args.runs)
     from hfstage.data.prepare import prepare_aeon
