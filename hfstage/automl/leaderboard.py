@@ -56,25 +56,29 @@ def score(model, metric: str, split: str = "eval") -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _records(path: Path) -> list:
+def run_folders(path: Path) -> list[Path]:
+    """The run folders of a model: a k-fold bag's folds, or the run itself."""
+    return sorted(path.glob("fold_*")) if (path / "fold_0").is_dir() else [path]
+
+
+def run_records(path: Path) -> list:
+    """Every finished stage's record under a run or bag folder."""
     from hfstage.run_dir import RunDir
 
-    runs = sorted(path.glob("fold_*")) if (path / "fold_0").is_dir() else [path]
-    return [r for run in runs if RunDir(run).is_run() for r in RunDir(run).records()]
+    return [r for run in run_folders(path) if RunDir(run).is_run() for r in RunDir(run).records()]
 
 
 def recorded_seconds(path: Path) -> float:
     """Training seconds of every finished stage under a run or bag folder (a model an earlier run trained)."""
-    return float(sum(r.training_time_s for r in _records(path)))
+    return float(sum(r.training_time_s for r in run_records(path)))
 
 
 def predict_ms(path: Path) -> float | None:
     """Milliseconds per sample the best stage(s) took to predict the test (else eval) split."""
     from hfstage.run_dir import RunDir
 
-    runs = sorted(path.glob("fold_*")) if (path / "fold_0").is_dir() else [path]
     total = 0.0
-    for run in runs:
+    for run in run_folders(path):
         record = RunDir(run).best() if RunDir(run).is_run() else None
         if record is None:
             return None

@@ -229,10 +229,9 @@ class Auto:
 
     def _observe(self, recipe: str, unit: Unit, folder: Path, seconds: float) -> None:
         """Feed the cost model with the unit's timed stages (their training time and their share of the wall time)."""
-        from hfstage.run_dir import RunDir
+        from hfstage.automl.leaderboard import run_records
 
-        runs = [folder] if unit.kind != "bag" else sorted(folder.glob("fold_*"))
-        records = [r for path in runs if RunDir(path).is_run() for r in RunDir(path).records()]
+        records = run_records(folder)
         if not records:
             return
         trained = sum(r.training_time_s for r in records)
