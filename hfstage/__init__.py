@@ -72,7 +72,7 @@ _API = {
     "stack": ("hfstage.stacking", "stack"),
     "search": ("hfstage.stage_search.runner", "search"),
     "auto": ("hfstage.automl.runner", "auto"),
-    "push": ("hfstage.hub.push", "push"),
+    "push": ("hfstage.api", "push"),
     "pull": ("hfstage.hub.pull", "pull"),
     "load_config": ("hfstage.config", "load_config"),
 }

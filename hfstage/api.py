@@ -104,6 +104,23 @@ def predict_answer(folder: str | Path, data: str, split: str = "test") -> tuple[
     return summary, table
 
 
+def push(run_dir: str | Path, repo_id: str, stage: str | None = "all", private: bool = False,
+         revision: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> dict:
+    """``hfstage push``: a run (or some of its stages), or an ``hfstage auto`` folder's answer (its stack with the
+    members it uses, or its one model, and its card) to ``repo_id``."""
+    from hfstage.automl import final_of
+
+    if final_of(run_dir) is not None:
+        from hfstage.automl.publish import push_auto
+
+        if stage not in (None, "all"):
+            raise ConfigError(f"--stage {stage}: an hfstage auto folder pushes its answer whole; leave --stage out")
+        return push_auto(run_dir, repo_id, private, revision, create_pr, commit_message)
+    from hfstage.hub.push import push as push_run
+
+    return push_run(run_dir, repo_id, stage, private, revision, create_pr, commit_message)
+
+
 def evaluate(path: str | Path, data_dir: str | None = None, split: str = "test", save_predictions: bool = False,
              batch_size: int = 512, out: str | Path | None = None) -> dict:
     """``hfstage evaluate``: a run (its best stage), a stage, an ``hf://`` reference, a fitted stack (a folder

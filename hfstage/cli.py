@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="stage fields of the new stage: lr=1e-5 epochs=2")
     _add_verbose(p)
 
-    p = sub.add_parser("push", help="push a run (or some of its stages) to the Hugging Face Hub")
-    p.add_argument("run", help="the run folder")
+    p = sub.add_parser("push", help="push a run (or some of its stages), or an hfstage auto answer, to the Hub")
+    p.add_argument("run", help="the run folder, or an hfstage auto folder (its answer and card)")
     p.add_argument("--repo-id", required=True, help="OWNER/NAME of the Hub repository (created when missing)")
     p.add_argument("--stage", default="all", help="N, NAME, best or all (default: all finished stages)")
     p.add_argument("--private", action="store_true", help="create the repository as private")
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
     p.add_argument("--commit-message", help="default: the pushed stage folders")
 
-    p = sub.add_parser("pull", help="download a pushed run (or one stage) into the local run layout")
+    p = sub.add_parser("pull", help="download a pushed run (or one stage), or a pushed hfstage auto answer")
     p.add_argument("name", help="OWNER/NAME or hf://OWNER/NAME[@REVISION][/stage_<N>_<name>]")
     p.add_argument("--out", required=True, help="an empty (or new) folder")
     p.add_argument("--stage", help="N, NAME, best or all (default: all pushed stages)")
@@ -432,7 +432,7 @@ def _doctor(args) -> int:
 
 
 def _push(args) -> int:
-    from hfstage.hub import push
+    from hfstage.api import push
 
     result = push(args.run, args.repo_id, args.stage, args.private, args.revision, args.create_pr, args.commit_message)
     print(f"{args.run} -> {result['repo_id']} @ {result['commit'][:12]}: {len(result['uploaded'])} file(s) uploaded, "

@@ -498,8 +498,8 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str | None, split: str =
     if not (stack_dir / META_JSON).is_file():
         raise CheckpointError(f"{stack_dir}: no {META_JSON}; not a folder written by `hfstage stack`")
     meta = read_json(stack_dir / META_JSON)
-    bases = [resolve_base(b["reference"]) if b.get("kfold") else
-             BaseModel(b["reference"], [resolve_checkpoint(b.get("hub") or (b.get("stage_dirs") or [b.get("stage_dir")])[0])])
+    bases = [resolve_base(str(_located(stack_dir, meta, b["reference"]))) if b.get("kfold") else
+             BaseModel(b["reference"], [resolve_checkpoint(b.get("hub") or _located(stack_dir, meta, _stage_dir(b)))])
              for b in meta["base_models"]]
     task = checkpoint_task(bases[0].checkpoint)
     data = bases[0].checkpoint.data
@@ -518,6 +518,22 @@ def predict_with_stack(stack_dir: str | Path, data_dir: str | None, split: str =
                "data_file": str(file), "data_sha256": split_fingerprint(file),  # cached by the leak check
                "task": meta["task"], "meta_learner": meta["meta_learner"]}
     return summary, predictions_csv(predicted(p), labels, p)
+
+
+def _stage_dir(entry: dict) -> str:
+    return (entry.get("stage_dirs") or [entry.get("stage_dir")])[0]
+
+
+def _located(stack_dir: Path, meta: dict, path: str) -> Path:
+    """A member's path as ``stack_meta.json`` records it: relative to the stack folder in a pushed ``hfstage auto``
+    answer (``relative_paths``), as given (absolute stage folders) otherwise."""
+    return Path(stack_dir) / path if meta.get("relative_paths") else Path(path)
+
+
+def stack_members(stack_dir: str | Path, meta: dict) -> list[Path]:
+    """The folder of each base model: a k-fold run, or the run holding the stage it uses."""
+    return [_located(Path(stack_dir), meta, b["reference"] if b.get("kfold") else str(Path(_stage_dir(b)).parent))
+            for b in meta["base_models"]]
 
 
 def is_stack(path: str | Path) -> bool:

@@ -5,7 +5,9 @@ the portfolio, and a 3-minute auto run on a tiny pair set that resumes, reports 
 
 import csv
 import json
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,7 +189,7 @@ def test_the_stack_is_the_answer_unless_it_is_worse_than_the_best_member_beyond_
 
 
 @pytest.mark.slow  # a few small units
-def test_preset_quick_trains_the_portfolio_quickly_then_only_the_best_in_full(pair_data, tmp_path):
+def test_preset_quick_trains_the_portfolio_quickly_then_only_the_best_in_full(pair_data, tmp_path, capsys, hub):
     out = tmp_path / "quick"
     assert main(["auto", "--data", str(pair_data), "--budget", "1m", "--out", str(out), "--preset", "quick"]) == 0
     state = json.loads((out / "auto.json").read_text())
@@ -200,6 +202,9 @@ def test_preset_quick_trains_the_portfolio_quickly_then_only_the_best_in_full(pa
     [answer] = [r for r in rows if r["final"] == "True"]
     assert state["final"]["kind"] == "model" and answer["kind"] == "full"
     assert float(answer["eval_accuracy"]) == max(float(r["eval_accuracy"]) for r in rows if r["kind"] == "full")
+    # its one model is the answer that is pushed, pulled and predicts the same
+    assert main(["predict", str(out), "--data", str(pair_data), "--out", str(tmp_path / "p.csv")]) == 0
+    push_pull_predict(out, tmp_path, pair_data, "tester/auto-quick", (tmp_path / "p.csv").read_text(), capsys)
 
 
 # --- the portfolio --------------------------------------------------------------------------------------------------
@@ -229,7 +234,7 @@ def test_every_portfolio_recipe_builds_and_the_portfolio_is_ordered_by_score_per
 # --- end to end ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow  # a 3-minute budget, spent in two runs
-def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(pair_data, tmp_path, capsys):
+def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(pair_data, tmp_path, capsys, hub):
     out = tmp_path / "auto"
     began = time.monotonic()
     small = "data.max_train_samples=200"  # an override every recipe gets (and part of what the rerun must repeat)
@@ -285,7 +290,31 @@ def test_auto_on_a_tiny_pair_set_resumes_reports_and_predicts_with_its_ensemble(
     assert f"accuracy {evaluated['metrics']['accuracy']:.4f}" in predicted
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert len(lines) == 161 and lines[0].startswith("id,label,prediction")
-    assert main(["push", str(out), "--repo-id", "someone/auto"]) == 2  # not built yet: refused, naming what to push
-    assert "an hfstage auto folder; pushing its ensemble is not built yet" in capsys.readouterr().err
     best_row = next(r for r in rows if r["final"] == "True")
     assert float(best_row["test_accuracy"]) == pytest.approx(evaluated["metrics"]["accuracy"], abs=1e-6)
+    push_pull_predict(out, tmp_path, pair_data, "tester/auto-pairs", (tmp_path / "p.csv").read_text(), capsys)
+
+
+def push_pull_predict(out, tmp_path, data, repo_id, predictions: str, capsys) -> None:
+    """``hfstage push`` of an auto folder sends its answer and card; ``hfstage pull`` gives back a folder that
+    predicts the same, wherever it lands."""
+    from huggingface_hub import HfApi
+
+    final = json.loads((out / "auto.json").read_text())["final"]
+    assert main(["push", str(out), "--repo-id", repo_id, "--stage", "2"]) == 2  # an answer goes whole
+    assert main(["push", str(out), "--repo-id", repo_id]) == 0
+    assert f"{out} -> {repo_id} @" in capsys.readouterr().out
+    remote = set(HfApi().list_repo_files(repo_id))
+    assert {"README.md", "auto.json", "leaderboard.csv"} <= remote
+    used = {d["reference"].rsplit("/", 1)[-1] for d in json.loads(
+        (Path(final["path"]) / "stack_meta.json").read_text())["base_models"]} if final["kind"] == "stack" else {
+        Path(final["path"]).name}
+    assert {f.split("/")[1] for f in remote if f.startswith("models/")} == used  # the answer's members, no others
+    assert not any("/checkpoints/" in f or f.endswith("training.log") for f in remote)
+    pulled = tmp_path / "elsewhere" / "pulled"
+    assert main(["pull", repo_id, "--out", str(pulled)]) == 0
+    capsys.readouterr()
+    shutil.rmtree(out)  # nothing of the pulled answer points back at the original folder
+    assert main(["predict", str(pulled), "--data", str(data), "--out", str(tmp_path / "pulled.csv")]) == 0
+    assert (tmp_path / "pulled.csv").read_text() == predictions
+    assert json.loads((pulled / "auto.json").read_text())["final"]["name"] == final["name"]

@@ -29,4 +29,6 @@ def final_of(folder: str | Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: unreadable ({exc}); rerun the hfstage auto command that made it") from None
     if not final:
         raise ConfigError(f"{path}: this auto run has no answer yet; rerun its command to finish it")
+    if not Path(final["path"]).is_absolute():  # a pushed (and pulled) answer: relative to the auto folder
+        final = {**final, "path": str(Path(folder) / final["path"])}
     return final

@@ -59,8 +59,8 @@ def push(run_dir: str | Path, repo_id: str, stage: str | None = "all", private: 
     if is_reference(repo_id) or not REPO_ID_RE.match(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r}: expected OWNER/NAME")
     if (Path(run_dir) / "auto.json").is_file():  # hfstage.automl.AUTO_JSON (hub/ imports nothing above it)
-        raise ConfigError(f"{run_dir}: an hfstage auto folder; pushing its ensemble is not built yet. Push the runs "
-                          f"of its answer one by one ({Path(run_dir) / 'models'}/<unit>)")
+        raise ConfigError(f"{run_dir}: an hfstage auto folder; push it with hfstage.push (or `hfstage push`), which "
+                          "pushes its answer")
     run = folder.read()
     folder.check_stage_files(run.finished())
     chosen = run.select(stage, str(folder))
