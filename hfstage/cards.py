@@ -32,7 +32,8 @@ def task_card(task: str):
     return TASKS.get(task).card if task in TASKS else None
 
 
-CARD_METRICS = ("accuracy", "f1", "precision", "recall", "loss", "per", "error_f1")
+CARD_METRICS = ("accuracy", "f1", "precision", "recall", "loss", "per", "prompt_echo_per", "audio_only_per",
+                "prompt_aware_per", "error_f1", "diagnosis_accuracy", "false_acceptance_rate", "false_rejection_rate")
 
 
 def hub_dataset(data: dict | None) -> str | None:

@@ -30,7 +30,8 @@ from hfstage.reporting import flatten, format_number, format_table, lower_is_bet
 from hfstage.run_dir import RUN_JSON, RunDir, RunRecord, StageRecord, format_stage_table
 
 DEFAULT_METRICS = ("eval_loss", "eval_accuracy", "eval_f1", "test_accuracy")
-SPEECH_METRICS = ("eval_loss", "eval_per", "eval_error_f1", "test_per", "test_error_f1")
+SPEECH_METRICS = ("eval_loss", "eval_per", "eval_prompt_echo_per", "eval_error_f1", "test_per", "test_prompt_echo_per",
+                  "test_error_f1")
 
 
 def load_run(path: str | Path) -> tuple[RunRecord, list[StageRecord]]:

@@ -181,20 +181,39 @@ class PronunciationAssessmentPipeline(_StagePipeline):
         canonical = model_inputs.pop("canonical")
         out = super()._forward(model_inputs)
         return {"logits": out.logits, "error_logits": out.error_logits, "output_lengths": out.output_lengths,
+                "acoustic_logits": out.get("acoustic_logits"), "canonical_ids": model_inputs["canonical_ids"],
                 "canonical": canonical}
 
     def postprocess(self, model_outputs):
-        from hfstage.metrics.speech import error_flags, error_probabilities, greedy_decode
+        """``recognized``: what the recogniser chosen on the eval split heard; per canonical phoneme its
+        mispronunciation ``score`` and flag, and for a flagged one the ``diagnosis`` (``substitution`` with the
+        phoneme ``heard``, ``deletion``, or ``unclear`` when the recogniser heard the canonical phoneme); and the
+        ``insertions`` (``after``: how many canonical phonemes come before it)."""
+        from hfstage.metrics.recognition import diagnose, recognise
+        from hfstage.metrics.speech import error_flags, error_probabilities
+        from hfstage.tasks.speech import decisions
 
         tokens = self.speech_processor.tokenizer.convert_ids_to_tokens
         length = int(model_outputs["output_lengths"][0])
-        heard = tokens(greedy_decode(model_outputs["logits"][0, :length].float().cpu().numpy(), length))
         canonical = model_outputs["canonical"]
+        acoustic = model_outputs["acoustic_logits"]
+        threshold, recognizer, penalty = decisions(self.model.config)  # chosen on the eval split in training
+        found = recognise([model_outputs["logits"][0, :length].float().cpu().numpy()],
+                          None if acoustic is None else [acoustic[0, :length].float().cpu().numpy()],
+                          [model_outputs["canonical_ids"][0, : len(canonical)].tolist()], penalty=penalty)
+        heard = tokens(found.paths[recognizer if recognizer in found.paths else found.primary][0])
         logits = model_outputs["error_logits"][0, : len(canonical)].float().cpu().numpy()
-        threshold = float(getattr(self.model.config, "error_threshold", 0.5))  # chosen on the eval split in training
         flags, probs = error_flags(logits, threshold), error_probabilities(logits)
-        return {"recognized": heard, "phonemes": [{"phoneme": p, "mispronounced": bool(f), "score": float(q)}
-                                                 for p, f, q in zip(canonical, flags, probs)]}
+        diagnosis = diagnose(canonical, heard)
+        phonemes = []
+        for p, f, q, (op, said) in zip(canonical, flags, probs, diagnosis.phonemes):
+            row = {"phoneme": p, "mispronounced": bool(f), "score": float(q)}
+            if f:
+                row["diagnosis"] = {"ok": "unclear", "sub": "substitution", "del": "deletion"}[op]
+                row["heard"] = said
+            phonemes.append(row)
+        return {"recognized": heard, "phonemes": phonemes,
+                "insertions": [{"after": pos, "phoneme": p} for pos, p in diagnosis.insertions]}
 
 
 PIPELINES = {

@@ -497,7 +497,7 @@ def headline_metrics(records: list[StageRecord], names: tuple[str, ...] | None =
     if names:
         return tuple(f"{split}_{n}" for split in ("eval", "test") for n in names)
     if any("eval_per" in r.metrics for r in records):
-        return ("eval_per", "eval_error_f1", "test_per", "test_error_f1")
+        return ("eval_per", "eval_prompt_echo_per", "eval_error_f1", "test_per", "test_prompt_echo_per", "test_error_f1")
     return ("eval_accuracy", "test_accuracy")
 
 

@@ -230,7 +230,18 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     assert result["metrics"]["error_threshold"] == threshold and 0 <= result["metrics"]["error_ap"] <= 1
     assert record["test_metrics"]["test_error_threshold"] == threshold and "test_error_ap" in record["test_metrics"]
     rows = (out / best / "eval" / "val_predictions.csv").read_text().splitlines()
-    assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels" and len(rows) == 1 + 6 * 2
+    assert rows[0] == "id,canonical,spoken,predicted,labels,predicted_labels,diagnosis,insertions"
+    assert len(rows) == 1 + 6 * 2
+    # what is reported as heard was chosen on the eval split, saved with the model, and is never worse there than
+    # echoing the canonical phonemes; every candidate's PER is reported
+    config = json.loads((out / best / "config.json").read_text())
+    assert config["recognizer"] in ("prompt_aware", "audio") and config["edit_penalty"] >= 0
+    metrics = record["metrics"]
+    assert metrics["eval_per"] <= metrics["eval_prompt_echo_per"] + 1e-12
+    assert metrics["eval_per"] == min(metrics["eval_prompt_aware_per"], metrics["eval_audio_only_per"])
+    assert {"test_per", "test_prompt_echo_per", "test_prompt_aware_per", "test_audio_only_per", "test_diagnosis_accuracy",
+            "test_false_acceptance_rate", "test_false_rejection_rate"} <= set(record["test_metrics"])
+    assert result["metrics"]["prompt_echo_per"] == pytest.approx(metrics["eval_prompt_echo_per"])
     # the pronunciation-assessment pipeline: one recording (a file, or a waveform at another rate) as evaluate saw it
     import csv
 
@@ -243,11 +254,19 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     clips = {Path(r["path"]).stem: r for r in map(json.loads, (l2_data / "metadata.jsonl").read_text().splitlines())}
     predicted = list(csv.DictReader((out / best / "eval" / "val_predictions.csv").open()))
     results = assess([{"audio": str(l2_data / clips[r["id"]]["path"]), "canonical": r["canonical"]} for r in predicted])
+    names = {"substitution": "sub", "deletion": "del", "unclear": "ok"}
     for row, result in zip(predicted, results):
         assert " ".join(result["recognized"]) == row["predicted"]
         assert [p["phoneme"] for p in result["phonemes"]] == row["canonical"].split()
         assert " ".join(str(int(p["mispronounced"])) for p in result["phonemes"]) == row["predicted_labels"]
         assert all(0 <= p["score"] <= 1 for p in result["phonemes"])
+        # each flagged phoneme says what was heard instead, as evaluate's diagnosis column does
+        for p, diagnosed in zip(result["phonemes"], row["diagnosis"].split()):
+            assert ("diagnosis" in p) == p["mispronounced"]
+            if p["mispronounced"]:
+                said = names[p["diagnosis"]] + (f":{p['heard']}" if p["diagnosis"] == "substitution" else "")
+                assert said == diagnosed
+        assert " ".join(f"{i['after']}:{i['phoneme']}" for i in result["insertions"]) == row["insertions"]
     wave, rate = soundfile.read(l2_data / clips[predicted[0]["id"]]["path"], dtype="float32")
     as_array = assess({"audio": {"array": wave, "sampling_rate": rate}, "canonical": predicted[0]["canonical"].split()})
     assert as_array == results[0]

@@ -9,27 +9,11 @@ import evaluate
 import numpy as np
 
 from hfstage.metrics.classification import classification_metrics
+from hfstage.metrics.recognition import (edit_distance, greedy_decode, mdd_metrics,  # noqa: F401  (API)
+                                        phoneme_error_rate, recognise)
 
 
-def edit_distance(a: list, b: list) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
-def greedy_decode(logits: np.ndarray, length: int, blank: int = 0) -> list[int]:
-    """Best path: argmax per frame, repeats collapsed, blanks removed."""
-    best = np.asarray(logits)[:length].argmax(axis=-1)
-    out, last = [], None
-    for token in best.tolist():
-        if token != last and token != blank:
-            out.append(token)
-        last = token
-    return out
+PRIMARY = "primary"  # the recogniser of a model saved before one was chosen: its own output layer
 
 
 class PhonemeErrorRate(evaluate.Metric):
@@ -41,8 +25,7 @@ class PhonemeErrorRate(evaluate.Metric):
                                    features=datasets.Features({"predictions": seq, "references": seq}))
 
     def _compute(self, predictions, references):
-        errors = sum(edit_distance(p, r) for p, r in zip(predictions, references))
-        return {"per": errors / max(1, sum(len(r) for r in references))}
+        return {"per": phoneme_error_rate(predictions, references)}
 
 
 def error_probabilities(error_logits) -> np.ndarray:
@@ -75,23 +58,43 @@ def best_threshold(probs: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarray, error_logits: np.ndarray,
                    error_labels: np.ndarray, threshold: float = 0.5,
-                   acoustic_logits: np.ndarray | None = None) -> dict[str, float]:
+                   acoustic_logits: np.ndarray | None = None, canonical: np.ndarray | None = None,
+                   recognizer: str | None = None, edit_penalty: float | None = None) -> dict[str, float]:
     """PER over the clips and error-detection metrics over the valid canonical phonemes (labels -100 = padding):
     precision/recall/F1 of the flags ``p > threshold``, the threshold-free average precision (``error_ap``,
     AUC-PR), and the threshold with the best F1 on this split (``error_best_threshold``, ``error_best_f1``).
-    With ``acoustic_logits`` (a recogniser that reads the canonical phonemes) also ``audio_only_per``: the PER of
-    its audio-only CTC layer."""
+
+    PERs: ``audio_only_per`` (the audio-only CTC layer's greedy path), ``prompted_per`` (the layer that reads the
+    canonical phonemes, when the model has one: ``acoustic_logits`` are then the audio-only layer's), and with
+    ``canonical`` (the canonical ids, padded like ``error_labels``) ``prompt_echo_per`` (the canonical phonemes
+    returned unchanged), ``prompt_aware_per`` (the prompt-aware decoder at ``edit_penalty``, chosen here when not
+    given) and the MDD figures (``diagnosis_accuracy``, ``false_acceptance_rate``, ``false_rejection_rate``).
+    ``per`` is the PER of ``recognizer`` (metrics.recognition.RECOGNIZERS); without one, of the recogniser with
+    the lowest PER here (what the end of a stage chooses on its eval split), or, without ``canonical``, of the
+    model's own output layer."""
     from sklearn.metrics import average_precision_score
 
     references = [[int(t) for t in row if t >= 0] for row in labels]
-
-    def per(logits) -> float:
-        predictions = [greedy_decode(logits[i], int(lengths[i])) for i in range(len(labels))]
-        return PhonemeErrorRate().compute(predictions=predictions, references=references)["per"]
-
-    out = {"per": per(ctc_logits)}
-    if acoustic_logits is not None:
-        out["audio_only_per"] = per(acoustic_logits)
+    counts = (np.asarray(error_labels) >= 0).sum(axis=1)
+    cut = [np.asarray(ctc_logits[i])[: int(lengths[i])] for i in range(len(references))]
+    acoustic = None if acoustic_logits is None else [np.asarray(acoustic_logits[i])[: int(lengths[i])]
+                                                     for i in range(len(references))]
+    prompts = None if canonical is None else [[int(t) for t in np.asarray(canonical[i])[: counts[i]]]
+                                              for i in range(len(references))]
+    found = recognise(cut, acoustic, prompts, references, edit_penalty)
+    rates = {name: phoneme_error_rate(seqs, references) for name, seqs in found.paths.items()}
+    out = {"audio_only_per": rates["audio"]}
+    if "prompted" in rates:
+        out["prompted_per"] = rates["prompted"]
+    if prompts is None or recognizer == PRIMARY:
+        chosen = found.primary
+    if prompts is not None:
+        out["prompt_echo_per"] = phoneme_error_rate(prompts, references)
+        out["prompt_aware_per"] = rates["prompt_aware"]
+        out["edit_penalty"] = float(found.penalty)
+        if recognizer != PRIMARY:
+            chosen = recognizer if recognizer in rates else found.choose(references)
+    out["per"] = rates[chosen]
     valid = error_labels >= 0
     probs = error_probabilities(error_logits[valid])
     preds = error_flags(error_logits[valid], threshold).astype(np.int64)
@@ -103,4 +106,8 @@ def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarr
     out["error_ap"] = float(average_precision_score(truth, probs)) if truth.any() else 0.0
     out["error_best_threshold"], out["error_best_f1"] = best_threshold(probs, truth)
     out["error_threshold"] = float(threshold)
+    if prompts is not None:
+        flags = [error_flags(np.asarray(error_logits[i])[: counts[i]], threshold) for i in range(len(prompts))]
+        out.update(mdd_metrics(prompts, references, found.paths[chosen],
+                               [np.asarray(error_labels[i])[: counts[i]] for i in range(len(prompts))], flags))
     return out

@@ -14,6 +14,15 @@ from hfstage.errors import ConfigError
 from hfstage.tasks.base import TASKS, CardFacts, Field, Splits, Task, as_split_ref, load_run_splits
 
 
+def decisions(config) -> tuple[float, str | None, float | None]:
+    """What a speech model's config says was chosen on the eval split: (error threshold, recogniser, edit penalty);
+    a model saved before recognisers were chosen reports its own output layer."""
+    from hfstage.metrics.speech import PRIMARY
+
+    return (float(getattr(config, "error_threshold", 0.5)), getattr(config, "recognizer", PRIMARY),
+            getattr(config, "edit_penalty", None))
+
+
 @TASKS.register("speech_assessment")
 class SpeechAssessmentTask(Task):
     """Clips + canonical phonemes -> CTC phonemes and per-phoneme mispronunciation.
@@ -35,8 +44,8 @@ class SpeechAssessmentTask(Task):
     card = CardFacts("automatic-speech-recognition", "automatic-speech-recognition",
                      "Phoneme recognition and mispronunciation detection", "pronunciation-assessment",
                      'classify({"audio": "clip.wav", "canonical": "k ae t"})')
-    label_names = ("labels", "error_labels")
-    headline_metrics = ("per", "error_f1")
+    label_names = ("labels", "error_labels", "canonical_ids")  # canonical_ids: for the prompt-aware PERs and MDD
+    headline_metrics = ("per", "prompt_echo_per", "error_f1")  # the PER of echoing the prompt, beside the PER
     evaluates_own_outputs = True
     has_lengths = True
 
@@ -103,7 +112,8 @@ class SpeechAssessmentTask(Task):
         from torch.utils.data import DataLoader
 
         from hfstage.losses.speech import CTCMispronunciationLoss
-        from hfstage.metrics.speech import error_flags, greedy_decode, speech_metrics
+        from hfstage.metrics.recognition import diagnose, diagnosis_text, recognise
+        from hfstage.metrics.speech import error_flags, speech_metrics
 
         dataset = self.load_split(path, field)
         model = checkpoint.load_model().eval().to(accelerator.device)
@@ -121,7 +131,8 @@ class SpeechAssessmentTask(Task):
                     clips.append((out.logits[i, :frames].float().cpu().numpy(),
                                   out.error_logits[i, :n].float().cpu().numpy(),
                                   labels[i][labels[i] >= 0].numpy(), error_labels[i, :n].numpy(),
-                                  None if acoustic is None else acoustic[i, :frames].float().cpu().numpy()))
+                                  None if acoustic is None else acoustic[i, :frames].float().cpu().numpy(),
+                                  batch["canonical_ids"][i, :n].numpy()))
 
         def pad(arrays, value):
             shape = (len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:])
@@ -130,18 +141,25 @@ class SpeechAssessmentTask(Task):
                 out[row, : len(a)] = a
             return out
 
-        threshold = float(getattr(model.config, "error_threshold", 0.5))  # chosen on the eval split when trained
+        # chosen on the eval split when the stage was trained (a model saved before: its own output layer)
+        threshold, recognizer, penalty = decisions(model.config)
         metrics = {"loss": total / max(1, len(dataset))}
         metrics.update(speech_metrics(pad([c[0] for c in clips], -100.0), np.array([len(c[0]) for c in clips]),
                                       pad([c[2] for c in clips], -100).astype(np.int64), pad([c[1] for c in clips], -100.0),
                                       pad([c[3] for c in clips], -100).astype(np.int64), threshold,
-                                      None if clips[0][4] is None else pad([c[4] for c in clips], -100.0)))
+                                      None if clips[0][4] is None else pad([c[4] for c in clips], -100.0),
+                                      pad([c[5] for c in clips], -100).astype(np.int64), recognizer, penalty))
+        found = recognise([c[0] for c in clips], None if clips[0][4] is None else [c[4] for c in clips],
+                          [[int(t) for t in c[5]] for c in clips], penalty=penalty)
+        heard = found.paths[recognizer if recognizer in found.paths else found.primary]
         tokens = self.processor.tokenizer.convert_ids_to_tokens
-        rows = [{"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
-                 "predicted": " ".join(tokens(greedy_decode(ctc, len(ctc)))),
-                 "labels": " ".join(str(v) for v in c.labels),
-                 "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold))}
-                for clip_id, c, (ctc, errs, *_) in zip(dataset.ids, dataset.clips, clips)]
+        rows = []
+        for clip_id, c, (ctc, errs, *_), said in zip(dataset.ids, dataset.clips, clips, heard):
+            what, inserted = diagnosis_text(diagnose(c.canonical, tokens(said)))
+            rows.append({"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
+                         "predicted": " ".join(tokens(said)), "labels": " ".join(str(v) for v in c.labels),
+                         "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold)),
+                         "diagnosis": what, "insertions": inserted})
         return metrics, rows
 
     def save_with_model(self, folder: Path, model_config=None) -> None:
@@ -174,18 +192,30 @@ class SpeechAssessmentTask(Task):
         raise ConfigError("speech_assessment models predict phoneme sequences; evaluate them with their own metrics "
                           "(stacking and class decisions do not apply)")
 
-    def compute_metrics(self, eval_pred, error_threshold: float = 0.5) -> dict[str, float]:
+    def compute_metrics(self, eval_pred, error_threshold: float = 0.5, recognizer: str | None = None,
+                        edit_penalty: float | None = None) -> dict[str, float]:
         from hfstage.metrics.speech import speech_metrics
 
         ctc_logits, error_logits, lengths = eval_pred.predictions[:3]
         acoustic = eval_pred.predictions[3] if len(eval_pred.predictions) > 3 else None  # ctc_context: canonical
-        labels, error_labels = eval_pred.label_ids
-        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels, error_threshold, acoustic)
+        labels, error_labels, canonical = eval_pred.label_ids
+        return speech_metrics(ctc_logits, lengths, labels, error_logits, error_labels, error_threshold, acoustic,
+                              canonical, recognizer, edit_penalty)
 
-    def tuned_decision(self, metrics: dict) -> dict[str, float]:
-        """The error flags' threshold chosen on the eval split at the stage's end (its best F1): saved in the model's
-        config, and used for the test split, by ``evaluate`` and by the pipeline."""
-        return {"error_threshold": float(metrics.get("eval_error_best_threshold", 0.5))}
+    def tuned_decision(self, metrics: dict) -> dict[str, Any]:
+        """Chosen on the eval split at the stage's end, saved in the model's config, and used for the test split, by
+        ``evaluate`` and by the pipeline: the error flags' threshold (its best F1) and the recogniser whose sequence
+        is reported as heard (the lowest PER; metrics.recognition), with the prompt-aware decoder's edit penalty."""
+        from hfstage.metrics.recognition import RECOGNIZERS
+
+        decision: dict[str, Any] = {"error_threshold": float(metrics.get("eval_error_best_threshold", 0.5))}
+        rates = {name: metrics[key] for name, key in (("prompt_aware", "eval_prompt_aware_per"),
+                                                       ("audio", "eval_audio_only_per"),
+                                                       ("prompted", "eval_prompted_per")) if key in metrics}
+        if "prompt_aware" in rates:
+            decision["recognizer"] = min(rates, key=lambda name: (rates[name], RECOGNIZERS.index(name)))
+            decision["edit_penalty"] = float(metrics["eval_edit_penalty"])
+        return decision
 
     def error_rate(self, train: audio.AudioDataset) -> float:
         """The fraction of the training split's canonical phonemes that are mispronounced (``pos_weight: auto``)."""

@@ -1,0 +1,141 @@
+"""What a speech model reports as heard: the echo PER, the recogniser chosen on eval (echo wins; audio wins), and
+the diagnosis of substitutions, deletions and insertions, on hand-made logits and alignments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hfstage.metrics.recognition import (
+    ECHO,
+    align,
+    apply_edits,
+    best_by_edits,
+    ctc_log_likelihoods,
+    diagnose,
+    diagnosis_text,
+    mdd_metrics,
+    recognise,
+)
+from hfstage.metrics.speech import speech_metrics
+from hfstage.tasks.speech import SpeechAssessmentTask
+
+VOCAB = 10  # 0 blank, 1 <unk>, 2-9 phonemes
+
+
+def spelled(sequence: list[int], sure: float = 6.0, doubt: dict[int, tuple[int, float]] | None = None) -> np.ndarray:
+    """Logits that spell ``sequence`` (blank, phoneme, blank, ...); ``doubt[k] = (other, margin)``: the k-th phoneme's
+    frame also gives ``other`` a logit only ``margin`` below it."""
+    frames = []
+    for k, token in enumerate(sequence):
+        frames.append(np.eye(VOCAB)[0] * sure)
+        frame = np.eye(VOCAB)[token] * sure
+        if doubt and k in doubt:
+            other, margin = doubt[k]
+            frame[other] = sure - margin
+        frames.append(frame)
+    frames.append(np.eye(VOCAB)[0] * sure)
+    return np.array(frames)
+
+
+def batch(clips: list[np.ndarray], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    width = width or max(len(c) for c in clips)
+    out = np.full((len(clips), width, VOCAB), -100.0)
+    for i, c in enumerate(clips):
+        out[i, : len(c)] = c
+    return out, np.array([len(c) for c in clips])
+
+
+def padded(rows: list[list[int]], width: int) -> np.ndarray:
+    return np.array([r + [-100] * (width - len(r)) for r in rows])
+
+
+def test_the_echo_per_by_hand():
+    canonical = [[2, 3, 4], [5, 6]]
+    spoken = [[2, 7, 4], [5, 6, 8]]  # one substitution; one insertion: 2 errors over 6 phonemes
+    logits, lengths = batch([spelled(s) for s in spoken])
+    errors = padded([[-5, 5, -5], [-5, -5]], 3).astype(float)
+    m = speech_metrics(logits, lengths, padded(spoken, 3), errors, padded([[0, 1, 0], [0, 0]], 3), 0.5, None,
+                       padded(canonical, 3))
+    assert m["prompt_echo_per"] == pytest.approx(2 / 6)
+    assert m["audio_only_per"] == 0.0 and m["per"] == 0.0  # the audio spells what was said: it is chosen
+
+
+def test_ctc_log_likelihood_prefers_the_spelled_sequence_and_edits_apply_in_place():
+    logp = np.log(np.exp(spelled([2, 3])) / np.exp(spelled([2, 3])).sum(-1, keepdims=True))
+    scores = ctc_log_likelihoods(logp, [[2, 3], [2, 4], [2], [2, 3, 3]])
+    assert scores[0] == max(scores) and scores[0] > -0.2 and max(scores[1:]) < scores[0] - 5
+    assert apply_edits([2, 3, 4], [(1, "sub", 7), (0, "ins", 9)]) == [9, 2, 7, 4]
+    assert apply_edits([2, 3, 4], [(2, "del", -1), (3, "ins", 5), (0, "del", -1)]) == [3, 5]
+    assert apply_edits([2, 3], [(1, "del", -1), (1, "ins", 8)]) == [2, 8]
+    best = best_by_edits(spelled([2, 7, 4, 9]), [2, 3, 4])  # one substitution and one insertion away
+    assert best[0][0] == [2, 3, 4] and best[1][0] in ([2, 7, 4], [2, 3, 4, 9]) and best[2][0] == [2, 7, 4, 9]
+    assert best[2][1] > best[1][1] > best[0][1]
+
+
+def test_the_echo_wins_on_eval_when_the_audio_doubts():
+    """Learners said the canonical phonemes; the audio layer hears a near miss on one (its frame almost as sure of
+    the canonical phoneme): the prompt-aware decoder with a large edit penalty returns the prompt, and is chosen."""
+    canonical = [[2, 3, 4], [5, 6, 7], [8, 2, 3]]
+    logits, lengths = batch([spelled([2, 9, 4], doubt={1: (3, 0.5)}), spelled([5, 6, 7]),
+                             spelled([8, 4, 3], doubt={1: (2, 0.3)})])
+    errors = padded([[-5, -5, -5]] * 3, 3).astype(float)
+    m = speech_metrics(logits, lengths, padded(canonical, 3), errors, padded([[0, 0, 0]] * 3, 3), 0.5, None,
+                       padded(canonical, 3))
+    assert m["audio_only_per"] == pytest.approx(2 / 9) and m["prompt_echo_per"] == 0.0
+    assert m["prompt_aware_per"] == 0.0 and m["per"] == 0.0 and m["edit_penalty"] >= 1.0
+    decision = SpeechAssessmentTask().tuned_decision({f"eval_{k}": v for k, v in m.items()})
+    assert decision["recognizer"] == "prompt_aware" and decision["edit_penalty"] == m["edit_penalty"]
+    # on a test split the saved decision is applied, not chosen again: the audio's PER stays reported beside it
+    test = speech_metrics(logits, lengths, padded([[2, 9, 4], [5, 6, 7], [8, 4, 3]], 3), errors,
+                          padded([[0, 1, 0], [0, 0, 0], [0, 1, 0]], 3), 0.5, None, padded(canonical, 3),
+                          decision["recognizer"], decision["edit_penalty"])
+    assert test["per"] == test["prompt_aware_per"] == pytest.approx(2 / 9) and test["audio_only_per"] == 0.0
+
+
+def test_the_audio_wins_on_eval_when_learners_stray_further_than_two_edits():
+    canonical = [[2, 3, 4, 5], [6, 7, 8, 9]]
+    spoken = [[9, 8, 7, 5], [6, 2, 3, 4]]  # three substitutions each: beyond the prompt-aware decoder's two edits
+    logits, lengths = batch([spelled(s) for s in spoken])
+    errors = padded([[5, 5, 5, -5], [-5, 5, 5, 5]], 4).astype(float)
+    truth = padded([[1, 1, 1, 0], [0, 1, 1, 1]], 4)
+    m = speech_metrics(logits, lengths, padded(spoken, 4), errors, truth, 0.5, None, padded(canonical, 4))
+    assert m["prompt_echo_per"] == pytest.approx(6 / 8) and m["prompt_aware_per"] == pytest.approx(2 / 8)
+    assert m["audio_only_per"] == 0.0 and m["per"] == 0.0
+    assert SpeechAssessmentTask().tuned_decision({f"eval_{k}": v for k, v in m.items()})["recognizer"] == "audio"
+    # every mispronounced phoneme flagged, and diagnosed from what the audio heard
+    assert m["diagnosis_accuracy"] == 1.0 and m["false_acceptance_rate"] == 0.0 and m["false_rejection_rate"] == 0.0
+
+
+def test_with_a_prompted_layer_the_prompted_path_competes_too():
+    canonical = [[2, 3, 4]]
+    audio, prompted = spelled([2, 5, 4]), spelled([2, 3, 4])
+    found = recognise([prompted], [audio], canonical, [[2, 3, 4]])
+    assert found.paths["audio"] == [[2, 5, 4]] and found.paths["prompted"] == [[2, 3, 4]]
+    assert found.choose([[2, 3, 4]]) in ("prompt_aware", "prompted") and found.primary == "prompted"
+    assert recognise([audio], None, canonical, penalty=ECHO).paths["prompt_aware"] == canonical
+
+
+def test_diagnosis_of_a_substitution_a_deletion_and_an_insertion_from_a_hand_made_alignment():
+    canonical = ["k", "ae", "t", "s"]
+    heard = ["k", "eh", "t", "ih", "z"]  # ae -> eh, ih inserted after t, s -> z
+    assert align(canonical, heard) == [(0, 0), (1, 1), (2, 2), (None, 3), (3, 4)]
+    d = diagnose(canonical, heard)
+    assert d.phonemes == [("ok", None), ("sub", "eh"), ("ok", None), ("sub", "z")]
+    assert d.insertions == [(3, "ih")]
+    deleted = diagnose(["s", "t", "aa", "p"], ["t", "aa", "p"])
+    assert deleted.phonemes == [("del", None), ("ok", None), ("ok", None), ("ok", None)] and not deleted.insertions
+    assert diagnosis_text(d) == ("ok sub:eh ok sub:z", "3:ih")
+    assert diagnose(["a", "b"], ["x", "a", "b"]).insertions == [(0, "x")]
+
+
+def test_mdd_rates_by_hand():
+    canonical, spoken = [[2, 3, 4], [5, 6]], [[2, 7, 4], [6]]  # 3 -> 7; 5 deleted
+    heard = [[2, 8, 4], [6]]  # the substitution heard as the wrong phoneme; the deletion heard right
+    truth = [np.array([0, 1, 0]), np.array([1, 0])]
+    flags = [np.array([1, 1, 0]), np.array([1, 0])]  # both errors flagged, one correct phoneme rejected
+    m = mdd_metrics(canonical, spoken, heard, truth, flags)
+    assert m == {"false_acceptance_rate": 0.0, "false_rejection_rate": pytest.approx(1 / 3),
+                 "diagnosis_accuracy": 0.5}
+    missed = mdd_metrics(canonical, spoken, heard, truth, [np.array([0, 0, 0]), np.array([1, 0])])
+    assert missed["false_acceptance_rate"] == 0.5 and missed["diagnosis_accuracy"] == 1.0
