@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow  # each a subprocess training small models: make t
     ("gpu_models.py", "gpu_model_checks_failed", 0.0, 0.0),
     pytest.param("speech_baseline.py", "speech_baseline_test_error_f1", 0.0, 1.0, marks=pytest.mark.skipif(
         shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")),
+    pytest.param("speech_feedback.py", "speech_feedback_worst_per_over_echo", 0.0, 5.0, marks=pytest.mark.skipif(
+        shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")),
 ])
 def test_benchmark_quick_mode_prints_its_headline(script, headline, low, high):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
