@@ -186,10 +186,10 @@ class PronunciationAssessmentPipeline(_StagePipeline):
 
     def postprocess(self, model_outputs):
         """``recognized``: what the recogniser chosen on the eval split heard; per canonical phoneme its
-        mispronunciation ``score`` and flag, and for a flagged one the ``diagnosis`` (``substitution`` with the
-        phoneme ``heard``, ``deletion``, or ``unclear`` when the recogniser heard the canonical phoneme); and the
-        ``insertions`` (``after``: how many canonical phonemes come before it)."""
-        from hfstage.metrics.recognition import diagnose, recognise
+        mispronunciation ``score`` and flag, and for a flagged one the ``diagnosis``: ``substitution`` with the
+        phoneme ``heard``, or ``deletion`` (what the audio-only layer most likely heard instead); and the
+        ``insertions`` in the sequence heard (``after``: how many canonical phonemes come before it)."""
+        from hfstage.metrics.recognition import diagnosis_of, recognise
         from hfstage.metrics.speech import error_flags, error_probabilities
         from hfstage.tasks.speech import decisions
 
@@ -201,19 +201,21 @@ class PronunciationAssessmentPipeline(_StagePipeline):
         found = recognise([model_outputs["logits"][0, :length].float().cpu().numpy()],
                           None if acoustic is None else [acoustic[0, :length].float().cpu().numpy()],
                           [model_outputs["canonical_ids"][0, : len(canonical)].tolist()], penalty=penalty)
-        heard = tokens(found.paths[recognizer if recognizer in found.paths else found.primary][0])
+        heard = found.paths[recognizer if recognizer in found.paths else found.primary][0]
         logits = model_outputs["error_logits"][0, : len(canonical)].float().cpu().numpy()
         flags, probs = error_flags(logits, threshold), error_probabilities(logits)
-        diagnosis = diagnose(canonical, heard)
+        audio = model_outputs["logits"] if acoustic is None else acoustic
+        diagnosis = diagnosis_of(audio[0, :length].float().cpu().numpy(),
+                                 model_outputs["canonical_ids"][0, : len(canonical)].tolist(), flags, heard)
         phonemes = []
         for p, f, q, (op, said) in zip(canonical, flags, probs, diagnosis.phonemes):
             row = {"phoneme": p, "mispronounced": bool(f), "score": float(q)}
             if f:
-                row["diagnosis"] = {"ok": "unclear", "sub": "substitution", "del": "deletion"}[op]
-                row["heard"] = said
+                row["diagnosis"] = "substitution" if op == "sub" else "deletion"
+                row["heard"] = tokens(int(said)) if op == "sub" else None
             phonemes.append(row)
-        return {"recognized": heard, "phonemes": phonemes,
-                "insertions": [{"after": pos, "phoneme": p} for pos, p in diagnosis.insertions]}
+        return {"recognized": tokens(heard), "phonemes": phonemes,
+                "insertions": [{"after": pos, "phoneme": tokens(int(p))} for pos, p in diagnosis.insertions]}
 
 
 PIPELINES = {

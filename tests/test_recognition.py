@@ -13,7 +13,9 @@ from hfstage.metrics.recognition import (
     best_by_edits,
     ctc_log_likelihoods,
     diagnose,
+    diagnosis_of,
     diagnosis_text,
+    flagged_diagnosis,
     mdd_metrics,
     recognise,
 )
@@ -132,10 +134,22 @@ def test_diagnosis_of_a_substitution_a_deletion_and_an_insertion_from_a_hand_mad
 def test_mdd_rates_by_hand():
     canonical, spoken = [[2, 3, 4], [5, 6]], [[2, 7, 4], [6]]  # 3 -> 7; 5 deleted
     heard = [[2, 8, 4], [6]]  # the substitution heard as the wrong phoneme; the deletion heard right
+    diagnoses = [diagnose(c, h).phonemes for c, h in zip(canonical, heard)]
     truth = [np.array([0, 1, 0]), np.array([1, 0])]
     flags = [np.array([1, 1, 0]), np.array([1, 0])]  # both errors flagged, one correct phoneme rejected
-    m = mdd_metrics(canonical, spoken, heard, truth, flags)
+    m = mdd_metrics(canonical, spoken, diagnoses, truth, flags)
     assert m == {"false_acceptance_rate": 0.0, "false_rejection_rate": pytest.approx(1 / 3),
                  "diagnosis_accuracy": 0.5}
-    missed = mdd_metrics(canonical, spoken, heard, truth, [np.array([0, 0, 0]), np.array([1, 0])])
+    missed = mdd_metrics(canonical, spoken, diagnoses, truth, [np.array([0, 0, 0]), np.array([1, 0])])
     assert missed["false_acceptance_rate"] == 0.5 and missed["diagnosis_accuracy"] == 1.0
+
+
+def test_a_flagged_phoneme_is_diagnosed_from_the_audio_even_when_the_prompt_is_reported():
+    canonical = [2, 3, 4]
+    assert flagged_diagnosis(spelled([2, 7, 4]), canonical, [0, 1, 0]) == [("ok", None), ("sub", 7), ("ok", None)]
+    assert flagged_diagnosis(spelled([2, 4]), canonical, [0, 1, 0]) == [("ok", None), ("del", None), ("ok", None)]
+    assert flagged_diagnosis(spelled([2, 4]), canonical, [0, 0, 0]) == [("ok", None)] * 3
+    # the prompt reported as heard (an echo): the flags are still diagnosed; insertions come from what is reported
+    d = diagnosis_of(spelled([9, 2, 7, 4]), canonical, [0, 1, 0], [9, 2, 3, 4])
+    assert d.phonemes == [("ok", None), ("sub", 7), ("ok", None)] and d.insertions == [(0, 9)]
+    assert diagnosis_text(d, lambda p: "ph%d" % p) == ("ok sub:ph7 ok", "0:ph9")

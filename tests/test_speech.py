@@ -254,7 +254,7 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     clips = {Path(r["path"]).stem: r for r in map(json.loads, (l2_data / "metadata.jsonl").read_text().splitlines())}
     predicted = list(csv.DictReader((out / best / "eval" / "val_predictions.csv").open()))
     results = assess([{"audio": str(l2_data / clips[r["id"]]["path"]), "canonical": r["canonical"]} for r in predicted])
-    names = {"substitution": "sub", "deletion": "del", "unclear": "ok"}
+    names = {"substitution": "sub", "deletion": "del"}
     for row, result in zip(predicted, results):
         assert " ".join(result["recognized"]) == row["predicted"]
         assert [p["phoneme"] for p in result["phonemes"]] == row["canonical"].split()
@@ -262,7 +262,7 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
         assert all(0 <= p["score"] <= 1 for p in result["phonemes"])
         # each flagged phoneme says what was heard instead, as evaluate's diagnosis column does
         for p, diagnosed in zip(result["phonemes"], row["diagnosis"].split()):
-            assert ("diagnosis" in p) == p["mispronounced"]
+            assert ("diagnosis" in p) == p["mispronounced"] and (diagnosed != "ok") == p["mispronounced"]
             if p["mispronounced"]:
                 said = names[p["diagnosis"]] + (f":{p['heard']}" if p["diagnosis"] == "substitution" else "")
                 assert said == diagnosed

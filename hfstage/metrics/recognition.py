@@ -7,9 +7,10 @@ audio-only layer minus ``edit_penalty`` per edit. The penalty and the recogniser
 end of each stage (lowest PER; a penalty of ``ECHO`` returns the canonical phonemes unchanged, so the choice is never
 worse on eval than echoing the prompt) and saved in the model's config.
 
-Diagnosis: the recognised sequence aligned with the canonical one says, for each canonical phoneme, ``ok``, a
-substitution (``sub`` and the phoneme heard) or a deletion (``del``), and lists the phonemes inserted between
-canonical ones.
+Diagnosis: each canonical phoneme flagged as mispronounced is a substitution (``sub`` and the phoneme heard) or a
+deletion (``del``), whichever the audio-only layer finds most likely (``flagged_diagnosis``); the others are ``ok``.
+The phonemes inserted between canonical ones come from the sequence reported as heard, aligned with the canonical
+one (``diagnose``).
 """
 
 from __future__ import annotations
@@ -222,22 +223,50 @@ def diagnose(canonical: list, heard: list) -> Diagnosis:
     return Diagnosis(phonemes, insertions)
 
 
+def flagged_diagnosis(logits: np.ndarray, canonical: list[int], flags) -> list[tuple[str, object]]:
+    """For each canonical phoneme flagged as mispronounced, what the audio-only layer most likely heard instead: the
+    substitution (with the phoneme) or the deletion of that phoneme whose sequence, the other phonemes as canonical,
+    has the highest CTC log-likelihood; ``("ok", None)`` for the phonemes not flagged. What the detector flags is
+    diagnosed even when the sequence reported as heard is the prompt itself."""
+    out: list[tuple[str, object]] = [("ok", None)] * len(canonical)
+    flagged = [i for i, f in enumerate(list(flags)[: len(canonical)]) if f]
+    if not flagged:
+        return out
+    log_probs = log_softmax(logits)
+    edits = [(i, "del", -1) for i in flagged]
+    edits += [(i, "sub", p) for i in flagged for p in range(FIRST_PHONEME, log_probs.shape[-1]) if p != canonical[i]]
+    scores = ctc_log_likelihoods(log_probs, [apply_edits(canonical, [e]) for e in edits])
+    best: dict[int, tuple[float, str, int]] = {}
+    for (i, op, phone), score in zip(edits, scores.tolist()):
+        if i not in best or score > best[i][0]:
+            best[i] = (score, op, phone)
+    for i, (_, op, phone) in best.items():
+        out[i] = (op, None if op == "del" else phone)
+    return out
+
+
+def diagnosis_of(logits: np.ndarray, canonical: list[int], flags, heard: list[int]) -> Diagnosis:
+    """The flagged phonemes diagnosed from the audio (``flagged_diagnosis``), the insertions from the sequence
+    reported as heard."""
+    return Diagnosis(flagged_diagnosis(logits, canonical, flags), diagnose(canonical, heard).insertions)
+
+
 def diagnosis_text(d: Diagnosis, name=str) -> tuple[str, str]:
     """(one token per canonical phoneme: ``ok``, ``sub:<heard>``, ``del``; the insertions as ``<pos>:<phoneme>``)."""
     per = " ".join("ok" if op == "ok" else "del" if op == "del" else f"sub:{name(p)}" for op, p in d.phonemes)
     return per, " ".join(f"{pos}:{name(p)}" for pos, p in d.insertions)
 
 
-def mdd_metrics(canonical: list[list[int]], spoken: list[list[int]], heard: list[list[int]],
+def mdd_metrics(canonical: list[list[int]], spoken: list[list[int]], diagnoses: list[list[tuple[str, object]]],
                 truth: list[np.ndarray], flags: list[np.ndarray]) -> dict[str, float]:
     """As mispronunciation detection and diagnosis papers report them: ``false_acceptance_rate`` (mispronounced
     phonemes not flagged, over the mispronounced), ``false_rejection_rate`` (correct phonemes flagged, over the
-    correct) and ``diagnosis_accuracy`` (among mispronounced phonemes flagged, those whose diagnosis, what the
-    recogniser heard aligned with the canonical phonemes, is what was said)."""
+    correct) and ``diagnosis_accuracy`` (among mispronounced phonemes flagged, those whose diagnosis, one per
+    canonical phoneme in ``diagnoses``, is what was said: the spoken phonemes aligned with the canonical ones)."""
     wrong = accepted = correct = rejected = detected = diagnosed = 0
-    for c, s, h, t, f in zip(canonical, spoken, heard, truth, flags):
+    for c, s, found, t, f in zip(canonical, spoken, diagnoses, truth, flags):
         t, f = np.asarray(t).astype(bool)[: len(c)], np.asarray(f).astype(bool)[: len(c)]
-        said, found = diagnose(c, s).phonemes, diagnose(c, h).phonemes
+        said = diagnose(c, s).phonemes
         for i in range(len(c)):
             if t[i]:
                 wrong += 1

@@ -9,8 +9,8 @@ import evaluate
 import numpy as np
 
 from hfstage.metrics.classification import classification_metrics
-from hfstage.metrics.recognition import (edit_distance, greedy_decode, mdd_metrics,  # noqa: F401  (API)
-                                        phoneme_error_rate, recognise)
+from hfstage.metrics.recognition import (edit_distance, flagged_diagnosis, greedy_decode,  # noqa: F401  (API)
+                                        mdd_metrics, phoneme_error_rate, recognise)
 
 
 PRIMARY = "primary"  # the recogniser of a model saved before one was chosen: its own output layer
@@ -108,6 +108,8 @@ def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarr
     out["error_threshold"] = float(threshold)
     if prompts is not None:
         flags = [error_flags(np.asarray(error_logits[i])[: counts[i]], threshold) for i in range(len(prompts))]
-        out.update(mdd_metrics(prompts, references, found.paths[chosen],
+        audio = acoustic if acoustic is not None else cut
+        diagnoses = [flagged_diagnosis(a, c, f) for a, c, f in zip(audio, prompts, flags)]
+        out.update(mdd_metrics(prompts, references, diagnoses,
                                [np.asarray(error_labels[i])[: counts[i]] for i in range(len(prompts))], flags))
     return out

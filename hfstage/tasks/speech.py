@@ -112,7 +112,7 @@ class SpeechAssessmentTask(Task):
         from torch.utils.data import DataLoader
 
         from hfstage.losses.speech import CTCMispronunciationLoss
-        from hfstage.metrics.recognition import diagnose, diagnosis_text, recognise
+        from hfstage.metrics.recognition import diagnosis_of, diagnosis_text, recognise
         from hfstage.metrics.speech import error_flags, speech_metrics
 
         dataset = self.load_split(path, field)
@@ -154,8 +154,10 @@ class SpeechAssessmentTask(Task):
         heard = found.paths[recognizer if recognizer in found.paths else found.primary]
         tokens = self.processor.tokenizer.convert_ids_to_tokens
         rows = []
-        for clip_id, c, (ctc, errs, *_), said in zip(dataset.ids, dataset.clips, clips, heard):
-            what, inserted = diagnosis_text(diagnose(c.canonical, tokens(said)))
+        for clip_id, c, (ctc, errs, _, _, acoustic, prompt), said in zip(dataset.ids, dataset.clips, clips, heard):
+            found_here = diagnosis_of(ctc if acoustic is None else acoustic, [int(t) for t in prompt],
+                                      error_flags(errs, threshold), said)
+            what, inserted = diagnosis_text(found_here, lambda p: tokens(int(p)))
             rows.append({"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
                          "predicted": " ".join(tokens(said)), "labels": " ".join(str(v) for v in c.labels),
                          "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold)),
