@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-docs", action="store_true", help="print only (a bench that reports it in its own table)")
     args = parser.parse_args()
     from transformers.audio_utils import mel_filter_bank
 
@@ -172,7 +173,7 @@ def main() -> None:
             "| split | PER | mispronunciation F1 | flag-every-phoneme F1 |\n|---|---|---|---|\n"
             + "".join(f"| {s} | {p:.3f} | {f:.3f} | {e:.3f} |\n" for s, (p, f, e) in rows.items())
             + f"\n`{command}`: log-mel + 2 conv + 2-layer BiGRU + CTC, recognise-and-compare detection.")
-    if not args.quick:
+    if not args.quick and not args.no_docs:
         update_benchmarks(f"speech_baseline_{args.name}", f"Speech: plain PyTorch baseline on {args.name} espeak-l2", body)
     print(f"speech_baseline_test_error_f1: {f1:.4f}")
 

@@ -56,7 +56,8 @@ def recipe(data: Path, out: Path, quick: bool) -> dict:
 
 
 def plain_recogniser(data: Path, name: str, quick: bool) -> float:
-    command = [sys.executable, str(ROOT / "bench" / "speech_baseline.py"), "--data", str(data), "--name", name]
+    command = [sys.executable, str(ROOT / "bench" / "speech_baseline.py"), "--data", str(data), "--name", name,
+               "--no-docs"]
     proc = subprocess.run(command + (["--quick"] if quick else []), capture_output=True, text=True, check=True)
     return float(re.search(r"^test: PER ([0-9.]+)", proc.stdout, re.M).group(1))
 
