@@ -13,7 +13,7 @@ The last line is ``auto_min_margin_vs_recommended_recipe: X`` (auto minus recipe
 
     python bench/auto.py                       # the four sets, 10-minute budgets: ~1.5 h on 2 CPU cores
     python bench/auto.py --sets pairs,vowels   # some of them (the docs section then lists only those)
-    python bench/auto.py --quick               # smoke mode: 320 pairs, a 15 s budget, the recipe in quick mode
+    python bench/auto.py --quick               # smoke mode: 320 pairs, a 10 s budget, the recipe in quick mode
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(argv=None) -> float:
     parser.add_argument("--runs", default="runs/bench_auto", help="where the data, auto folders and recipe runs go")
     args = parser.parse_args(argv)
     names = ["pairs"] if args.quick else args.sets.split(",")
-    budget = "15s" if args.quick else args.budget
+    budget = "10s" if args.quick else args.budget
     from hfstage.stage_search.settings import parse_duration
 
     seconds = parse_duration(budget, "--budget")

@@ -16,7 +16,7 @@ import pytest
 
 from hfstage.evaluation import evaluate_checkpoint
 
-KILLS = 8  # random kills per run; each costs a start-up, and 8 land in every phase of this short run
+KILLS = 7  # random kills per run; each costs a start-up, and 7 land in every phase of this short run
 
 
 def _seconds(command: list[str], env: dict) -> float:
