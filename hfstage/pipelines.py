@@ -189,7 +189,7 @@ class PronunciationAssessmentPipeline(_StagePipeline):
         mispronunciation ``score`` and flag, and for a flagged one the ``diagnosis``: ``substitution`` with the
         phoneme ``heard``, or ``deletion`` (what the audio-only layer most likely heard instead); and the
         ``insertions`` in the sequence heard (``after``: how many canonical phonemes come before it)."""
-        from hfstage.metrics.recognition import diagnosis_of, recognise
+        from hfstage.metrics.recognition import feedback
         from hfstage.metrics.speech import error_flags, error_probabilities
         from hfstage.tasks.speech import decisions
 
@@ -198,15 +198,12 @@ class PronunciationAssessmentPipeline(_StagePipeline):
         canonical = model_outputs["canonical"]
         acoustic = model_outputs["acoustic_logits"]
         threshold, recognizer, penalty = decisions(self.model.config)  # chosen on the eval split in training
-        found = recognise([model_outputs["logits"][0, :length].float().cpu().numpy()],
-                          None if acoustic is None else [acoustic[0, :length].float().cpu().numpy()],
-                          [model_outputs["canonical_ids"][0, : len(canonical)].tolist()], penalty=penalty)
-        heard = found.paths[recognizer if recognizer in found.paths else found.primary][0]
         logits = model_outputs["error_logits"][0, : len(canonical)].float().cpu().numpy()
         flags, probs = error_flags(logits, threshold), error_probabilities(logits)
-        audio = model_outputs["logits"] if acoustic is None else acoustic
-        diagnosis = diagnosis_of(audio[0, :length].float().cpu().numpy(),
-                                 model_outputs["canonical_ids"][0, : len(canonical)].tolist(), flags, heard)
+        told = feedback([model_outputs["logits"][0, :length].float().cpu().numpy()],
+                        None if acoustic is None else [acoustic[0, :length].float().cpu().numpy()],
+                        [model_outputs["canonical_ids"][0, : len(canonical)].tolist()], [flags], recognizer, penalty)
+        heard, diagnosis = told.heard[0], told.diagnosis(0)
         phonemes = []
         for p, f, q, (op, said) in zip(canonical, flags, probs, diagnosis.phonemes):
             row = {"phoneme": p, "mispronounced": bool(f), "score": float(q)}

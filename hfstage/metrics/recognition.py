@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 RECOGNIZERS = ("prompt_aware", "audio", "prompted")  # the order ties are broken in
+PER_KEYS = {"prompt_aware": "prompt_aware_per", "audio": "audio_only_per", "prompted": "prompted_per"}  # metrics
+PRIMARY = "primary"  # the recogniser of a model saved before one was chosen: its own output layer
 ECHO = 1e6  # an edit penalty no likelihood outweighs: the canonical phonemes unchanged
 PENALTIES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, ECHO)
 DOUBLE_FROM = 8  # double edits combine the best few single edits
@@ -151,8 +153,12 @@ class Recognition:
 
     def choose(self, references: list[list[int]]) -> str:
         """The recogniser with the lowest PER on these clips."""
-        rates = {name: phoneme_error_rate(self.paths[name], references) for name in RECOGNIZERS if name in self.paths}
-        return min(rates, key=lambda name: (rates[name], RECOGNIZERS.index(name)))
+        return best_recognizer({name: phoneme_error_rate(seqs, references) for name, seqs in self.paths.items()})
+
+
+def best_recognizer(rates: dict[str, float]) -> str:
+    """The recogniser with the lowest PER among ``rates`` (ties broken in the order of RECOGNIZERS)."""
+    return min(rates, key=lambda name: (rates[name], RECOGNIZERS.index(name)))
 
 
 def recognise(ctc_logits: list[np.ndarray], acoustic_logits: list[np.ndarray] | None = None,
@@ -249,6 +255,46 @@ def diagnosis_of(logits: np.ndarray, canonical: list[int], flags, heard: list[in
     """The flagged phonemes diagnosed from the audio (``flagged_diagnosis``), the insertions from the sequence
     reported as heard."""
     return Diagnosis(flagged_diagnosis(logits, canonical, flags), diagnose(canonical, heard).insertions)
+
+
+@dataclass
+class Feedback:
+    """What a model tells a learner about each clip: every recogniser's sequence (``found``), the one reported as
+    heard (``chosen``: ``heard``), and with flags each canonical phoneme's diagnosis."""
+
+    found: Recognition
+    chosen: str
+    canonical: list[list[int]] | None
+    diagnoses: list[list[tuple[str, object]]] | None
+
+    @property
+    def heard(self) -> list[list[int]]:
+        return self.found.paths[self.chosen]
+
+    def diagnosis(self, i: int) -> Diagnosis:
+        """Clip ``i``'s diagnosis: its flagged phonemes diagnosed from the audio, the insertions from what is heard."""
+        return Diagnosis(self.diagnoses[i], diagnose(self.canonical[i], self.heard[i]).insertions)
+
+
+def feedback(ctc_logits: list[np.ndarray], acoustic_logits: list[np.ndarray] | None = None,
+             canonical: list[list[int]] | None = None, flags: list | None = None, recognizer: str | None = None,
+             penalty: float | None = None, references: list[list[int]] | None = None) -> Feedback:
+    """Every recogniser on these clips (``recognise``) and the one reported as heard: ``recognizer`` (as saved in
+    a model's config); without one, the one with the lowest PER on ``references`` (the end of a stage, on its eval
+    split); for ``PRIMARY`` or without canonical phonemes, the model's own output layer. With ``flags`` (per clip,
+    one per canonical phoneme) also the diagnosis of each flagged phoneme, from the audio-only layer."""
+    found = recognise(ctc_logits, acoustic_logits, canonical, references, penalty)
+    if recognizer in found.paths:
+        chosen = recognizer
+    elif recognizer is None and canonical is not None and references is not None:
+        chosen = found.choose(references)
+    else:
+        chosen = found.primary
+    diagnoses = None
+    if canonical is not None and flags is not None:
+        audio = acoustic_logits if acoustic_logits is not None else ctc_logits
+        diagnoses = [flagged_diagnosis(a, c, f) for a, c, f in zip(audio, canonical, flags)]
+    return Feedback(found, chosen, canonical, diagnoses)
 
 
 def diagnosis_text(d: Diagnosis, name=str) -> tuple[str, str]:

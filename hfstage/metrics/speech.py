@@ -9,11 +9,8 @@ import evaluate
 import numpy as np
 
 from hfstage.metrics.classification import classification_metrics
-from hfstage.metrics.recognition import (edit_distance, flagged_diagnosis, greedy_decode,  # noqa: F401  (API)
-                                        mdd_metrics, phoneme_error_rate, recognise)
-
-
-PRIMARY = "primary"  # the recogniser of a model saved before one was chosen: its own output layer
+from hfstage.metrics.recognition import (PER_KEYS, Feedback, edit_distance, feedback,  # noqa: F401  (API)
+                                        greedy_decode, mdd_metrics, phoneme_error_rate)
 
 
 class PhonemeErrorRate(evaluate.Metric):
@@ -72,6 +69,16 @@ def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarr
     ``per`` is the PER of ``recognizer`` (metrics.recognition.RECOGNIZERS); without one, of the recogniser with
     the lowest PER here (what the end of a stage chooses on its eval split), or, without ``canonical``, of the
     model's own output layer."""
+    return speech_evaluation(ctc_logits, lengths, labels, error_logits, error_labels, threshold, acoustic_logits,
+                             canonical, recognizer, edit_penalty)[0]
+
+
+def speech_evaluation(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarray, error_logits: np.ndarray,
+                      error_labels: np.ndarray, threshold: float = 0.5, acoustic_logits: np.ndarray | None = None,
+                      canonical: np.ndarray | None = None, recognizer: str | None = None,
+                      edit_penalty: float | None = None) -> tuple[dict[str, float], Feedback]:
+    """``speech_metrics`` and the ``Feedback`` they were computed from (what was heard, the diagnoses), so a caller
+    that reports both decodes once."""
     from sklearn.metrics import average_precision_score
 
     references = [[int(t) for t in row if t >= 0] for row in labels]
@@ -81,20 +88,14 @@ def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarr
                                                      for i in range(len(references))]
     prompts = None if canonical is None else [[int(t) for t in np.asarray(canonical[i])[: counts[i]]]
                                               for i in range(len(references))]
-    found = recognise(cut, acoustic, prompts, references, edit_penalty)
-    rates = {name: phoneme_error_rate(seqs, references) for name, seqs in found.paths.items()}
-    out = {"audio_only_per": rates["audio"]}
-    if "prompted" in rates:
-        out["prompted_per"] = rates["prompted"]
-    if prompts is None or recognizer == PRIMARY:
-        chosen = found.primary
+    flags = [error_flags(np.asarray(error_logits[i])[: counts[i]], threshold) for i in range(len(references))]
+    told = feedback(cut, acoustic, prompts, flags, recognizer, edit_penalty, references)
+    rates = {name: phoneme_error_rate(seqs, references) for name, seqs in told.found.paths.items()}
+    out = {PER_KEYS[name]: rate for name, rate in rates.items()}
     if prompts is not None:
         out["prompt_echo_per"] = phoneme_error_rate(prompts, references)
-        out["prompt_aware_per"] = rates["prompt_aware"]
-        out["edit_penalty"] = float(found.penalty)
-        if recognizer != PRIMARY:
-            chosen = recognizer if recognizer in rates else found.choose(references)
-    out["per"] = rates[chosen]
+        out["edit_penalty"] = float(told.found.penalty)
+    out["per"] = rates[told.chosen]
     valid = error_labels >= 0
     probs = error_probabilities(error_logits[valid])
     preds = error_flags(error_logits[valid], threshold).astype(np.int64)
@@ -107,9 +108,6 @@ def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarr
     out["error_best_threshold"], out["error_best_f1"] = best_threshold(probs, truth)
     out["error_threshold"] = float(threshold)
     if prompts is not None:
-        flags = [error_flags(np.asarray(error_logits[i])[: counts[i]], threshold) for i in range(len(prompts))]
-        audio = acoustic if acoustic is not None else cut
-        diagnoses = [flagged_diagnosis(a, c, f) for a, c, f in zip(audio, prompts, flags)]
-        out.update(mdd_metrics(prompts, references, diagnoses,
+        out.update(mdd_metrics(prompts, references, told.diagnoses,
                                [np.asarray(error_labels[i])[: counts[i]] for i in range(len(prompts))], flags))
-    return out
+    return out, told

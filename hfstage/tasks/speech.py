@@ -17,7 +17,7 @@ from hfstage.tasks.base import TASKS, CardFacts, Field, Splits, Task, as_split_r
 def decisions(config) -> tuple[float, str | None, float | None]:
     """What a speech model's config says was chosen on the eval split: (error threshold, recogniser, edit penalty);
     a model saved before recognisers were chosen reports its own output layer."""
-    from hfstage.metrics.speech import PRIMARY
+    from hfstage.metrics.recognition import PRIMARY
 
     return (float(getattr(config, "error_threshold", 0.5)), getattr(config, "recognizer", PRIMARY),
             getattr(config, "edit_penalty", None))
@@ -112,8 +112,8 @@ class SpeechAssessmentTask(Task):
         from torch.utils.data import DataLoader
 
         from hfstage.losses.speech import CTCMispronunciationLoss
-        from hfstage.metrics.recognition import diagnosis_of, diagnosis_text, recognise
-        from hfstage.metrics.speech import error_flags, speech_metrics
+        from hfstage.metrics.recognition import diagnosis_text
+        from hfstage.metrics.speech import error_flags, speech_evaluation
 
         dataset = self.load_split(path, field)
         model = checkpoint.load_model().eval().to(accelerator.device)
@@ -144,22 +144,19 @@ class SpeechAssessmentTask(Task):
         # chosen on the eval split when the stage was trained (a model saved before: its own output layer)
         threshold, recognizer, penalty = decisions(model.config)
         metrics = {"loss": total / max(1, len(dataset))}
-        metrics.update(speech_metrics(pad([c[0] for c in clips], -100.0), np.array([len(c[0]) for c in clips]),
-                                      pad([c[2] for c in clips], -100).astype(np.int64), pad([c[1] for c in clips], -100.0),
-                                      pad([c[3] for c in clips], -100).astype(np.int64), threshold,
-                                      None if clips[0][4] is None else pad([c[4] for c in clips], -100.0),
-                                      pad([c[5] for c in clips], -100).astype(np.int64), recognizer, penalty))
-        found = recognise([c[0] for c in clips], None if clips[0][4] is None else [c[4] for c in clips],
-                          [[int(t) for t in c[5]] for c in clips], penalty=penalty)
-        heard = found.paths[recognizer if recognizer in found.paths else found.primary]
+        scores, told = speech_evaluation(
+            pad([c[0] for c in clips], -100.0), np.array([len(c[0]) for c in clips]),
+            pad([c[2] for c in clips], -100).astype(np.int64), pad([c[1] for c in clips], -100.0),
+            pad([c[3] for c in clips], -100).astype(np.int64), threshold,
+            None if clips[0][4] is None else pad([c[4] for c in clips], -100.0),
+            pad([c[5] for c in clips], -100).astype(np.int64), recognizer, penalty)
+        metrics.update(scores)
         tokens = self.processor.tokenizer.convert_ids_to_tokens
         rows = []
-        for clip_id, c, (ctc, errs, _, _, acoustic, prompt), said in zip(dataset.ids, dataset.clips, clips, heard):
-            found_here = diagnosis_of(ctc if acoustic is None else acoustic, [int(t) for t in prompt],
-                                      error_flags(errs, threshold), said)
-            what, inserted = diagnosis_text(found_here, lambda p: tokens(int(p)))
+        for i, (clip_id, c, (_, errs, *_)) in enumerate(zip(dataset.ids, dataset.clips, clips)):
+            what, inserted = diagnosis_text(told.diagnosis(i), lambda p: tokens(int(p)))
             rows.append({"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
-                         "predicted": " ".join(tokens(said)), "labels": " ".join(str(v) for v in c.labels),
+                         "predicted": " ".join(tokens(told.heard[i])), "labels": " ".join(str(v) for v in c.labels),
                          "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold)),
                          "diagnosis": what, "insertions": inserted})
         return metrics, rows
@@ -208,14 +205,12 @@ class SpeechAssessmentTask(Task):
         """Chosen on the eval split at the stage's end, saved in the model's config, and used for the test split, by
         ``evaluate`` and by the pipeline: the error flags' threshold (its best F1) and the recogniser whose sequence
         is reported as heard (the lowest PER; metrics.recognition), with the prompt-aware decoder's edit penalty."""
-        from hfstage.metrics.recognition import RECOGNIZERS
+        from hfstage.metrics.recognition import PER_KEYS, best_recognizer
 
         decision: dict[str, Any] = {"error_threshold": float(metrics.get("eval_error_best_threshold", 0.5))}
-        rates = {name: metrics[key] for name, key in (("prompt_aware", "eval_prompt_aware_per"),
-                                                       ("audio", "eval_audio_only_per"),
-                                                       ("prompted", "eval_prompted_per")) if key in metrics}
+        rates = {name: metrics[f"eval_{key}"] for name, key in PER_KEYS.items() if f"eval_{key}" in metrics}
         if "prompt_aware" in rates:
-            decision["recognizer"] = min(rates, key=lambda name: (rates[name], RECOGNIZERS.index(name)))
+            decision["recognizer"] = best_recognizer(rates)
             decision["edit_penalty"] = float(metrics["eval_edit_penalty"])
         return decision
 
