@@ -26,7 +26,6 @@ from hfstage.run_dir import RUN_JSON, RunDir
 logger = logging.getLogger("hfstage")
 
 ROOT_FILES = ("README.md", "leaderboard.csv")
-STACK_SKIP = ("eval",)  # evaluations of the stack on this machine's splits
 FOLD_FILES = ("cv.json", "oof.npy", "oof_ids.npy", "oof_labels.npy", "test_probs.npy", "test_ids.npy")
 
 
@@ -114,17 +113,12 @@ def answer_files(folder: str | Path) -> dict[str, Path | bytes]:
 def push_auto(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
               create_pr: bool = False, commit_message: str | None = None) -> dict:
     """Push the auto folder's answer and card to ``repo_id``; returns what was uploaded (as ``hub.push`` does)."""
-    from hfstage.hub.client import call, commit_changed, hub_api, require_token
+    from hfstage.hub.client import commit_to_repo
 
     files = answer_files(folder)
-    require_token(repo_id, f"pushing {folder}", private)
-    api = hub_api()
-    call("create repository", repo_id, api.create_repo, repo_id, private=private, exist_ok=True)
-    if revision and not create_pr:
-        call("create branch", repo_id, api.create_branch, repo_id, branch=revision, exist_ok=True)
     final = final_of(folder)
-    head, changed, pr_url = commit_changed(api, repo_id, files, commit_message or f"hfstage auto: {final['name']}",
-                                           revision, create_pr)
+    head, changed, pr_url = commit_to_repo(repo_id, files, commit_message or f"hfstage auto: {final['name']}",
+                                           f"pushing {folder}", private, revision, create_pr)
     logger.info("pushed %s (answer: %s) to %s: %d file(s) uploaded, %d unchanged", folder, final["name"], repo_id,
                 len(changed), len(files) - len(changed))
     return {"repo_id": repo_id, "commit": head, "uploaded": changed, "unchanged": len(files) - len(changed),

@@ -198,6 +198,17 @@ def commit_changed(api, repo_id: str, files: dict[str, Path | bytes], message: s
     return info.oid, changed, info.pr_url
 
 
+def commit_to_repo(repo_id: str, files: dict[str, Path | bytes], message: str, what: str, private: bool = False,
+                   revision: str | None = None, create_pr: bool = False) -> tuple[str, list[str], str | None]:
+    """A push: refuse without a token, create the repository (and the branch ``revision``) when missing, and commit
+    the files whose content differs from the Hub's. Returns (head commit, changed paths, pull-request URL or None)."""
+    require_token(repo_id, what, private)
+    api = hub_api()
+    call("create repository", repo_id, api.create_repo, repo_id, private=private, exist_ok=True)
+    if revision and not create_pr:
+        call("create branch", repo_id, api.create_branch, repo_id, branch=revision, exist_ok=True)
+    return commit_changed(api, repo_id, files, message, revision, create_pr)
+
 
 def tag_stages(api, repo_id: str, stage_dirs: list[str], changed: list[str], head: str) -> list[str]:
     """Tag every pushed stage at ``head``; a tag moves only when that stage's files changed."""

@@ -20,7 +20,7 @@ import yaml
 
 from hfstage.cards import run_card
 from hfstage.errors import CheckpointError, ConfigError
-from hfstage.hub.client import call, commit_changed, hub_api, require_token, tag_stages
+from hfstage.hub.client import commit_to_repo, hub_api, tag_stages
 from hfstage.hub.refs import REPO_ID_RE, is_reference
 from hfstage.models.base import is_native
 from hfstage.run_dir import CURVES_PNG, STAGE_JSON, RunDir, RunRecord, StageEntry
@@ -66,15 +66,10 @@ def push(run_dir: str | Path, repo_id: str, stage: str | None = "all", private: 
     chosen = run.select(stage, str(folder))
     if not chosen:
         raise CheckpointError(f"{folder}: no finished stage to push")
-    require_token(repo_id, f"pushing {folder}", private)
-    api = hub_api()
-    call("create repository", repo_id, api.create_repo, repo_id, private=private, exist_ok=True)
-    if revision and not create_pr:
-        call("create branch", repo_id, api.create_branch, repo_id, branch=revision, exist_ok=True)
     files = push_files(folder, run, chosen, repo_id)
     message = commit_message or f"hfstage: {', '.join(s.dir for s in chosen)}"
-    head, changed, pr_url = commit_changed(api, repo_id, files, message, revision, create_pr)
-    tags = [] if create_pr else tag_stages(api, repo_id, [s.dir for s in chosen], changed, head)
+    head, changed, pr_url = commit_to_repo(repo_id, files, message, f"pushing {folder}", private, revision, create_pr)
+    tags = [] if create_pr else tag_stages(hub_api(), repo_id, [s.dir for s in chosen], changed, head)
     logger.info("pushed %s to %s: %d file(s) uploaded, %d unchanged%s", folder, repo_id, len(changed),
                 len(files) - len(changed), f"; pull request {pr_url}" if pr_url else "")
     return {"repo_id": repo_id, "commit": head, "uploaded": changed, "unchanged": len(files) - len(changed),
