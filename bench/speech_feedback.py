@@ -56,10 +56,10 @@ def recipe(data: Path, out: Path, quick: bool) -> dict:
             **{k: record.test_metrics.get(f"test_{k}") for k in KEYS}}
 
 
-def plain_recogniser(data: Path, name: str, quick: bool) -> float:
+def plain_recogniser(data: Path, name: str) -> float:
     command = [sys.executable, str(ROOT / "bench" / "speech_baseline.py"), "--data", str(data), "--name", name,
                "--no-docs"]
-    proc = subprocess.run(command + (["--quick"] if quick else []), capture_output=True, text=True, check=True)
+    proc = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(re.search(r"^test: PER ([0-9.]+)", proc.stdout, re.M).group(1))
 
 
@@ -76,7 +76,7 @@ def main(argv=None) -> float:
             prepare_espeak_l2(data, seed=0, **({"words": 8} if args.quick else {}), **shape)
             rows[name] = recipe(data, Path(tmp) / f"run_{name}", args.quick)
             # the plain recogniser's own smoke test runs it quickly (tests/test_bench.py): not again here
-            rows[name]["plain"] = None if args.quick else plain_recogniser(data, name, args.quick)
+            rows[name]["plain"] = None if args.quick else plain_recogniser(data, name)
 
     def f(value) -> str:
         return "-" if value is None else f"{value:.3f}"
