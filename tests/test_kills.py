@@ -16,7 +16,7 @@ import pytest
 
 from hfstage.evaluation import evaluate_checkpoint
 
-KILLS = 7  # random kills per run; each costs a start-up, and 7 land in every phase of this short run
+KILLS = 6  # random kills per run; each costs a start-up, and 6 land in every phase of this short run
 
 
 def _seconds(command: list[str], env: dict) -> float:
@@ -66,7 +66,7 @@ def test_random_kills_always_resume(recipe, pair_data, tmp_path):
         assert result["metrics"]["loss"] == pytest.approx(record["metrics"]["eval_loss"], rel=1e-4)
     print(f"{kills} kills at random moments; the run resumed and finished correctly"
           + (" (it finished before the last planned kill)" if finished_before_kill else ""))
-    assert kills >= 5  # the kills really happened
+    assert kills >= 4  # the kills really happened
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_kills_during_pushes_resume_and_the_hub_ends_up_equal_to_the_run(hub, pa
     training = max(_seconds([*command[:-1], str(timed)], env) - startup, 1.0)
     rng = random.Random(1)
     kills, mid_push = 0, 0
-    for attempt in range(6):
+    for attempt in range(4):  # two of them wait for a push in flight
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + rng.uniform(0.5 * startup, startup + 0.5 * training)
         wait_for_push = attempt % 2 == 0
