@@ -172,20 +172,52 @@ def test_a_metric_the_models_do_not_report_stops_after_the_first_model(pair_data
     assert [d["action"] for d in decisions].count("train") == 1
 
 
-@pytest.mark.parametrize("stack_cv, answer", [(0.90, "stack"), (0.89, "stack"), (0.87, "runs/a")])
-def test_the_stack_is_the_answer_unless_it_is_worse_than_the_best_member_beyond_fold_noise(stack_cv, answer):
-    """400 samples at 0.9: one standard error is sqrt(0.9 * 0.1 / 400) = 0.015, so 0.89 is a tie and 0.87 a loss."""
-    from hfstage.automl.runner import stack_or_single
+@pytest.mark.parametrize("stack_cv, earned", [(0.92, True), (0.91, False), (0.90, False), (0.87, False)])
+def test_the_stack_is_the_answer_only_when_it_beats_the_best_member_beyond_fold_noise(stack_cv, earned):
+    """400 samples at 0.9: one standard error is sqrt(0.9 * 0.1 / 400) = 0.015, so 0.92 wins, 0.91 and 0.90 tie
+    (the single model stands) and 0.87 loses."""
+    from hfstage.automl.runner import stack_earns_it
 
     result = {"meta_learner": "logreg", "samples": {"meta_train": 400}, "methods": [
         {"method": "base: runs/a", "cv_accuracy": 0.90}, {"method": "base: runs/b", "cv_accuracy": 0.85},
         {"method": "best single (runs/a)", "cv_accuracy": 0.90},
         {"method": "logreg stack", "meta": "logreg", "cv_accuracy": stack_cv, "chosen": True}]}
-    single, why = stack_or_single(result)
-    if answer == "stack":
-        assert single is None and why.startswith(f"--meta auto chose logreg: CV accuracy {stack_cv:.4f}")
+    chosen, why = stack_earns_it(result)
+    assert chosen is earned
+    if earned:
+        assert why.startswith(f"--meta auto chose logreg: CV accuracy {stack_cv:.4f}") and "noise 0.0150" in why
     else:
-        assert single == "runs/a" and "beyond fold noise (0.0150 on 400 samples)" in why
+        assert "does not beat the best single member's 0.9000 beyond fold noise (0.0150 on 400 samples)" in why
+
+
+def test_a_refit_on_train_and_eval_is_scored_held_out_bagged_without_it_and_kept_out_of_an_eval_stack(
+        recipe, sequence_data, tmp_path):
+    """A recipe whose last stage refits on train + eval (sequences_long.yaml's, the portfolio's inception): its eval
+    metrics are in-sample, so auto ranks it by the stage it started from, its bags leave the refit out (a fold's
+    eval part is its held-out part) and a stack over eval predictions leaves it out."""
+    from hfstage.automl.leaderboard import score
+    from hfstage.automl.runner import Auto, Model
+    from hfstage.config import load_config
+    from hfstage.curriculum import run
+    from hfstage.run_dir import RunDir
+
+    stages = [{"name": "fit", "epochs": 1}, {"name": "refit", "epochs": 1, "lr": 1e-3, "train_on_eval": True}]
+    cfg = load_config(recipe(stages=stages))
+    run(cfg)
+    folder = RunDir(cfg.output_dir)
+    fit, refit = folder.records()
+    assert folder.best().dir == refit.dir and refit.extra["trained_on_eval"]
+    model = Model("m", "full", "tiny", Path(cfg.output_dir), [], 1.0)
+    assert score(model, "accuracy") == fit.metrics["eval_accuracy"]  # held out, not the refit's in-sample figure
+    assert score(model, "accuracy", "test") == refit.test_metrics["test_accuracy"]  # the answer is the refit
+
+    auto = Auto(str(sequence_data), 60, None, tmp_path / "auto", None, None, "best", [])
+    inception = auto.portfolio.get("inception")
+    assert auto.config(inception, "inception").stages[-1].train_on_eval  # sequences_long.yaml's last stage
+    unit, extra = auto.unit(inception, "bag", 3)
+    assert "stages.polishing.train_on_eval=false" in extra
+    assert not any(s.train_on_eval for s in auto.config(inception, unit.name, extra).stages)
+    assert auto._refitted(model) and not auto._refitted(Model("b", "bag", "tiny", tmp_path, [], 1.0))
 
 
 @pytest.mark.slow  # a few small units

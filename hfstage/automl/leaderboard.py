@@ -1,7 +1,8 @@
 """The leaderboard of ``hfstage auto``: every model and the stack, with what it scored, what it cost and its share
 of the stack (``DIR/leaderboard.csv``, printed, and in the card).
 
-A run's scores are its best stage's ``eval_<metric>`` and ``test_<metric>``; a k-fold bag's are its out-of-fold
+A run's scores are its best stage's ``eval_<metric>`` and ``test_<metric>`` (a ``train_on_eval`` refit's eval
+metrics are in-sample: its eval score is the stage it started from); a k-fold bag's are its out-of-fold
 accuracy (its CV) and the test accuracy of its folds' mean probabilities (other metrics: the folds' mean). Predict
 time per sample is what the Trainer measured on the test split (else the eval split), summed over a bag's folds
 and over a stack's members. A stack member's weight is what the saved meta-learner gives it: the averaging weights
@@ -33,6 +34,22 @@ def _best_record(path: Path):
     return folder.best() if folder.is_run() else None
 
 
+def refitted(record) -> bool:
+    """Whether the stage also trained on the eval split (``train_on_eval``): its eval metrics are in-sample."""
+    return bool(record.extra.get("trained_on_eval"))
+
+
+def held_out(path: Path, record):
+    """The record whose eval metrics speak for ``record``: itself, or for a ``train_on_eval`` refit (eval
+    in-sample) the stage it started from, which chose on a held-out eval split."""
+    from hfstage.run_dir import RunDir
+
+    earlier = {r.dir: r for r in RunDir(path).records()}
+    while refitted(record) and record.started_from in earlier:
+        record = earlier[record.started_from]
+    return record
+
+
 def _bag_cv(path: Path) -> dict | None:
     from hfstage.run_dir import CV_JSON
 
@@ -49,6 +66,8 @@ def score(model, metric: str, split: str = "eval") -> float | None:
     record = _best_record(model.path)
     if record is None:
         return None
+    if split == "eval":  # a refit's eval is in-sample: the stage it started from was chosen on held-out data
+        record = held_out(model.path, record)
     value = (record.metrics if split == "eval" else record.test_metrics).get(f"{split}_{metric}")
     tested = model.path / record.dir / "eval" / "test.json"
     if value is None and split == "test" and tested.is_file():  # a search trial: its stage was tested once, after

@@ -12,9 +12,9 @@ time left:
 4. **bag** (preset ``best``): k-fold bagging (``folds: N``) while units fit: the searched recipe with its best
    values, the full recipes by eval score, then the first of those with two more seeds;
 5. **stack**: the bags' out-of-fold predictions (two or more bags), else every full model's predictions of the
-   validation split, stacked with ``--meta auto``; the best single model is the answer instead when the stack's CV
-   accuracy falls below it beyond fold noise (one binomial standard error). Speech has no stack: its answer is the
-   best model.
+   validation split (a ``train_on_eval`` refit, which trained on them, left out), stacked with ``--meta auto``; the
+   stack is the answer only when its CV accuracy beats the best single member's beyond fold noise (one binomial
+   standard error), else the best single model by eval is. Speech has no stack: its answer is the best model.
 
 A unit still running at the deadline stops after its current stage (its kept stages stand). Everything lives in
 DIR: ``models/<unit>/`` (run folders), ``search/<recipe>/``, ``stack/``, ``leaderboard.csv``, ``auto.json`` (the
@@ -175,6 +175,9 @@ class Auto:
                 "bag": f"{candidate.name}{variant}_bag{folds}"}[kind]
         extra = {"quick": ["quick_test=true", f"quick_test_samples={QUICK_SAMPLES}"], "full": [],
                  "bag": [f"folds={folds}"]}[kind] + list(more)
+        if kind == "bag":  # a fold's eval part is its held-out part: a refit on it would leak into the OOF
+            extra += [f"stages.{s.name}.train_on_eval=false" for s in self.config(candidate, name).stages
+                      if s.train_on_eval]
         cfg = self.config(candidate, name, extra)
         epochs = [s.epochs or 1.0 for s in cfg.stages]
         samples = min(self.samples, QUICK_SAMPLES) if kind == "quick" else self.samples
@@ -364,6 +367,8 @@ class Auto:
 
         stage = candidate.recipe["stages"][0]["name"]
         cfg = self.config(candidate, candidate.name)
+        # trials are compared on eval: through the last stage that does not also train on it (a refit's is in-sample)
+        through = next(s.name for s in reversed(cfg.stages) if not s.train_on_eval or s is cfg.stages[0])
         per_trial = Unit(f"{candidate.name} trial", candidate.name, "search", [s.epochs or 1.0 for s in cfg.stages],
                          self.samples)
         trial_s = self.cost.estimate(per_trial)
@@ -382,7 +387,7 @@ class Auto:
         raw = self.raw(candidate, name)
         raw["search"] = block
         try:
-            result = search(raw, stage, trials=max(trials, 1), out=str(out), through=cfg.stages[-1].name,
+            result = search(raw, stage, trials=max(trials, 1), out=str(out), through=through,
                             timeout=f"{max(1.0, self.train_deadline - self.clock()):.0f}s",
                             executor=self.executor)
         except HfstageError as exc:
@@ -428,9 +433,14 @@ class Auto:
                                  "why": f"the best single model by eval {self.metric}"}
         stack_result = None
         bags = [m for m in models if m.kind == "bag"]
-        members = bags if len(bags) >= 2 else models
+        # without two bags the stack learns from the models' eval predictions: a refit trained on them cannot join
+        members = bags if len(bags) >= 2 else [m for m in models if not self._refitted(m)]
         if self.preset == "best" and self.task in STACKABLE and len(members) >= 2:
-            final, stack_result = self._stack(members)
+            stacked, stack_result = self._stack(members)
+            if stacked is not None:
+                final = stacked
+            else:
+                final["why"] += f"; {stack_result['why']}"
         board = leaderboard(self, stack_result, final)
         write_leaderboard(self.out, board, self.metric)
         self._save(final)
@@ -442,36 +452,42 @@ class Auto:
         return AutoResult(self.out, self.task, self.metric, list(self.models.values()), final, board,
                           self.state["decisions"])
 
-    def _stack(self, members: list[Model]) -> tuple[dict, dict]:
+    def _stack(self, members: list[Model]) -> tuple[dict | None, dict]:
         from hfstage.stacking import stack
 
         folder = self.out / "stack"
         self.decide("stack", "stack", f"stacking {len(members)} models ({', '.join(m.name for m in members)}) "
                     "with --meta auto")
         result = stack([str(m.path) for m in members], folder, meta="auto", folds=5, seed=0)
-        single_path, why = stack_or_single(result)
-        if single_path is not None:
-            member = next(m for m in members if str(m.path) == single_path)
-            return {"kind": "model", "path": str(member.path), "name": member.name, "why": why}, result
+        earned, why = stack_earns_it(result)
+        result["why"] = why
+        if not earned:
+            return None, result
         return {"kind": "stack", "path": str(folder), "name": f"stack ({result['meta_learner']})", "why": why}, result
 
+    def _refitted(self, model: Model) -> bool:
+        from hfstage.automl.leaderboard import _best_record, refitted
 
-def stack_or_single(result: dict) -> tuple[str | None, str]:
-    """(None, why) when the stack (``stack.json``'s record) is the answer; (the best single member's reference,
-    why) when the stack's CV accuracy is below that member's beyond fold noise (one binomial standard error of the
-    member's accuracy on the meta-train samples)."""
+        record = None if model.kind == "bag" else _best_record(model.path)
+        return record is not None and refitted(record)
+
+
+def stack_earns_it(result: dict) -> tuple[bool, str]:
+    """Whether the stack (``stack.json``'s record) is the answer, and why: only when its CV accuracy beats the best
+    single member's by more than fold noise (one binomial standard error of that accuracy on the meta-train
+    samples); within the noise the simpler answer, a single model, stands (the one-standard-error rule: on tens of
+    samples a meta-learner's CV gain is mostly chance)."""
     rows = result["methods"]
     chosen = next(r for r in rows if r.get("chosen"))
     single = next(r for r in rows if r["method"].startswith("best single ("))
     n = result["samples"]["meta_train"]
     top = single["cv_accuracy"]
     noise = math.sqrt(top * (1 - top) / max(n, 1))
-    if chosen["cv_accuracy"] < top - noise:
-        return single["method"][len("best single ("):-1], (
-            f"the stack's CV accuracy {chosen['cv_accuracy']:.4f} is below the best single model's {top:.4f} beyond "
-            f"fold noise ({noise:.4f} on {n} samples)")
-    return None, (f"--meta auto chose {result['meta_learner']}: CV accuracy {chosen['cv_accuracy']:.4f} vs the best "
-                  f"single model's {top:.4f} on {n} samples")
+    if chosen["cv_accuracy"] <= top + noise:
+        return False, (f"the stack ({result['meta_learner']}, CV accuracy {chosen['cv_accuracy']:.4f}) does not beat "
+                       f"the best single member's {top:.4f} beyond fold noise ({noise:.4f} on {n} samples)")
+    return True, (f"--meta auto chose {result['meta_learner']}: CV accuracy {chosen['cv_accuracy']:.4f} vs the best "
+                  f"single member's {top:.4f} on {n} samples (fold noise {noise:.4f})")
 
 
 def auto(data: str, budget: str | float, task: str | None = None, out: str | Path = "runs/auto",
