@@ -196,7 +196,7 @@ def test_a_refit_on_train_and_eval_is_scored_held_out_bagged_without_it_and_kept
     metrics are in-sample, so auto ranks it by the stage it started from, its bags leave the refit out (a fold's
     eval part is its held-out part) and a stack over eval predictions leaves it out."""
     from hfstage.automl.leaderboard import score
-    from hfstage.automl.runner import Auto, Model
+    from hfstage.automl.runner import Auto, Model, last_held_out_stage
     from hfstage.config import load_config
     from hfstage.curriculum import run
     from hfstage.run_dir import RunDir
@@ -213,7 +213,8 @@ def test_a_refit_on_train_and_eval_is_scored_held_out_bagged_without_it_and_kept
 
     auto = Auto(str(sequence_data), 60, None, tmp_path / "auto", None, None, "best", [])
     inception = auto.portfolio.get("inception")
-    assert auto.config(inception, "inception").stages[-1].train_on_eval  # sequences_long.yaml's last stage
+    full = auto.config(inception, "inception")
+    assert full.stages[-1].train_on_eval and last_held_out_stage(full.stages) == "augmentation"  # searched through
     unit, extra = auto.unit(inception, "bag", 3)
     assert "stages.polishing.train_on_eval=false" in extra
     assert not any(s.train_on_eval for s in auto.config(inception, unit.name, extra).stages)

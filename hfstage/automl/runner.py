@@ -367,8 +367,7 @@ class Auto:
 
         stage = candidate.recipe["stages"][0]["name"]
         cfg = self.config(candidate, candidate.name)
-        # trials are compared on eval: through the last stage that does not also train on it (a refit's is in-sample)
-        through = next(s.name for s in reversed(cfg.stages) if not s.train_on_eval or s is cfg.stages[0])
+        through = last_held_out_stage(cfg.stages)
         per_trial = Unit(f"{candidate.name} trial", candidate.name, "search", [s.epochs or 1.0 for s in cfg.stages],
                          self.samples)
         trial_s = self.cost.estimate(per_trial)
@@ -470,6 +469,12 @@ class Auto:
 
         record = None if model.kind == "bag" else _best_record(model.path)
         return record is not None and refitted(record)
+
+
+def last_held_out_stage(stages) -> str:
+    """The last stage whose eval metrics are held out (a ``train_on_eval`` refit's are in-sample): search trials,
+    compared on eval, train through it."""
+    return next((s.name for s in reversed(stages) if not s.train_on_eval), stages[0].name)
 
 
 def stack_earns_it(result: dict) -> tuple[bool, str]:
