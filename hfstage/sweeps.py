@@ -40,17 +40,21 @@ from hfstage.run_dir import CV_JSON, RunDir
 from hfstage.tasks import TASKS
 
 
-def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = ()) -> list:
+def run_seeds(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[StageCallback] = (),
+              travelling: Sequence[StageCallback] = ()) -> list:
     """One run per seed of ``cfg.seeds`` in ``<output_dir>/seed_<s>`` (or the single run when there are none);
     each is a k-fold run when ``cfg.folds`` is set. The runs are units trained by ``cfg.executor``
-    (``hfstage.executors``) and then joined here. Returns each run's RunRecord (k-fold: its CV summary)."""
+    (``hfstage.executors``) and then joined here. Returns each run's RunRecord (k-fold: its CV summary).
+    ``travelling`` callbacks go with every unit, wherever the executor trains it (picklable, and needing nothing of
+    this process, such as a deadline on the wall clock); ``callbacks`` stay here (a local executor only)."""
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
     if cfg.fold is not None:  # one fold of a k-fold run (the folds spread over machines by hand)
-        return [run(fold_config(cfg, cfg.fold), config_file, callbacks)]
+        return [run(fold_config(cfg, cfg.fold), config_file, [*callbacks, *travelling])]
     if not cfg.folds and not cfg.seeds:  # one run: nothing to fan out or join
-        return [run(cfg, config_file, callbacks)]
+        return [run(cfg, config_file, [*callbacks, *travelling])]
     units, per_seed = leaf_units(cfg, config_file)
+    units = [dataclasses.replace(u, callbacks=(*u.callbacks, *travelling)) for u in units]
     build_executor(cfg.executor).run(units, callbacks)
     finals = join_units(per_seed)
     if cfg.seeds and distributed_state().is_main_process:

@@ -89,6 +89,36 @@ def test_a_stacking_job_trains_its_bases_on_ray_then_stacks(local_ray, recipe, t
     assert stacked["meta_learner"] == "mean" and "mean of probabilities" in {m["method"] for m in stacked["methods"]}
 
 
+@pytest.mark.slow
+def test_auto_with_executor_ray_trains_a_bag_s_folds_as_ray_tasks(local_ray, pair_data, tmp_path, caplog):
+    """``hfstage auto --executor ray``: a bag unit's folds go to Ray (its log line), under auto's deadline, and the
+    bag answers as one trained sequentially would (cv.json, every fold's run)."""
+    import logging
+
+    from hfstage.automl.runner import Auto
+    from hfstage.executors.base import executor_spec
+
+    auto = Auto(str(pair_data), 300, None, tmp_path / "auto", None, executor_spec({"type": "ray"}, "--executor"),
+                "best", ["data.max_train_samples=200"])
+    candidate = auto.portfolio.get("stats_logreg")
+    unit, extra = auto.unit(candidate, "bag", 3)
+    with caplog.at_level(logging.INFO, logger="hfstage"):
+        model = auto.train(candidate, unit, extra, "a bag on Ray")
+    assert "executor ray: 3 unit(s)" in caplog.text
+    assert model is not None and model.kind == "bag" and (model.path / "cv.json").is_file()
+    for k in range(3):
+        assert json.loads((model.path / f"fold_{k}" / "run.json").read_text())["status"] == "finished"
+    assert json.loads((tmp_path / "auto" / "auto.json").read_text())["decisions"][-1]["action"] == "finished"
+
+    # the deadline travels with the folds (the wall clock every process shares): past it, no fold starts a stage
+    auto.train_deadline = auto.clock() - 1
+    unit, extra = auto.unit(candidate, "bag", 3, "_late", ["seed=1"])
+    assert auto.train(candidate, unit, extra, "a bag past the deadline") is None
+    last = json.loads((tmp_path / "auto" / "auto.json").read_text())["decisions"][-1]
+    assert last["action"] == "failed" and "the time budget ran out" in last["why"]
+    assert not any((model.path.parent / unit.name / f"fold_{k}" / "stage_1_fit").exists() for k in range(3))
+
+
 def test_executor_settings_are_checked(recipe, tmp_path, capsys):
     path = small(recipe)
     with pytest.raises(ConfigError, match="executor: ray fans out the independent units of a run"):

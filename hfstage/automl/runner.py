@@ -190,14 +190,17 @@ class Auto:
         from hfstage.sweeps import run_seeds
 
         cfg = self.config(candidate, unit.name, extra)
+        deadline = DeadlineCallback(self.train_deadline, self.clock)
         if self.executor and cfg.folds:
             cfg.executor = dict(self.executor)
+            # the folds train in other processes (maybe machines): the deadline goes with each, on the wall clock
+            deadline = DeadlineCallback(time.time() + self.train_deadline - self.clock(), time.time)
         estimate = self.cost.estimate(unit)
         self.decide("train", unit.name, why, estimate_s=round(estimate, 1))
         began = self.clock()
         stopped = None
         try:
-            run_seeds(cfg, callbacks=[DeadlineCallback(self.train_deadline, self.clock)])
+            run_seeds(cfg, travelling=[deadline])
         except OutOfTime as exc:
             stopped = str(exc)
         except HfstageError as exc:  # one recipe failing on this data is a finding, not the end of the run
