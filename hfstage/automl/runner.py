@@ -51,6 +51,7 @@ RESERVE = 0.05  # share of the budget kept for the stack, the leaderboard and th
 TASK_METRIC = {"speech_assessment": "error_f1"}
 SEEDS = (1, 2)  # the extra seeds the best bag is trained with when time is left
 STACKABLE = ("pair_classification", "sequence_classification", "image_classification")
+ADOPTED = ("quick", "full", "bag")  # the kinds of unit adopt_earlier takes over (a search resumes its own study)
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Auto:
                     f"{unit.name}: {'stopped at the deadline (' + stopped + ')' if stopped else 'finished'} in "
                     f"{seconds / 60:.1f} min (est. {estimate / 60:.1f} min)"
                     + ("" if usable else "; nothing kept to use"), estimate_s=round(estimate, 1),
-                    actual_s=round(seconds, 1))
+                    actual_s=round(seconds, 1), kind=unit.kind, recipe=candidate.name, overrides=extra)
         if usable:
             self._check_metric(model)
         return model if usable else None
@@ -265,6 +266,27 @@ class Auto:
         return Model(unit.name, unit.kind, candidate.name, Path(cfg.output_dir), [*self.overrides, *extra],
                      recorded_seconds(Path(cfg.output_dir)))
 
+    def adopt_earlier(self) -> None:
+        """Every unit an earlier run of DIR finished joins this run's models, whether or not this run's plan (which
+        follows the rankings of the moment) names it again: it cost nothing now and the stack may use it."""
+        earlier = [d for d in self.state["decisions"] if d["action"] == "finished" and d.get("kind") in ADOPTED]
+        for d in earlier:
+            if d["unit"] in self.models:
+                continue
+            candidate = self.portfolio.get(d["recipe"])
+            folds = next((int(o.split("=", 1)[1]) for o in d["overrides"] if o.startswith("folds=")), 0)
+            like, _ = self.unit(candidate, d["kind"], folds)  # its epochs and samples, for the cost model
+            unit = Unit(d["unit"], candidate.name, d["kind"], like.epochs, like.samples)
+            model = self.finished_model(candidate, unit, d["overrides"])
+            if model is not None and self._usable(model):
+                self.models[unit.name] = self._reuse(candidate, unit, model)
+
+    def _reuse(self, candidate: Candidate, unit: Unit, model: Model) -> Model:
+        """A unit an earlier run finished: its stage timings feed the cost model as a fresh unit's would."""
+        self._observe(candidate.name, unit, model.path, model.fit_seconds)
+        self.decide("reuse", unit.name, f"{unit.name}: finished in an earlier run of {self.out}, reused")
+        return model
+
     def run_units(self, units: list[tuple[Candidate, Unit, list[str]]]) -> list[Model]:
         """Finished units are read; the others start most valuable first while they fit."""
         done, todo = [], []
@@ -273,10 +295,8 @@ class Auto:
                 done.append(self.models[unit.name])
                 continue
             model = self.finished_model(candidate, unit, extra)
-            if model is not None:  # its stage timings feed the cost model as a fresh unit's would
-                self._observe(candidate.name, unit, model.path, model.fit_seconds)
-                self.decide("reuse", unit.name, f"{unit.name}: finished in an earlier run of {self.out}, reused")
-                done.append(model)
+            if model is not None:
+                done.append(self._reuse(candidate, unit, model))
             else:
                 todo.append((candidate, unit, extra))
         while todo:
@@ -308,6 +328,7 @@ class Auto:
         self.decide("detect", None, f"task {self.task}: {self.detection.why}; {self.samples} training samples; "
                     f"budget {self.budget.seconds / 60:.1f} min left")
         try:
+            self.adopt_earlier()
             candidates = self.portfolio.candidates
             # a recipe whose quick mode would train what its full mode trains (one pass over few samples) runs in full
             quick = self.run_units([(c, *self.unit(c, "full" if self._quick_is_full(c) else "quick"))
@@ -430,7 +451,8 @@ class Auto:
         if not models:
             raise HfstageError(f"{self.out}: no model finished within the budget; give a larger --budget "
                                f"(the cheapest unit's estimate is in {self.out / AUTO_JSON})")
-        best = self._ranked(models)[0]
+        # a single answer is a run folder (predict, evaluate and push read one); a bag answers within the stack
+        best = self._ranked([m for m in models if m.kind != "bag"] or models)[0]
         final: dict[str, Any] = {"kind": "model", "path": str(best.path), "name": best.name,
                                  "why": f"the best single model by eval {self.metric}"}
         stack_result = None
