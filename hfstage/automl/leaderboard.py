@@ -44,6 +44,8 @@ def held_out(path: Path, record):
     in-sample) the stage it started from, which chose on a held-out eval split."""
     from hfstage.run_dir import RunDir
 
+    if not refitted(record):  # the common case: no second read of the run's stage records
+        return record
     earlier = {r.dir: r for r in RunDir(path).records()}
     while refitted(record) and record.started_from in earlier:
         record = earlier[record.started_from]
