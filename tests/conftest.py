@@ -32,6 +32,11 @@ os.environ.update(TRACKIO_DIR=str(Path(_HF_HOME) / "trackio"), MLFLOW_TRACKING_U
 # sockets live under it. This process keeps /tmp (tempfile cached it above), so pytest's tmp_path is unchanged.
 _TMPDIR = tempfile.mkdtemp(prefix="hft-")
 os.environ["TMPDIR"] = _TMPDIR
+# `make test` runs the suite in worker processes side by side (pytest-xdist): each gets its share of the cores
+# for torch's threads (and its subprocesses inherit it), instead of every worker spinning one thread per core.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 HUB_TOKEN = "hf_hfstageTestToken0123456789abcdef"
 # the environment of a 2-process launch with cpu_ddp.yaml: one thread each, and no GPU even where there is one
 # (the config would put both ranks on GPUs, and two ranks on a one-GPU machine fail)
@@ -131,3 +136,9 @@ def sequence_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("japanese_vowels")
     prepare_japanese_vowels(out, seed=0)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort): with the suite split over workers (``make test`` runs pytest-xdist's
+    worksteal), a long test started last would leave the other workers idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -339,10 +339,13 @@ def push_pull_predict(out, tmp_path, data, repo_id, predictions: str, capsys) ->
     assert f"{out} -> {repo_id} @" in capsys.readouterr().out
     remote = set(HfApi().list_repo_files(repo_id))
     assert {"README.md", "auto.json", "leaderboard.csv"} <= remote
-    used = {d["reference"].rsplit("/", 1)[-1] for d in json.loads(
-        (Path(final["path"]) / "stack_meta.json").read_text())["base_models"]} if final["kind"] == "stack" else {
-        Path(final["path"]).name}
-    assert {f.split("/")[1] for f in remote if f.startswith("models/")} == used  # the answer's members, no others
+    answer = Path(final["path"])
+    members = [answer / d["reference"] for d in json.loads((answer / "stack_meta.json").read_text())["base_models"]
+               ] if final["kind"] == "stack" else [answer]  # a search trial's run lives outside models/
+    used = {m.resolve().relative_to(out.resolve()).as_posix() for m in members}
+    folders = used | ({answer.resolve().relative_to(out.resolve()).as_posix()} if final["kind"] == "stack" else set())
+    assert all(any(f.startswith(u + "/") for f in remote) for u in used)  # each member is sent
+    assert all(any(f.startswith(u + "/") for u in folders) for f in remote if "/" in f)  # the answer only
     assert not any("/checkpoints/" in f or f.endswith("training.log") for f in remote)
     pulled = tmp_path / "elsewhere" / "pulled"
     assert main(["pull", repo_id, "--out", str(pulled)]) == 0
