@@ -39,6 +39,12 @@ def refitted(record) -> bool:
     return bool(record.extra.get("trained_on_eval"))
 
 
+def answers_with_a_refit(path: Path) -> bool:
+    """Whether the run at ``path`` (not a bag) answers with a refit stage: its eval predictions are in-sample."""
+    record = _best_record(path)
+    return record is not None and refitted(record)
+
+
 def held_out(path: Path, record):
     """The record whose eval metrics speak for ``record``: itself, or for a ``train_on_eval`` refit (eval
     in-sample) the stage it started from, which chose on a held-out eval split."""

@@ -490,10 +490,9 @@ class Auto:
         return {"kind": "stack", "path": str(folder), "name": f"stack ({result['meta_learner']})", "why": why}, result
 
     def _refitted(self, model: Model) -> bool:
-        from hfstage.automl.leaderboard import _best_record, refitted
+        from hfstage.automl.leaderboard import answers_with_a_refit
 
-        record = None if model.kind == "bag" else _best_record(model.path)
-        return record is not None and refitted(record)
+        return model.kind != "bag" and answers_with_a_refit(model.path)
 
 
 def last_held_out_stage(stages) -> str:
