@@ -23,7 +23,6 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     PretrainedConfig,
@@ -268,9 +267,12 @@ AutoModelForImageClassification.register(TimmClassifierConfig, TimmClassifier)
 
 
 def _register_image_processor() -> None:
-    from transformers.models.timm_wrapper.image_processing_timm_wrapper import TimmWrapperImageProcessor
+    """``AutoImageProcessor`` gives a cosine-head stage transformers' TimmWrapperImageProcessor. Registered by class
+    name, as transformers maps its own models: the class, and with it timm (which imports wandb when installed, ~1 s
+    together), is imported when a processor is loaded, not with hfstage."""
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
-    AutoImageProcessor.register(TimmClassifierConfig, slow_image_processor_class=TimmWrapperImageProcessor)
+    IMAGE_PROCESSOR_MAPPING.register(TimmClassifierConfig, {"pil": "TimmWrapperImageProcessor"}, exist_ok=True)
 
 
 _register_image_processor()
