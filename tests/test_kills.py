@@ -48,8 +48,8 @@ def test_random_kills_always_resume(recipe, pair_data, tmp_path):
             proc.wait(timeout=scale * rng.uniform(0.3 * startup, startup + 0.2 * training))
             assert proc.returncode == 0, proc.stderr.read()[-3000:]
             proc.stderr.close()
-            finished_before_kill = True
             if kills >= 4:
+                finished_before_kill = True
                 break
             # it ran faster than when it was timed (the suite's other worker was busy then, idle now): the run
             # starts afresh with shorter waits, so the kills still happen
