@@ -510,6 +510,29 @@ def test_mel_conformer_encoder_shapes_padding_and_spec_augment(tmp_path):
         build_model({"type": "speech", "encoder": {"type": "mel_conformer", "depth": 3}}, vocab_size=12)
 
 
+def test_mel_floor_makes_digital_silence_and_a_faint_noise_floor_alike():
+    from hfstage.models.mel_encoder import MelConformerEncoder
+
+    torch.manual_seed(0)
+    tone = torch.sin(torch.arange(16000) * 2 * math.pi * 440 / 16000) * torch.linspace(0.2, 1, 16000)
+    silent = torch.cat([tone, torch.zeros(8000)])[None]  # a clip ending in exact zeros, as espeak's do
+    hiss = silent + 1e-4 * torch.randn_like(silent)  # ~ -77 dB below the tone's power
+    frames = torch.tensor([silent.shape[1]])
+    args = {k: v for k, v in MEL.items() if k != "type"}
+    plain = MelConformerEncoder(**args)
+    floored = MelConformerEncoder(**args, mel_floor_db=60)
+    lengths = plain.feature_lengths(frames)
+    # without a floor the silent half is ~10 nats below the hiss, and per-clip normalisation moves the tone too
+    assert (plain.log_mel(silent, lengths) - plain.log_mel(hiss, lengths)).abs().max() > 1
+    apart = (floored.log_mel(silent, lengths) - floored.log_mel(hiss, lengths)).abs()
+    assert apart.max() < 0.1 and (apart > 1e-3).float().mean() < 0.01  # alike but where the tone fades into the floor
+    raw = torch.log(torch.stft(silent[0], 400, 160, window=torch.hann_window(400), center=False,
+                               return_complex=True).abs().pow(2).T @ floored._constant("mel_bank", "cpu") + 1e-6)
+    assert raw.max() - raw.min() > 60 * math.log(10) / 10  # the floor did cut something
+    with pytest.raises(ConfigError, match="encoder.mel_floor_db must be a positive number of dB"):
+        build_model({"type": "speech", "encoder": {"type": "mel_conformer", "mel_floor_db": -3}}, vocab_size=12)
+
+
 def test_ctc_with_the_canonical_phonemes_in_view(tmp_path):
     model = build_model({"type": "speech", "head": "aligned", "encoder": MEL, "ctc_context": "canonical"},
                         vocab_size=12).eval()
@@ -587,3 +610,8 @@ def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, cap
                  "stages.2.augmentation={time_mask: 0.2}"]) == 2
     assert "augmentation.time_mask: SpecAugment masks need model.encoder.type: mel_conformer" in capsys.readouterr().err
     assert not (tmp_path / "w2v").exists()
+    # a gain would be undone by the per-clip normalisation: refused, not silently ignored
+    assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common[:2],
+                 f"output_dir={tmp_path / 'gain'}", "stages.2.augmentation.gain=6"]) == 2
+    assert "stages.2 (finetune).augmentation.gain: a random gain changes nothing here" in capsys.readouterr().err
+    assert not (tmp_path / "gain").exists()

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hfstage.data import check_augmentation
-from hfstage.errors import DataError
+from hfstage.errors import ConfigError, DataError
 from hfstage.registry import Registry
 
 logger = logging.getLogger("hfstage")
@@ -37,17 +37,20 @@ PAD, UNK = "<pad>", "<unk>"
 # Augmentations (training only), each a strength
 AUDIO_AUGMENTATIONS: Registry = Registry("speech augmentation")
 AUDIO_AUGMENTATIONS.register("noise")("Gaussian noise, this fraction of the clip's standard deviation.")
-AUDIO_AUGMENTATIONS.register("gain")("Random gain of up to this many dB either way.")
 AUDIO_AUGMENTATIONS.register("speed")("Speed perturbation: each clip played at a random rate within 1 ± this "
                                       "(tempo and pitch together, as sox's speed; 0.1 = the usual 0.9-1.1).")
 AUDIO_AUGMENTATIONS.register("time_mask")("SpecAugment (mel_conformer encoder): two time masks, each up to this "
                                           "fraction of the clip.")
 AUDIO_AUGMENTATIONS.register("freq_mask")("SpecAugment (mel_conformer encoder): two frequency masks, each up to this "
                                           "fraction of the mel bands.")
-_LIMITS = {"noise": (0.0, 1.0), "gain": (0.0, 24.0), "speed": (0.0, 0.5), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5)}
+_LIMITS = {"noise": (0.0, 1.0), "speed": (0.0, 0.5), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5)}
 
 
 def check_audio_augmentation(augmentation: dict[str, float], where: str) -> None:
+    if "gain" in augmentation:  # once offered, and silently without effect
+        raise ConfigError(f"{where}.augmentation.gain: a random gain changes nothing here: every clip is scaled to zero "
+                          "mean and unit variance before the encoder (the processor's do_normalize, and the "
+                          "mel_conformer's per-clip normalisation); remove it (noise and speed do change the audio)")
     check_augmentation(AUDIO_AUGMENTATIONS, _LIMITS, augmentation, where)
 
 
@@ -314,18 +317,16 @@ class AudioCollator:
     """Pads waves (normalised by the feature extractor, with an attention mask), CTC targets (-100), canonical
     phoneme ids (``<pad>``) with their mask, and error labels (-100)."""
 
-    def __init__(self, feature_extractor, noise: float = 0.0, gain: float = 0.0, time_mask: float = 0.0,
-                 freq_mask: float = 0.0, speed: float = 0.0):
+    def __init__(self, feature_extractor, noise: float = 0.0, time_mask: float = 0.0, freq_mask: float = 0.0,
+                 speed: float = 0.0):
         self.extractor = feature_extractor
-        self.noise, self.gain, self.speed = noise, gain, speed
+        self.noise, self.speed = noise, speed
         self.spec_augment = (time_mask, freq_mask) if time_mask or freq_mask else None
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         waves = [s["wave"] for s in samples]
         if self.speed:
             waves = [change_speed(w, np.random.uniform(1 - self.speed, 1 + self.speed)) for w in waves]
-        if self.gain:
-            waves = [w * np.float32(10 ** (np.random.uniform(-self.gain, self.gain) / 20)) for w in waves]
         if self.noise:
             waves = [w + np.random.normal(0, self.noise * (w.std() + 1e-8), w.shape).astype(np.float32) for w in waves]
         feats = self.extractor(waves, sampling_rate=SAMPLING_RATE, padding=True, return_attention_mask=True,

@@ -23,7 +23,7 @@ from torch import nn
 from hfstage.models.sequence import sinusoidal_positions
 
 MEL_DEFAULTS = {"hidden_size": 144, "num_layers": 4, "num_heads": 4, "ff_size": 576, "conv_kernel": 15,
-                "num_mel_bins": 80, "dropout": 0.1}
+                "num_mel_bins": 80, "dropout": 0.1, "mel_floor_db": None}
 SAMPLING_RATE, WINDOW, HOP = 16000, 400, 160
 
 
@@ -78,14 +78,26 @@ class _ConformerBlock(nn.Module):
         return self.out_norm(x + 0.5 * self.ff2(x)) * keep
 
 
+def mel_floor_nats(mel_floor_db) -> float | None:
+    """``mel_floor_db`` (checked) in the natural-log units of the features. Mel power more than this many dB below
+    the clip's loudest bin is raised to that level, as Whisper clamps its log-mel 80 dB below the peak: digital
+    silence and a faint noise floor then give the same features."""
+    if mel_floor_db is None:
+        return None
+    if isinstance(mel_floor_db, bool) or not isinstance(mel_floor_db, (int, float)) or not 0 < mel_floor_db <= 200:
+        raise ValueError(f"encoder.mel_floor_db must be a positive number of dB (e.g. 80), got {mel_floor_db!r}")
+    return float(mel_floor_db) * math.log(10) / 10
+
+
 class MelConformerEncoder(nn.Module):
     """Waveform -> log-mel -> 4x conv subsampling -> conformer blocks: ``(B, samples)`` -> ``(B, frames / 4, H)``."""
 
     def __init__(self, hidden_size: int = 144, num_layers: int = 4, num_heads: int = 4, ff_size: int = 576,
-                 conv_kernel: int = 15, num_mel_bins: int = 80, dropout: float = 0.1):
+                 conv_kernel: int = 15, num_mel_bins: int = 80, dropout: float = 0.1, mel_floor_db: float | None = None):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"encoder.hidden_size {hidden_size} must be divisible by encoder.num_heads {num_heads}")
+        self.mel_floor = mel_floor_nats(mel_floor_db)
         self.config = SimpleNamespace(hidden_size=hidden_size, num_mel_bins=num_mel_bins)
         # the filterbank and window are constants, rebuilt rather than saved (from_pretrained materialises a model
         # from its checkpoint, which would leave unsaved buffers uninitialised)
@@ -133,6 +145,9 @@ class MelConformerEncoder(nn.Module):
                           return_complex=True).abs().pow(2)  # (B, 201, T)
         mel = torch.log(torch.einsum("bft,fm->btm", spec, self._constant("mel_bank", waves.device)) + 1e-6)
         valid = (torch.arange(mel.shape[1], device=mel.device)[None, :] < frames[:, None]).unsqueeze(-1).to(mel.dtype)
+        if self.mel_floor is not None:
+            peak = mel.masked_fill(valid == 0, float("-inf")).amax(dim=(1, 2), keepdim=True)
+            mel = torch.maximum(mel, peak - self.mel_floor)
         count = valid.sum(1, keepdim=True).clamp(min=1)
         mean = (mel * valid).sum(1, keepdim=True) / count
         std = (((mel - mean) ** 2 * valid).sum(1, keepdim=True) / count).clamp(min=1e-8).sqrt()

@@ -45,7 +45,7 @@ from transformers.utils import ModelOutput
 from hfstage.errors import ConfigError
 from hfstage.models.alignment import aligned_segments, gop_features, segment_mean
 from hfstage.models.base import MODELS
-from hfstage.models.mel_encoder import MEL_DEFAULTS, MelConformerEncoder
+from hfstage.models.mel_encoder import MEL_DEFAULTS, MelConformerEncoder, mel_floor_nats
 from hfstage.models.sequence import sinusoidal_positions
 
 HEADS = ("simple", "transformer", "cross", "hierarchical", "aligned")
@@ -87,6 +87,7 @@ class SpeechAssessmentConfig(PretrainedConfig):
                 raise ValueError("encoder_path loads a pretrained wav2vec2 encoder; leave it unset with "
                                  "encoder.type: mel_conformer")
             self.encoder = {**MEL_DEFAULTS, **encoder}
+            mel_floor_nats(self.encoder["mel_floor_db"])
         else:
             self.encoder = {**TINY_ENCODER, **encoder}
         self.encoder_path = encoder_path

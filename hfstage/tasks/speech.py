@@ -29,8 +29,8 @@ class SpeechAssessmentTask(Task):
 
     ``data.path`` holds ``metadata.jsonl``; ``train_file``/``eval_file``/``test_file`` name its ``split``
     values. The phoneme vocabulary comes from the training split and is saved, as a ``Wav2Vec2Processor``,
-    next to every stage. Stage augmentation: ``noise`` (Gaussian noise, fraction of the clip's std) and
-    ``gain`` (random gain, +- dB).
+    next to every stage. Stage augmentation: ``noise`` (Gaussian noise, fraction of the clip's std), ``speed``
+    (speed perturbation) and SpecAugment masks (``time_mask``, ``freq_mask``; mel_conformer encoder).
     """
 
     name = "speech_assessment"
@@ -184,7 +184,7 @@ class SpeechAssessmentTask(Task):
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None, **extra):
         aug = stage.augmentation if (training and stage is not None) else {}
-        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0), aug.get("gain", 0.0),
+        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0),
                                    aug.get("time_mask", 0.0), aug.get("freq_mask", 0.0), aug.get("speed", 0.0))
 
     def decide(self, predictions):
