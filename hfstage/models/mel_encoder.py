@@ -4,8 +4,9 @@
 speech recipes (ESPnet, SpeechBrain) start from on ~1k clips, where a random wav2vec2 (raw waveform, its own conv
 feature encoder) learns poorly. The log-mel features are computed inside the model (torch STFT, 25 ms windows
 every 10 ms, a fixed mel filterbank buffer, per-clip mean/variance normalisation over the valid frames), so the
-stage's processor, the collators, the pipeline and ``hfstage export`` are the same as for wav2vec2: the model
-takes the normalised waveform (``input_values``) and its ``attention_mask``.
+stage's processor, the collators and the pipeline are the same as for wav2vec2: the model takes the normalised
+waveform (``input_values``) and its ``attention_mask``. ``hfstage export`` refuses it for now (exit 2, naming
+both exporters' reasons): ONNX's exporters do not take the complex STFT.
 
 SpecAugment (time and frequency masking) is applied to the features in training only, at the strengths the
 batch carries (``spec_augment``: the stage's ``augmentation: {time_mask: p, freq_mask: p}``, added by the
