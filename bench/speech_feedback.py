@@ -5,9 +5,9 @@ Two differently shaped espeak-l2 sets: the default one (val and test accents nev
 every kind) and a words set (other words, every voice in every split, splits by word, 30% of the clips wrong with
 one substitution each). On each: the recipe trained in full (its best stage by the audio-only layer's eval PER),
 its test PERs (`per`: the recogniser chosen on eval; `prompt_echo_per`: the canonical phonemes unchanged;
-the prompted layer's, the prompt-aware decoder's and the audio-only layer's), error F1, diagnosis accuracy, false
-acceptance and rejection rates; and `bench/speech_baseline.py` (log-mel + BiGRU + CTC, recognise-and-compare) on
-the same set. Seeds: data 0, recipe 42, baseline 0.
+the prompted layer's, the prompt-aware decoder's, the diagnosed prompt's and the audio-only layer's), error F1,
+diagnosis accuracy, false acceptance and rejection rates; and `bench/speech_baseline.py` (log-mel + BiGRU + CTC,
+recognise-and-compare) on the same set. Seeds: data 0, recipe 42, baseline 0.
 
     python bench/speech_feedback.py           # both sets, ~20 min on 2 CPU cores
     python bench/speech_feedback.py --quick   # smoke mode: 8 words of the default set, every stage one epoch, no
@@ -36,7 +36,7 @@ SETS = {
     "words": {"word_source": ROOT / "bench" / "speech_words.txt", "split_by": "word", "wrong_fraction": 0.3,
               "errors": "substitution", "errors_per_clip": 1, "voices": 4},
 }
-KEYS = ("per", "prompt_echo_per", "prompted_per", "prompt_aware_per", "audio_only_per", "error_f1",
+KEYS = ("per", "prompt_echo_per", "prompted_per", "prompt_aware_per", "diagnosed_per", "audio_only_per", "error_f1",
         "diagnosis_accuracy", "false_acceptance_rate", "false_rejection_rate")
 
 
@@ -83,16 +83,17 @@ def main(argv=None) -> float:
 
     lines = [f"{machine_line()}; seeds: data 0, recipe 42, baseline 0. Test split; `per` is what the stage reports as "
              "heard (the recogniser chosen on the eval split).", "",
-             "| set | per | prompt_echo_per | per / echo | prompted | prompt-aware | audio-only | plain recogniser "
-             "| error F1 | diagnosis acc. | FAR | FRR | chosen on eval |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | per | prompt_echo_per | per / echo | prompted | prompt-aware | diagnosed | audio-only "
+             "| plain recogniser | error F1 | diagnosis acc. | FAR | FRR | chosen on eval |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     worst = 0.0
     for name, r in rows.items():
         ratio = r["per"] / max(r["prompt_echo_per"], 1e-12)
         worst = max(worst, ratio)
         penalty = "" if r["recognizer"] != "prompt_aware" else f" (penalty {r['penalty']:g})"
         lines.append(f"| {name} | {f(r['per'])} | {f(r['prompt_echo_per'])} | {ratio:.2f} | {f(r['prompted_per'])} | "
-                     f"{f(r['prompt_aware_per'])} | {f(r['audio_only_per'])} | {f(r['plain'])} | {f(r['error_f1'])} | "
+                     f"{f(r['prompt_aware_per'])} | {f(r['diagnosed_per'])} | {f(r['audio_only_per'])} | "
+                     f"{f(r['plain'])} | {f(r['error_f1'])} | "
                      f"{f(r['diagnosis_accuracy'])} | {f(r['false_acceptance_rate'])} | "
                      f"{f(r['false_rejection_rate'])} | {r['recognizer']}{penalty}, {r['stage']} |")
     lines += ["", "Targets (issue #36): per <= 0.6 x prompt_echo_per and <= the plain recogniser's PER; audio-only PER "

@@ -33,7 +33,8 @@ def task_card(task: str):
 
 
 CARD_METRICS = ("accuracy", "f1", "precision", "recall", "loss", "per", "prompt_echo_per", "audio_only_per",
-                "prompt_aware_per", "error_f1", "diagnosis_accuracy", "false_acceptance_rate", "false_rejection_rate")
+                "prompt_aware_per", "diagnosed_per", "error_f1", "diagnosis_accuracy", "false_acceptance_rate",
+                "false_rejection_rate")
 
 
 def hub_dataset(data: dict | None) -> str | None:

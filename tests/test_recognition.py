@@ -14,7 +14,9 @@ from hfstage.metrics.recognition import (
     ctc_log_likelihoods,
     diagnose,
     diagnosis_of,
+    diagnosed_sequence,
     diagnosis_text,
+    feedback,
     flagged_diagnosis,
     mdd_metrics,
     recognise,
@@ -107,6 +109,45 @@ def test_the_audio_wins_on_eval_when_learners_stray_further_than_two_edits():
     assert SpeechAssessmentTask().tuned_decision({f"eval_{k}": v for k, v in m.items()})["recognizer"] == "audio"
     # every mispronounced phoneme flagged, and diagnosed from what the audio heard
     assert m["diagnosis_accuracy"] == 1.0 and m["false_acceptance_rate"] == 0.0 and m["false_rejection_rate"] == 0.0
+
+
+def test_the_diagnosed_prompt_wins_on_eval_when_the_flags_are_surer_than_the_audio():
+    """Three substitutions (beyond the prompt-aware decoder's two edits), all flagged; the audio layer also mishears
+    a phoneme the learner said right. The canonical phonemes with the flagged ones diagnosed are exact: chosen."""
+    canonical = [[2, 3, 4, 5, 6], [2, 3, 4, 5, 6]]
+    spoken = [[7, 8, 9, 5, 6], [2, 3, 4, 5, 6]]
+    audio = [spelled([7, 8, 9, 5, 3]), spelled([2, 3, 4, 9, 6])]  # a miss on an unflagged phoneme in each clip
+    logits, lengths = batch(audio)
+    errors = padded([[5, 5, 5, -5, -5], [-5, -5, -5, -5, -5]], 5).astype(float)
+    truth = padded([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], 5)
+    m = speech_metrics(logits, lengths, padded(spoken, 5), errors, truth, 0.5, None, padded(canonical, 5))
+    assert m["audio_only_per"] == pytest.approx(2 / 10) and m["prompt_echo_per"] == pytest.approx(3 / 10)
+    assert m["prompt_aware_per"] > 0 and m["diagnosed_per"] == 0.0 and m["per"] == 0.0
+    decision = SpeechAssessmentTask().tuned_decision({f"eval_{k}": v for k, v in m.items()})
+    assert decision["recognizer"] == "diagnosed"
+    # applied as saved: what is heard is the prompt with the flagged phonemes as diagnosed, deletions dropped
+    assert diagnosed_sequence([2, 3, 4], [("ok", None), ("sub", 7), ("del", None)]) == [2, 7]
+    told = feedback([spelled([2, 4])], None, [[2, 3, 4]], [np.array([0, 1, 0])], "diagnosed", 0.0)
+    assert told.chosen == "diagnosed" and told.heard == [[2, 4]]
+    assert told.diagnosis(0).phonemes == [("ok", None), ("del", None), ("ok", None)]
+
+
+def test_the_diagnosed_recogniser_is_judged_at_the_threshold_the_stage_will_save():
+    """Scores that flag the error only above a lower threshold than 0.5: while choosing, ``diagnosed`` is judged
+    with the flags at the split's best threshold (the one saved), and on a split with that threshold it matches."""
+    canonical, spoken = [[2, 3, 4]], [[2, 7, 4]]
+    logits, lengths = batch([spelled([2, 7, 4])])
+    errors = padded([[-3, -1, -3]], 3).astype(float)  # p = 0.05, 0.27, 0.05: nothing flagged at 0.5
+    truth = padded([[0, 1, 0]], 3)
+    m = speech_metrics(logits, lengths, padded(spoken, 3), errors, truth, 0.5, None, padded(canonical, 3))
+    assert m["error_recall"] == 0.0 and 0.05 < m["error_best_threshold"] < 0.27
+    assert m["diagnosed_per"] == 0.0  # judged with the flags at the best threshold
+    saved = speech_metrics(logits, lengths, padded(spoken, 3), errors, truth, m["error_best_threshold"], None,
+                           padded(canonical, 3), "diagnosed", m["edit_penalty"])
+    assert saved["per"] == saved["diagnosed_per"] == 0.0 and saved["error_recall"] == 1.0
+    at_half = speech_metrics(logits, lengths, padded(spoken, 3), errors, truth, 0.5, None, padded(canonical, 3),
+                             "diagnosed", m["edit_penalty"])
+    assert at_half["per"] == pytest.approx(1 / 3)  # a saved decision is applied at the threshold given
 
 
 def test_with_a_prompted_layer_the_prompted_path_competes_too():

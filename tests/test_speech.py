@@ -235,11 +235,13 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     # what is reported as heard was chosen on the eval split, saved with the model, and is never worse there than
     # echoing the canonical phonemes; every candidate's PER is reported
     config = json.loads((out / best / "config.json").read_text())
-    assert config["recognizer"] in ("prompt_aware", "audio") and config["edit_penalty"] >= 0
+    assert config["recognizer"] in ("prompt_aware", "audio", "diagnosed") and config["edit_penalty"] >= 0
     metrics = record["metrics"]
     assert metrics["eval_per"] <= metrics["eval_prompt_echo_per"] + 1e-12
-    assert metrics["eval_per"] == min(metrics["eval_prompt_aware_per"], metrics["eval_audio_only_per"])
-    assert {"test_per", "test_prompt_echo_per", "test_prompt_aware_per", "test_audio_only_per", "test_diagnosis_accuracy",
+    assert metrics["eval_per"] == min(metrics["eval_prompt_aware_per"], metrics["eval_audio_only_per"],
+                                      metrics["eval_diagnosed_per"])
+    assert {"test_per", "test_prompt_echo_per", "test_prompt_aware_per", "test_audio_only_per", "test_diagnosed_per",
+            "test_diagnosis_accuracy",
             "test_false_acceptance_rate", "test_false_rejection_rate"} <= set(record["test_metrics"])
     assert result["metrics"]["prompt_echo_per"] == pytest.approx(metrics["eval_prompt_echo_per"])
     # the pronunciation-assessment pipeline: one recording (a file, or a waveform at another rate) as evaluate saw it
@@ -510,6 +512,34 @@ def test_mel_conformer_encoder_shapes_padding_and_spec_augment(tmp_path):
         build_model({"type": "speech", "encoder": {"type": "mel_conformer", "depth": 3}}, vocab_size=12)
 
 
+def test_vtlp_moves_the_formants_by_the_clip_factor_and_keeps_the_band():
+    from hfstage.models.mel_encoder import HOP, WINDOW, MelConformerEncoder
+
+    tone = torch.sin(torch.arange(8000) * 2 * math.pi * 1000 / 16000)[None]  # 1 kHz: STFT bin 25
+    spec = torch.stft(tone, n_fft=WINDOW, hop_length=HOP, window=torch.hann_window(WINDOW), center=False,
+                      return_complex=True).abs().pow(2).repeat(3, 1, 1)
+    warped = MelConformerEncoder.vtlp(spec, torch.tensor([1.0, 1.2, 0.8]))
+    torch.testing.assert_close(warped[0], spec[0])  # factor 1: nothing moves
+    peaks = warped.mean(-1).argmax(-1).tolist()
+    assert peaks == [25, 30, 20]  # 1 kHz heard at 1.2 kHz and 0.8 kHz
+    edge = torch.zeros(3, 201, 1)
+    edge[:, 200] = 1.0
+    assert MelConformerEncoder.vtlp(edge, torch.tensor([1.0, 1.2, 0.8]))[:, 200, 0].tolist() == [1.0, 1.0, 1.0]
+    # in the encoder: training batches that carry a strength are warped, evaluation never is
+    encoder = MelConformerEncoder(**{k: v for k, v in MEL.items() if k != "type"})
+    encoder.dropout.p = 0.0
+    for block in encoder.blocks:
+        block.eval()
+    waves = torch.randn(2, 8000)
+    mask = torch.ones_like(waves, dtype=torch.long)
+    still = encoder(waves, mask, spec_augment=torch.tensor([0.0, 0.0, 0.0])).last_hidden_state
+    moved = encoder(waves, mask, spec_augment=torch.tensor([0.0, 0.0, 0.2])).last_hidden_state
+    assert (moved - still).abs().max() > 1e-3
+    encoder.eval()
+    torch.testing.assert_close(encoder(waves, mask, spec_augment=torch.tensor([0.0, 0.0, 0.2])).last_hidden_state,
+                               encoder(waves, mask).last_hidden_state)
+
+
 def test_mel_floor_makes_digital_silence_and_a_faint_noise_floor_alike():
     from hfstage.models.mel_encoder import MelConformerEncoder
 
@@ -592,7 +622,8 @@ def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, cap
     out = tmp_path / "run"
     common = ["quick_test=true", f"data.path={l2_data}", f"output_dir={out}", "report_to=[none]",
               "model.encoder.hidden_size=32", "model.encoder.num_layers=1", "model.encoder.num_heads=2",
-              "model.encoder.ff_size=64", "stages.2.augmentation.time_mask=0.2", "stages.3.train_on_eval=true"]
+              "model.encoder.ff_size=64", "stages.2.augmentation.time_mask=0.2", "stages.2.augmentation.vtlp=0.1",
+              "stages.3.train_on_eval=true"]
     assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common]) == 0
     record = json.loads((out / "stage_2_finetune" / "stage.json").read_text())
     assert math.isfinite(record["metrics"]["eval_loss"]) and "eval_per" in record["metrics"]
@@ -608,7 +639,13 @@ def test_speech_multitask_recipe_trains_with_spec_augment(l2_data, tmp_path, cap
     assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), "quick_test=true",
                  f"data.path={l2_data}", f"output_dir={tmp_path / 'w2v'}", "report_to=[none]",
                  "stages.2.augmentation={time_mask: 0.2}"]) == 2
-    assert "augmentation.time_mask: SpecAugment masks need model.encoder.type: mel_conformer" in capsys.readouterr().err
+    assert "augmentation.time_mask: SpecAugment masks the log-mel features of model.encoder.type: mel_conformer" \
+        in capsys.readouterr().err
+    assert main(["train", "--config", str(ROOT / "configs/speech_wav2vec2.yaml"), "quick_test=true",
+                 f"data.path={l2_data}", f"output_dir={tmp_path / 'w2v'}", "report_to=[none]",
+                 "stages.2.augmentation={vtlp: 0.1}"]) == 2
+    assert "augmentation.vtlp: VTLP warps the log-mel features of model.encoder.type: mel_conformer" \
+        in capsys.readouterr().err
     assert not (tmp_path / "w2v").exists()
     # a gain would be undone by the per-clip normalisation: refused, not silently ignored
     assert main(["train", "--config", str(ROOT / "configs/speech_multitask.yaml"), *common[:2],

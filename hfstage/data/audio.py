@@ -43,7 +43,13 @@ AUDIO_AUGMENTATIONS.register("time_mask")("SpecAugment (mel_conformer encoder): 
                                           "fraction of the clip.")
 AUDIO_AUGMENTATIONS.register("freq_mask")("SpecAugment (mel_conformer encoder): two frequency masks, each up to this "
                                           "fraction of the mel bands.")
-_LIMITS = {"noise": (0.0, 1.0), "speed": (0.0, 0.5), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5)}
+AUDIO_AUGMENTATIONS.register("vtlp")("Vocal tract length perturbation (mel_conformer encoder): each clip's frequency "
+                                     "axis warped by a random factor within 1 ± this, the highest frequencies held "
+                                     "(formants move, tempo does not; 0.1 = the usual 0.9-1.1).")
+_LIMITS = {"noise": (0.0, 1.0), "speed": (0.0, 0.5), "time_mask": (0.0, 0.5), "freq_mask": (0.0, 0.5),
+           "vtlp": (0.0, 0.3)}
+# what the mel_conformer encoder does to its features in training: the batch carries their strengths
+FEATURE_AUGMENTATIONS = ("time_mask", "freq_mask", "vtlp")
 
 
 def check_audio_augmentation(augmentation: dict[str, float], where: str) -> None:
@@ -318,10 +324,10 @@ class AudioCollator:
     phoneme ids (``<pad>``) with their mask, and error labels (-100)."""
 
     def __init__(self, feature_extractor, noise: float = 0.0, time_mask: float = 0.0, freq_mask: float = 0.0,
-                 speed: float = 0.0):
+                 speed: float = 0.0, vtlp: float = 0.0):
         self.extractor = feature_extractor
         self.noise, self.speed = noise, speed
-        self.spec_augment = (time_mask, freq_mask) if time_mask or freq_mask else None
+        self.spec_augment = (time_mask, freq_mask, vtlp) if time_mask or freq_mask or vtlp else None
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         waves = [s["wave"] for s in samples]

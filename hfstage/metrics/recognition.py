@@ -1,11 +1,14 @@
 """What a speech model reports as recognised, and what it says was heard instead (docs/tasks/speech.md).
 
-Three recognisers read a clip: ``audio`` (the audio-only CTC layer's greedy path), ``prompted`` (the layer that
-reads the canonical phonemes, when the model has one) and ``prompt_aware``: the canonical sequence or one of its
+Four recognisers read a clip: ``audio`` (the audio-only CTC layer's greedy path), ``prompted`` (the layer that
+reads the canonical phonemes, when the model has one), ``prompt_aware``: the canonical sequence or one of its
 single or double edits (substitution, deletion, insertion), whichever has the highest CTC log-likelihood under the
-audio-only layer minus ``edit_penalty`` per edit. The penalty and the recogniser are chosen on the eval split at the
-end of each stage (lowest PER; a penalty of ``ECHO`` returns the canonical phonemes unchanged, so the choice is never
-worse on eval than echoing the prompt) and saved in the model's config.
+audio-only layer minus ``edit_penalty`` per edit, and ``diagnosed``: the canonical sequence with each phoneme the
+error head flags as diagnosed (below: the substitution heard in its place, or dropped for a deletion), so what is
+reported as heard tells the same story as the flags. The penalty and the recogniser are chosen on the eval split at
+the end of each stage (lowest PER; a penalty of ``ECHO`` returns the canonical phonemes unchanged, so the choice is
+never worse on eval than echoing the prompt; ``diagnosed`` is judged with the flags at the error threshold the stage
+saves) and saved in the model's config.
 
 Diagnosis: each canonical phoneme flagged as mispronounced is a substitution (``sub`` and the phoneme heard) or a
 deletion (``del``), whichever the audio-only layer finds most likely (``flagged_diagnosis``); the others are ``ok``.
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RECOGNIZERS = ("prompt_aware", "audio", "prompted")  # the order ties are broken in
-PER_KEYS = {"prompt_aware": "prompt_aware_per", "audio": "audio_only_per", "prompted": "prompted_per"}  # metrics
+RECOGNIZERS = ("prompt_aware", "audio", "prompted", "diagnosed")  # the order ties are broken in
+PER_KEYS = {"prompt_aware": "prompt_aware_per", "audio": "audio_only_per", "prompted": "prompted_per",
+            "diagnosed": "diagnosed_per"}  # their metrics
 PRIMARY = "primary"  # the recogniser of a model saved before one was chosen: its own output layer
 ECHO = 1e6  # an edit penalty no likelihood outweighs: the canonical phonemes unchanged
 PENALTIES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, ECHO)
@@ -251,6 +255,18 @@ def flagged_diagnosis(logits: np.ndarray, canonical: list[int], flags) -> list[t
     return out
 
 
+def only_flagged(diagnosis: list[tuple[str, object]], flags) -> list[tuple[str, object]]:
+    """``diagnosis`` with the phonemes ``flags`` does not flag back to ``("ok", None)``."""
+    flags = list(flags)
+    return [d if i < len(flags) and flags[i] else ("ok", None) for i, d in enumerate(diagnosis)]
+
+
+def diagnosed_sequence(canonical: list[int], diagnosis: list[tuple[str, object]]) -> list[int]:
+    """The canonical phonemes with each diagnosed one as heard: a substitution's phoneme in its place, a deletion
+    dropped (the ``diagnosed`` recogniser)."""
+    return [c if op == "ok" else said for c, (op, said) in zip(canonical, diagnosis) if op != "del"]
+
+
 def diagnosis_of(logits: np.ndarray, canonical: list[int], flags, heard: list[int]) -> Diagnosis:
     """The flagged phonemes diagnosed from the audio (``flagged_diagnosis``), the insertions from the sequence
     reported as heard."""
@@ -278,22 +294,30 @@ class Feedback:
 
 def feedback(ctc_logits: list[np.ndarray], acoustic_logits: list[np.ndarray] | None = None,
              canonical: list[list[int]] | None = None, flags: list | None = None, recognizer: str | None = None,
-             penalty: float | None = None, references: list[list[int]] | None = None) -> Feedback:
+             penalty: float | None = None, references: list[list[int]] | None = None,
+             judged_flags: list | None = None) -> Feedback:
     """Every recogniser on these clips (``recognise``) and the one reported as heard: ``recognizer`` (as saved in
     a model's config); without one, the one with the lowest PER on ``references`` (the end of a stage, on its eval
     split); for ``PRIMARY`` or without canonical phonemes, the model's own output layer. With ``flags`` (per clip,
-    one per canonical phoneme) also the diagnosis of each flagged phoneme, from the audio-only layer."""
+    one per canonical phoneme) also the diagnosis of each flagged phoneme, from the audio-only layer, and the
+    ``diagnosed`` recogniser, from ``judged_flags`` where given (the flags at the threshold a stage is choosing)."""
     found = recognise(ctc_logits, acoustic_logits, canonical, references, penalty)
+    diagnoses = None
+    if canonical is not None and flags is not None:
+        audio = acoustic_logits if acoustic_logits is not None else ctc_logits
+        judged = flags if judged_flags is None else judged_flags
+        # a phoneme's diagnosis does not depend on the other flags: diagnose every phoneme either set flags, once
+        either = [np.logical_or(np.asarray(f, dtype=bool), np.asarray(g, dtype=bool)) for f, g in zip(flags, judged)]
+        every = [flagged_diagnosis(a, c, e) for a, c, e in zip(audio, canonical, either)]
+        diagnoses = [only_flagged(d, f) for d, f in zip(every, flags)]
+        found.paths["diagnosed"] = [diagnosed_sequence(c, only_flagged(d, g))
+                                    for c, d, g in zip(canonical, every, judged)]
     if recognizer in found.paths:
         chosen = recognizer
     elif recognizer is None and canonical is not None and references is not None:
         chosen = found.choose(references)
     else:
         chosen = found.primary
-    diagnoses = None
-    if canonical is not None and flags is not None:
-        audio = acoustic_logits if acoustic_logits is not None else ctc_logits
-        diagnoses = [flagged_diagnosis(a, c, f) for a, c, f in zip(audio, canonical, flags)]
     return Feedback(found, chosen, canonical, diagnoses)
 
 

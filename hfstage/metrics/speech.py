@@ -65,7 +65,9 @@ def speech_metrics(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.ndarr
     canonical phonemes, when the model has one: ``acoustic_logits`` are then the audio-only layer's), and with
     ``canonical`` (the canonical ids, padded like ``error_labels``) ``prompt_echo_per`` (the canonical phonemes
     returned unchanged), ``prompt_aware_per`` (the prompt-aware decoder at ``edit_penalty``, chosen here when not
-    given) and the MDD figures (``diagnosis_accuracy``, ``false_acceptance_rate``, ``false_rejection_rate``).
+    given), ``diagnosed_per`` (the canonical phonemes with the flagged ones as diagnosed; flagged at the best
+    threshold of this split when the recogniser is being chosen) and the MDD figures (``diagnosis_accuracy``,
+    ``false_acceptance_rate``, ``false_rejection_rate``).
     ``per`` is the PER of ``recognizer`` (metrics.recognition.RECOGNIZERS); without one, of the recogniser with
     the lowest PER here (what the end of a stage chooses on its eval split), or, without ``canonical``, of the
     model's own output layer."""
@@ -89,23 +91,27 @@ def speech_evaluation(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.nd
     prompts = None if canonical is None else [[int(t) for t in np.asarray(canonical[i])[: counts[i]]]
                                               for i in range(len(references))]
     flags = [error_flags(np.asarray(error_logits[i])[: counts[i]], threshold) for i in range(len(references))]
-    told = feedback(cut, acoustic, prompts, flags, recognizer, edit_penalty, references)
+    valid = error_labels >= 0
+    probs = error_probabilities(error_logits[valid])
+    truth = error_labels[valid].astype(np.int64)
+    best = best_threshold(probs, truth)
+    judged = None  # choosing the recogniser: `diagnosed` is judged with the flags at the threshold a stage will save
+    if recognizer is None and prompts is not None and best[0] != threshold:
+        judged = [error_flags(np.asarray(error_logits[i])[: counts[i]], best[0]) for i in range(len(references))]
+    told = feedback(cut, acoustic, prompts, flags, recognizer, edit_penalty, references, judged)
     rates = {name: phoneme_error_rate(seqs, references) for name, seqs in told.found.paths.items()}
     out = {PER_KEYS[name]: rate for name, rate in rates.items()}
     if prompts is not None:
         out["prompt_echo_per"] = phoneme_error_rate(prompts, references)
         out["edit_penalty"] = float(told.found.penalty)
     out["per"] = rates[told.chosen]
-    valid = error_labels >= 0
-    probs = error_probabilities(error_logits[valid])
     preds = error_flags(error_logits[valid], threshold).astype(np.int64)
-    truth = error_labels[valid].astype(np.int64)
     binary = classification_metrics(preds, truth, average="binary")
     weighted = classification_metrics(preds, truth, average="weighted")
     out.update({f"error_{k}": v for k, v in binary.items()})
     out["error_weighted_f1"] = weighted["f1"]
     out["error_ap"] = float(average_precision_score(truth, probs)) if truth.any() else 0.0
-    out["error_best_threshold"], out["error_best_f1"] = best_threshold(probs, truth)
+    out["error_best_threshold"], out["error_best_f1"] = best
     out["error_threshold"] = float(threshold)
     if prompts is not None:
         out.update(mdd_metrics(prompts, references, told.diagnoses,

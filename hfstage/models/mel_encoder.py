@@ -8,9 +8,10 @@ stage's processor, the collators and the pipeline are the same as for wav2vec2: 
 waveform (``input_values``) and its ``attention_mask``. ``hfstage export`` refuses it for now (exit 2, naming
 both exporters' reasons): ONNX's exporters do not take the complex STFT.
 
-SpecAugment (time and frequency masking) is applied to the features in training only, at the strengths the
-batch carries (``spec_augment``: the stage's ``augmentation: {time_mask: p, freq_mask: p}``, added by the
-training collator).
+SpecAugment (time and frequency masking) and VTLP (vocal tract length perturbation: the power spectrum's
+frequency axis warped by a random factor per clip, as a shorter or longer vocal tract moves the formants) are
+applied in training only, at the strengths the batch carries (``spec_augment``: the stage's ``augmentation:
+{time_mask: p, freq_mask: p, vtlp: w}``, added by the training collator).
 """
 
 from __future__ import annotations
@@ -137,13 +138,34 @@ class MelConformerEncoder(nn.Module):
             x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < frames[:, None])[:, None, :, None].to(x.dtype)
         return x
 
-    def log_mel(self, waves: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """(B, samples) -> (B, T, bins): log-mel, normalised per clip over its valid frames."""
+    @staticmethod
+    def vtlp(spec: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) power spectra with each clip's frequency axis warped by its factor (Jaitly & Hinton's VTLP): what
+        lay at frequency f moves to f * factor below a boundary (80% of the band, less for factors above 1), and
+        from there the rest of the band is stretched or squeezed linearly so the Nyquist frequency stays put."""
+        bins = spec.shape[1]
+        top = bins - 1
+        k = torch.arange(bins, device=spec.device, dtype=spec.dtype)[None, :]  # output bins
+        alpha = factors.to(spec.dtype)[:, None]
+        edge = 0.8 * top * torch.clamp(1 / alpha, max=1.0)  # output bin where the linear part ends
+        source = torch.where(k <= edge, k / alpha, edge / alpha + (k - edge) * (top - edge / alpha) / (top - edge))
+        source = source.clamp(0, top)
+        low = source.floor().long().clamp(max=top - 1)
+        weight = (source - low).unsqueeze(-1)  # (B, F, 1)
+        below = spec.gather(1, low.unsqueeze(-1).expand(-1, -1, spec.shape[2]))
+        above = spec.gather(1, (low + 1).unsqueeze(-1).expand(-1, -1, spec.shape[2]))
+        return below * (1 - weight) + above * weight
+
+    def log_mel(self, waves: torch.Tensor, frames: torch.Tensor, warp: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, samples) -> (B, T, bins): log-mel, normalised per clip over its valid frames; ``warp``: per-clip VTLP
+        factors (training)."""
         if waves.shape[1] < WINDOW:
             waves = nn.functional.pad(waves, (0, WINDOW - waves.shape[1]))
         spec = torch.stft(waves.float(), n_fft=WINDOW, hop_length=HOP, win_length=WINDOW,
                           window=self._constant("window", waves.device), center=False,
                           return_complex=True).abs().pow(2)  # (B, 201, T)
+        if warp is not None:
+            spec = self.vtlp(spec, warp)
         mel = torch.log(torch.einsum("bft,fm->btm", spec, self._constant("mel_bank", waves.device)) + 1e-6)
         valid = (torch.arange(mel.shape[1], device=mel.device)[None, :] < frames[:, None]).unsqueeze(-1).to(mel.dtype)
         if self.mel_floor is not None:
@@ -182,8 +204,13 @@ class MelConformerEncoder(nn.Module):
         frames = self.feature_lengths(samples)
         if attention_mask is not None:
             input_values = input_values * attention_mask.to(input_values.dtype)
-        feats = self.log_mel(input_values, frames)
-        if self.training and spec_augment is not None:
+        augment = self.training and spec_augment is not None
+        warp = None
+        if augment and len(spec_augment) > 2 and float(spec_augment[2]) > 0:  # VTLP: a factor in 1 +- w per clip
+            w = float(spec_augment[2])
+            warp = 1 + (torch.rand(input_values.shape[0], device=input_values.device) * 2 - 1) * w
+        feats = self.log_mel(input_values, frames, warp)
+        if augment:
             feats = self.spec_augment(feats, frames, spec_augment)
         x = self._subsample(feats, frames)  # (B, C, T/4, bins/4)
         b, c, t, f = x.shape

@@ -30,7 +30,8 @@ class SpeechAssessmentTask(Task):
     ``data.path`` holds ``metadata.jsonl``; ``train_file``/``eval_file``/``test_file`` name its ``split``
     values. The phoneme vocabulary comes from the training split and is saved, as a ``Wav2Vec2Processor``,
     next to every stage. Stage augmentation: ``noise`` (Gaussian noise, fraction of the clip's std), ``speed``
-    (speed perturbation) and SpecAugment masks (``time_mask``, ``freq_mask``; mel_conformer encoder).
+    (speed perturbation), SpecAugment masks (``time_mask``, ``freq_mask``) and ``vtlp`` (vocal tract length
+    perturbation); the last three warp or mask the mel_conformer encoder's features.
     """
 
     name = "speech_assessment"
@@ -169,11 +170,14 @@ class SpeechAssessmentTask(Task):
         return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[audio.PAD]}
 
     def check_stage_model(self, stage: StageConfig, model, where: str) -> None:
-        """SpecAugment masks act on the mel_conformer encoder's features (wav2vec2 has its own mask_time_prob)."""
-        masks = [k for k in ("time_mask", "freq_mask") if stage.augmentation.get(k)]
+        """SpecAugment masks and VTLP act on the mel_conformer encoder's features (wav2vec2 reads the raw waveform and
+        has its own mask_time_prob)."""
+        masks = [k for k in audio.FEATURE_AUGMENTATIONS if stage.augmentation.get(k)]
         if masks and model.config.encoder.get("type") != "mel_conformer":
-            raise ConfigError(f"{where}.augmentation.{masks[0]}: SpecAugment masks need model.encoder.type: "
-                              "mel_conformer (a wav2vec2 encoder masks with its own encoder.mask_time_prob)")
+            what = "VTLP warps" if masks[0] == "vtlp" else "SpecAugment masks"
+            raise ConfigError(f"{where}.augmentation.{masks[0]}: {what} the log-mel features of model.encoder.type: "
+                              "mel_conformer; a wav2vec2 encoder reads the raw waveform (it masks with its own "
+                              "encoder.mask_time_prob)")
 
     def check_stage(self, stage: StageConfig, where: str) -> None:
         if stage.loss["type"] != "ctc_mispronunciation":
@@ -184,8 +188,8 @@ class SpeechAssessmentTask(Task):
 
     def collator(self, stage: StageConfig | None, training: bool, model_config=None, **extra):
         aug = stage.augmentation if (training and stage is not None) else {}
-        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0),
-                                   aug.get("time_mask", 0.0), aug.get("freq_mask", 0.0), aug.get("speed", 0.0))
+        return audio.AudioCollator(self.processor.feature_extractor, aug.get("noise", 0.0), aug.get("time_mask", 0.0),
+                                   aug.get("freq_mask", 0.0), aug.get("speed", 0.0), aug.get("vtlp", 0.0))
 
     def decide(self, predictions):
         raise ConfigError("speech_assessment models predict phoneme sequences; evaluate them with their own metrics "
