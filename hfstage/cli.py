@@ -263,12 +263,15 @@ def _search(args) -> int:
 def _plan(args) -> int:
     from hfstage.config import load_config, read_yaml
     from hfstage.ensemble import is_stack_job, load_stack_job, plan_stack_job
+    from hfstage.errors import about_recipe
     from hfstage.plan import plan
 
     if is_stack_job(read_yaml(args.config)):
         print(plan_stack_job(load_stack_job(args.config, args.overrides)))
         return 0
-    print(plan(load_config(args.config, args.overrides)))
+    cfg = load_config(args.config, args.overrides)
+    with about_recipe(args.config):
+        print(plan(cfg))
     return 0
 
 

@@ -606,11 +606,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a recipe from YAML, apply ``key=value`` overrides, validate, and return the RunConfig."""
-    raw = read_yaml(path)
-    for text in overrides:
-        apply_override(raw, text)
-    return build_run_config(raw, str(path))
+    """Load a recipe from YAML, apply ``key=value`` overrides, validate, and return the RunConfig. Every error names
+    the file."""
+    from hfstage.errors import about_recipe
+
+    with about_recipe(path):
+        raw = read_yaml(path)
+        for text in overrides:
+            apply_override(raw, text)
+        return build_run_config(raw, str(path))
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:

@@ -27,7 +27,8 @@ from hfstage.checkpoint import RunLock
 from hfstage.config import RunConfig
 from hfstage.curves import draw_curves
 from hfstage.devices import ddp_timeout, distributed_state
-from hfstage.errors import CheckpointError, ConfigError, HfstageError, Interrupted, PeerLost, StageError, first_line
+from hfstage.errors import (CheckpointError, ConfigError, HfstageError, Interrupted, PeerLost, StageError, about_recipe,
+                            first_line)
 from hfstage.folds import fold_splits
 from hfstage.hub import HubPushCallback, require_token
 from hfstage.log import log_to_file, main_process_only, setup_console
@@ -49,13 +50,14 @@ def run(cfg: RunConfig, config_file: str | None = None, callbacks: Sequence[Stag
     main = state.is_main_process
     main_process_only(main)
     folder = RunDir(cfg.output_dir)
-    task = task or TASKS.get(cfg.task, "task")()
-    if splits is None:
-        splits = task.load_splits(cfg.data, model=cfg.model)
-    if cfg.fold is not None:
-        splits = fold_splits(splits, cfg)
-    set_seed(cfg.seed)
-    check_stages(cfg, task, build_model(cfg.model, **task.model_args(splits)))
+    with about_recipe(config_file):  # what is checked before anything is written names the recipe
+        task = task or TASKS.get(cfg.task, "task")()
+        if splits is None:
+            splits = task.load_splits(cfg.data, model=cfg.model)
+        if cfg.fold is not None:
+            splits = fold_splits(splits, cfg)
+        set_seed(cfg.seed)
+        check_stages(cfg, task, build_model(cfg.model, **task.model_args(splits)))
     saved = folder.check_resumable(cfg)
     records = folder.finished_on_disk(cfg)
     created_at = saved.created_at if saved else None

@@ -4,6 +4,9 @@ Every error names the file and the field it is about, so the CLI can print it as
 with code 2 before anything is written.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 def first_line(exc: BaseException) -> str:
     """An exception's message as one line (its first), or its type's name when it has none."""
@@ -53,3 +56,15 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal_name)
         self.signal_name = signal_name
         self.exit_code = exit_code
+
+
+@contextmanager
+def about_recipe(path) -> Iterator[None]:
+    """A ``ConfigError`` raised inside (a model or stage field checked against its constructor, a data setting)
+    names the recipe file it is about, as the errors of reading the file already do."""
+    try:
+        yield
+    except ConfigError as exc:
+        if path is None or str(exc).startswith(str(path)):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None

@@ -18,12 +18,14 @@ from hfstage.cli import main
     ("stages.1.mixed_precision=fp16", "fp16 needs a GPU"),
     ("stages.1.loss=hinge", "unknown loss 'hinge'"),
     ("task=pairs", "unknown task 'pairs' (did you mean 'pair_classification'?)"),
+    ("model.widht=3", "widht"),
 ])
 def test_plan_and_train_refuse_bad_stage_settings(recipe, tmp_path, capsys, override, message):
     path = recipe()
     for command in ("plan", "train"):
         assert main([command, "--config", str(path), override]) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and f"error: {path}: " in err  # the recipe file and the field, in one line
     assert not (tmp_path / "run").exists()
 
 
