@@ -71,6 +71,14 @@ def test_measured_slowness_stops_a_unit_that_no_longer_fits():
     assert chosen is None and "needs ~120 s, 60 s left" in why
 
 
+def test_the_stack_keeps_5_percent_of_the_budget_but_never_less_than_a_few_seconds():
+    from hfstage.automl.runner import reserve_s
+
+    assert reserve_s(600) == pytest.approx(30.0)  # 5% of 10 minutes
+    assert reserve_s(40) == pytest.approx(8.0)  # a stack of two bags took 6 s on a loaded CI: 5% (2 s) was short
+    assert reserve_s(15) == pytest.approx(3.75)  # at most a quarter of a tiny budget
+
+
 @pytest.mark.slow  # two runs of a 3-stage recipe
 def test_the_deadline_stops_a_run_after_its_current_stage_and_a_rerun_resumes_it(recipe, tmp_path):
     from hfstage.config import load_config
