@@ -90,14 +90,17 @@ def speech_evaluation(ctc_logits: np.ndarray, lengths: np.ndarray, labels: np.nd
                                                      for i in range(len(references))]
     prompts = None if canonical is None else [[int(t) for t in np.asarray(canonical[i])[: counts[i]]]
                                               for i in range(len(references))]
-    flags = [error_flags(np.asarray(error_logits[i])[: counts[i]], threshold) for i in range(len(references))]
+    def flags_at(t: float) -> list[np.ndarray]:  # per clip, one flag per canonical phoneme
+        return [error_flags(np.asarray(error_logits[i])[: counts[i]], t) for i in range(len(references))]
+
+    flags = flags_at(threshold)
     valid = error_labels >= 0
     probs = error_probabilities(error_logits[valid])
     truth = error_labels[valid].astype(np.int64)
     best = best_threshold(probs, truth)
     judged = None  # choosing the recogniser: `diagnosed` is judged with the flags at the threshold a stage will save
     if recognizer is None and prompts is not None and best[0] != threshold:
-        judged = [error_flags(np.asarray(error_logits[i])[: counts[i]], best[0]) for i in range(len(references))]
+        judged = flags_at(best[0])
     told = feedback(cut, acoustic, prompts, flags, recognizer, edit_penalty, references, judged)
     rates = {name: phoneme_error_rate(seqs, references) for name, seqs in told.found.paths.items()}
     out = {PER_KEYS[name]: rate for name, rate in rates.items()}
