@@ -79,6 +79,12 @@ def test_the_stack_keeps_5_percent_of_the_budget_but_never_less_than_a_few_secon
     assert reserve_s(15) == pytest.approx(3.75)  # at most a quarter of a tiny budget
 
 
+def test_a_tiny_estimate_is_recorded_positive():
+    from hfstage.automl.runner import estimate_seconds
+
+    assert estimate_seconds(0.0412) == 0.0412 and estimate_seconds(123.456) == 123.0  # a logreg bag took ~0.04 s
+
+
 @pytest.mark.slow  # two runs of a 3-stage recipe
 def test_the_deadline_stops_a_run_after_its_current_stage_and_a_rerun_resumes_it(recipe, tmp_path):
     from hfstage.config import load_config

@@ -76,6 +76,12 @@ def reserve_s(budget_s: float) -> float:
     return min(cap * budget_s, max(RESERVE * budget_s, floor))
 
 
+def estimate_seconds(seconds: float) -> float:
+    """An estimate as auto.json records it: three significant digits, so the estimate of a unit that takes a
+    fraction of a second (a bag of logistic regressions) stays positive instead of rounding to 0.0."""
+    return float(f"{seconds:.3g}")
+
+
 @dataclass
 class AutoResult:
     out: Path
@@ -206,7 +212,7 @@ class Auto:
             # the folds train in other processes (maybe machines): the deadline goes with each, on the wall clock
             deadline = DeadlineCallback(time.time() + self.train_deadline - self.clock(), time.time)
         estimate = self.cost.estimate(unit)
-        self.decide("train", unit.name, why, estimate_s=round(estimate, 1))
+        self.decide("train", unit.name, why, estimate_s=estimate_seconds(estimate))
         began = self.clock()
         stopped = None
         try:
@@ -224,7 +230,7 @@ class Auto:
         self.decide("stopped" if stopped else "finished", unit.name,
                     f"{unit.name}: {'stopped at the deadline (' + stopped + ')' if stopped else 'finished'} in "
                     f"{seconds / 60:.1f} min (est. {estimate / 60:.1f} min)"
-                    + ("" if usable else "; nothing kept to use"), estimate_s=round(estimate, 1),
+                    + ("" if usable else "; nothing kept to use"), estimate_s=estimate_seconds(estimate),
                     actual_s=round(seconds, 1), kind=unit.kind, recipe=candidate.name, overrides=extra)
         if usable:
             self._check_metric(model)
@@ -414,7 +420,7 @@ class Auto:
             return
         self.decide("search", name, f"searching {candidate.name}'s stage '{stage}' ({trials} trials, est. "
                     f"{trials * trial_s / 60:.1f} min, {left / 60:.0f} min left)",
-                    estimate_s=round(trials * trial_s, 1))
+                    estimate_s=estimate_seconds(trials * trial_s))
         began = self.clock()
         raw = self.raw(candidate, name)
         raw["search"] = block
