@@ -448,12 +448,14 @@ def last_complete_checkpoint(work: Path) -> str | None:
     return None
 
 
-def config_differences(saved: dict[str, Any], cfg: RunConfig, where: str, stages: int | None = None) -> list[str]:
+def config_differences(saved: dict[str, Any], cfg: RunConfig, where: str, stages: int | None = None,
+                       ignore: tuple[str, ...] = ()) -> list[str]:
     """How ``cfg`` differs from a saved config (``where`` names its file), over its first ``stages`` stages (all:
-    None), cosmetic fields aside; fields newer than the saved config read as their defaults."""
+    None), cosmetic fields and the top-level fields in ``ignore`` aside; fields newer than the saved config read as
+    their defaults."""
     stages = len(cfg.stages) if stages is None else stages
     new = json.loads(json.dumps(cfg.to_dict()))
-    return _diff(_comparable(_with_current_defaults(saved, where), stages), _comparable(new, stages))
+    return _diff(_comparable(_with_current_defaults(saved, where), stages, ignore), _comparable(new, stages, ignore))
 
 
 def _with_current_defaults(saved: dict[str, Any], where: str) -> dict[str, Any]:
@@ -471,8 +473,8 @@ def _with_current_defaults(saved: dict[str, Any], where: str) -> dict[str, Any]:
     return filled
 
 
-def _comparable(config: dict[str, Any], finished: int) -> dict[str, Any]:
-    out = {k: v for k, v in config.items() if k not in COSMETIC_FIELDS and k != "stages"}
+def _comparable(config: dict[str, Any], finished: int, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = {k: v for k, v in config.items() if k not in (*COSMETIC_FIELDS, *ignore, "stages")}
     out["stages"] = config.get("stages", [])[:finished]
     return out
 

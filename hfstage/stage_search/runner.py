@@ -24,7 +24,7 @@ from hfstage.checkpoint import atomic_write_text
 from hfstage.config import RunConfig, apply_override, build_run_config, read_yaml, stage_number
 from hfstage.errors import ConfigError, HfstageError
 from hfstage.executors.base import Unit, build_executor
-from hfstage.run_dir import COSMETIC_FIELDS, RUN_JSON, RunDir, _diff, stage_dirname
+from hfstage.run_dir import RUN_JSON, RunDir, _diff, config_differences, stage_dirname
 from hfstage.stage_search import outputs
 from hfstage.stage_search.settings import SearchSettings, parse_duration
 from hfstage.stage_search.space import Dist, parse_space, space_texts
@@ -180,18 +180,13 @@ def _base(recipe: Recipe, number: int, settings: SearchSettings, out: Path) -> t
         run(cfg, recipe.config_file)
         saved = RunDir(base).read()
     stages = saved.config["stages"][:number - 1]
-    differences = _run_differences(saved.config, recipe.cfg)
+    # its stages are the trials' stages whatever they were; the recipe's defaults only shape the stages after them
+    differences = config_differences(saved.config, recipe.cfg, str(RunDir(base).run_json), stages=0,
+                                     ignore=("defaults",))
     if differences:
         raise ConfigError(f"--from {base}: that run differs from the recipe beyond its stages ({'; '.join(differences[:5])}); "
                           "the trials would not train what the recipe says")
     return base, stages
-
-
-def _run_differences(saved: dict, cfg: RunConfig) -> list[str]:
-    def comparable(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in (*COSMETIC_FIELDS, "stages", "defaults")}
-
-    return _diff(comparable(json.loads(json.dumps(saved))), comparable(json.loads(json.dumps(cfg.to_dict()))))
 
 
 def search_project(cfg: RunConfig, number: int) -> str:
