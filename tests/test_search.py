@@ -340,9 +340,11 @@ def test_a_recipe_search_block_from_a_finished_run_through_a_later_stage(recipe,
 def test_no_trial_starts_after_the_timeout(recipe, tmp_path):
     import hfstage
 
-    path = recipe([TWO_STAGES[0], {"name": "finetune", "epochs": 8, "lr": 1e-3}])  # a trial outlasts a second
+    # a trial outlasts half a second on any machine (30 epochs of the tiny set: 2.0 s on an idle 2-core one; 8 took
+    # under 1 s there, so the first trial ended before a 1 s timeout and a second one started)
+    path = recipe([TWO_STAGES[0], {"name": "finetune", "epochs": 30, "lr": 1e-3}])
     result = hfstage.search(str(path), "finetune", space=["lr=loguniform(1e-4,1e-2)"], trials=5,
-                            timeout="1s", pruner="none", out=str(tmp_path / "search"))
+                            timeout="0.5s", pruner="none", out=str(tmp_path / "search"))
     assert [r.state for r in result.rows] == ["complete"]  # none starts after the first
 
 
