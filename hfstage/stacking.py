@@ -202,9 +202,11 @@ def make_meta_learner(kind: str, seed: int):
     if kind == "lightgbm":
         import lightgbm as lgb
 
+        from hfstage.models.estimator import lightgbm_threads
+
         return lgb.LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=20,
                                   subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=seed,
-                                  deterministic=True, force_row_wise=True, n_jobs=2, verbose=-1)
+                                  deterministic=True, force_row_wise=True, n_jobs=lightgbm_threads(), verbose=-1)
     if kind == "logreg":
         from sklearn.linear_model import LogisticRegression
 

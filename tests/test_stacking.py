@@ -292,3 +292,21 @@ def test_multiclass_stack_end_to_end_on_sequences(sequence_data, tmp_path, capsy
     lgbm = next(r for r in result["methods"] if r.get("chosen"))
     printed = capsys.readouterr().out
     assert f"accuracy {lgbm['test_accuracy']:.4f}" in printed
+
+
+def test_lightgbm_never_spins_more_threads_than_the_process_has():
+    """Two processes that each ran LightGBM on 2 OpenMP threads on a 2-core machine took 39 s for a fit that takes
+    0.1 s alone (the CI's two test workers): LightGBM takes torch's thread count, at most 2."""
+    import torch
+
+    from hfstage.models.estimator import lightgbm_threads
+    from hfstage.stacking import make_meta_learner
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert lightgbm_threads() == 1 and make_meta_learner("lightgbm", 0).n_jobs == 1
+        torch.set_num_threads(4)
+        assert lightgbm_threads() == 2 and make_meta_learner("lightgbm", 0).n_jobs == 2
+    finally:
+        torch.set_num_threads(before)
