@@ -187,8 +187,9 @@ class PronunciationAssessmentPipeline(_StagePipeline):
     def postprocess(self, model_outputs):
         """``recognized``: what the recogniser chosen on the eval split heard; per canonical phoneme its
         mispronunciation ``score`` and flag, and for a flagged one the ``diagnosis``: ``substitution`` with the
-        phoneme ``heard``, or ``deletion`` (what the audio-only layer most likely heard instead); and the
-        ``insertions`` in the sequence heard (``after``: how many canonical phonemes come before it)."""
+        phoneme ``heard``, or ``deletion`` (what the audio-only layer most likely heard instead); a phoneme outside
+        the model's vocabulary (never heard in training) is not judged: ``assessed: False``, no score, never flagged;
+        and the ``insertions`` in the sequence heard (``after``: how many canonical phonemes come before it)."""
         from hfstage.metrics.recognition import feedback
         from hfstage.metrics.speech import error_flags, error_probabilities
         from hfstage.tasks.speech import decisions
@@ -205,7 +206,11 @@ class PronunciationAssessmentPipeline(_StagePipeline):
                         [model_outputs["canonical_ids"][0, : len(canonical)].tolist()], [flags], recognizer, penalty)
         heard, diagnosis = told.heard[0], told.diagnosis(0)
         phonemes = []
-        for p, f, q, (op, said) in zip(canonical, flags, probs, diagnosis.phonemes):
+        ids = model_outputs["canonical_ids"][0].tolist()
+        for p, i, f, q, (op, said) in zip(canonical, ids, flags, probs, diagnosis.phonemes):
+            if i == self.model.config.unk_token_id:  # never heard in training: the model cannot judge it
+                phonemes.append({"phoneme": p, "mispronounced": False, "score": None, "assessed": False})
+                continue
             row = {"phoneme": p, "mispronounced": bool(f), "score": float(q)}
             if f:
                 row["diagnosis"] = "substitution" if op == "sub" else "deletion"

@@ -261,10 +261,12 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
         assert " ".join(result["recognized"]) == row["predicted"]
         assert [p["phoneme"] for p in result["phonemes"]] == row["canonical"].split()
         assert " ".join(str(int(p["mispronounced"])) for p in result["phonemes"]) == row["predicted_labels"]
-        assert all(0 <= p["score"] <= 1 for p in result["phonemes"])
+        assert all(0 <= p["score"] <= 1 for p in result["phonemes"] if p.get("assessed", True))
         # each flagged phoneme says what was heard instead, as evaluate's diagnosis column does
         for p, diagnosed in zip(result["phonemes"], row["diagnosis"].split()):
-            assert ("diagnosis" in p) == p["mispronounced"] and (diagnosed != "ok") == p["mispronounced"]
+            assert (diagnosed == "unassessed") == (p.get("assessed") is False)
+            assert ("diagnosis" in p) == p["mispronounced"]
+            assert (diagnosed not in ("ok", "unassessed")) == p["mispronounced"]
             if p["mispronounced"]:
                 said = names[p["diagnosis"]] + (f":{p['heard']}" if p["diagnosis"] == "substitution" else "")
                 assert said == diagnosed
@@ -272,6 +274,16 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     wave, rate = soundfile.read(l2_data / clips[predicted[0]["id"]]["path"], dtype="float32")
     as_array = assess({"audio": {"array": wave, "sampling_rate": rate}, "canonical": predicted[0]["canonical"].split()})
     assert as_array == results[0]
+    # a phoneme the model never heard in training is not judged: no score, never flagged, said so
+    odd = assess({"audio": {"array": wave, "sampling_rate": rate},
+                  "canonical": ["zz#", *predicted[0]["canonical"].split()]})
+    assert odd["phonemes"][0] == {"phoneme": "zz#", "mispronounced": False, "score": None, "assessed": False}
+    # evaluate too: the test accent's dental t[ is never said in training, so it is not judged
+    assert main(["evaluate", str(out / best), "--split", "test", "--save-predictions"]) == 0
+    tested = list(csv.DictReader((out / best / "eval" / "test_predictions.csv").open()))
+    unheard = [(r, r["canonical"].split().index("t[")) for r in tested if "t[" in r["canonical"].split()]
+    assert unheard and all(r["diagnosis"].split()[i] == "unassessed" and r["predicted_labels"].split()[i] == "0"
+                           for r, i in unheard)
     from hfstage.export import export_stage  # wav2vec2 encoder + heads, dynamic samples and phonemes
 
     exported = export_stage(out / best, "onnx", tmp_path / "onnx")
@@ -474,6 +486,31 @@ def test_aligned_head_shapes_masking_and_reload(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(input_values=waves, attention_mask=mask, canonical_ids=canonical,
                                          canonical_mask=canonical.ne(0)).error_logits, out.error_logits)
+
+
+def test_a_phoneme_never_heard_in_training_is_aligned_as_any_and_never_flagged():
+    from hfstage.models.alignment import aligned_segments
+    from hfstage.models.speech import UNASSESSED_LOGIT
+
+    model = build_model({"type": "speech", "head": "aligned", "encoder": {"hidden_size": 32, "intermediate_size": 64}},
+                        vocab_size=6).eval()
+    unk = model.config.unk_token_id
+    assert unk == 1
+    # frames: a a c c b b, canonical a <unk> b (the speaker said c, a phoneme the canonical sequence does not hold)
+    lp = torch.full((6, 6), 0.02)
+    lp[torch.arange(6), torch.tensor([2, 2, 4, 4, 3, 3])] = 0.9
+    lp = lp.log()[None]
+    args = (torch.tensor([6]), torch.tensor([[2, unk, 3]]), torch.tensor([3]))
+    assert aligned_segments(model._unknown_as_any(lp), *args)[0].tolist() == [0, 0, 1, 1, 2, 2]
+    assert aligned_segments(lp, *args)[0].tolist() != [0, 0, 1, 1, 2, 2]  # <unk>'s own column: it gets one frame
+    # in the model: the unknown phoneme's error logit says "not mispronounced" whatever the audio; the others are
+    # judged from the audio as before
+    waves = torch.randn(1, 8000)
+    with torch.no_grad():
+        out = model(input_values=waves, canonical_ids=torch.tensor([[2, unk, 3]]))
+        known = model(input_values=waves, canonical_ids=torch.tensor([[2, 4, 3]]))
+    assert out.error_logits[0, 1] == UNASSESSED_LOGIT and known.error_logits[0, 1] != UNASSESSED_LOGIT
+    assert torch.isfinite(out.error_logits).all() and (out.error_logits[0, [0, 2]] > UNASSESSED_LOGIT).all()
 
 
 MEL = {"type": "mel_conformer", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "ff_size": 64, "num_mel_bins": 40}

@@ -63,7 +63,8 @@ class SpeechAssessmentConfig(PretrainedConfig):
 
     def __init__(self, vocab_size: int = 40, head: str = "simple", encoder: dict | None = None,
                  encoder_path: str | None = None, head_dim: int = 64, head_layers: int = 2, head_heads: int = 2,
-                 dropout: float = 0.1, ctc_context: str = "none", pad_token_id: int = 0, **kwargs):
+                 dropout: float = 0.1, ctc_context: str = "none", pad_token_id: int = 0, unk_token_id: int | None = 1,
+                 **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         if ctc_context not in CTC_CONTEXTS:
             raise ValueError(f"ctc_context must be one of {', '.join(CTC_CONTEXTS)}, got {ctc_context!r}")
@@ -92,12 +93,18 @@ class SpeechAssessmentConfig(PretrainedConfig):
             self.encoder = {**TINY_ENCODER, **encoder}
         self.encoder_path = encoder_path
         self.ctc_context = ctc_context
+        # a canonical phoneme outside the vocabulary (never heard in training) is aligned as any phoneme and never
+        # flagged: the model has no evidence about it
+        self.unk_token_id = unk_token_id
         self.head_dim, self.head_layers, self.head_heads, self.dropout = head_dim, head_layers, head_heads, dropout
 
     @property
     def pretrained(self) -> bool:
         """build_model loads the encoder from ``encoder_path`` (load_pretrained_backbone) when one is set."""
         return self.encoder_path is not None
+
+
+UNASSESSED_LOGIT = -30.0  # the error logit of a canonical phoneme outside the vocabulary: p ~ 1e-13, never flagged
 
 
 @dataclass
@@ -213,15 +220,31 @@ class SpeechAssessmentModel(PreTrainedModel):
             context = self._segments(audio, lengths, canonical_mask)
         elif head == "aligned":
             log_probs = logits.detach().float().log_softmax(-1)
-            segments = aligned_segments(log_probs, lengths, canonical_ids, canonical_mask.sum(1).long(),
-                                        blank=self.config.pad_token_id)
+            segments = aligned_segments(self._unknown_as_any(log_probs), lengths, canonical_ids,
+                                        canonical_mask.sum(1).long(), blank=self.config.pad_token_id)
             gop = gop_features(log_probs, segments, canonical_ids, blank=self.config.pad_token_id)
             context = segment_mean(audio, segments, canonical_ids.shape[1]) + self.gop_proj(gop.to(audio.dtype))
         else:
             context = pooled.unsqueeze(1).expand_as(phon)
             if head == "transformer":
                 phon = self.phoneme_encoder(phon + context, src_key_padding_mask=~canonical_mask.bool())
-        return self.error_head(torch.cat([phon, context], dim=-1)).squeeze(-1)
+        errors = self.error_head(torch.cat([phon, context], dim=-1)).squeeze(-1)
+        if self.config.unk_token_id is None:
+            return errors
+        return errors.masked_fill(canonical_ids.eq(self.config.unk_token_id), UNASSESSED_LOGIT)
+
+    def _unknown_as_any(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """The CTC log-posteriors with the unknown phoneme's column replaced by the best phoneme's (not blank) in each
+        frame less one nat, so a canonical phoneme the model never heard takes the frames that sound like none of its
+        neighbours (a garbage phoneme of forced alignment) and leaves its neighbours theirs."""
+        unk, blank = self.config.unk_token_id, self.config.pad_token_id
+        if unk is None:
+            return log_probs
+        others = log_probs.clone()
+        others[..., [blank, unk]] = float("-inf")
+        log_probs = log_probs.clone()
+        log_probs[..., unk] = others.max(-1).values - 1.0
+        return log_probs
 
     @staticmethod
     def _segments(audio: torch.Tensor, lengths: torch.Tensor, canonical_mask: torch.Tensor) -> torch.Tensor:

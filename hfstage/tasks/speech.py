@@ -154,8 +154,10 @@ class SpeechAssessmentTask(Task):
         metrics.update(scores)
         tokens = self.processor.tokenizer.convert_ids_to_tokens
         rows = []
-        for i, (clip_id, c, (_, errs, *_)) in enumerate(zip(dataset.ids, dataset.clips, clips)):
+        for i, (clip_id, c, (_, errs, *_, ids)) in enumerate(zip(dataset.ids, dataset.clips, clips)):
             what, inserted = diagnosis_text(told.diagnosis(i), lambda p: tokens(int(p)))
+            what = " ".join("unassessed" if ids[j] == model.config.unk_token_id else said  # never heard in training
+                            for j, said in enumerate(what.split()))
             rows.append({"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
                          "predicted": " ".join(tokens(told.heard[i])), "labels": " ".join(str(v) for v in c.labels),
                          "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold)),
@@ -167,7 +169,8 @@ class SpeechAssessmentTask(Task):
         self.processor.save_pretrained(folder)
 
     def model_args(self, splits: Splits) -> dict[str, Any]:
-        return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[audio.PAD]}
+        return {"vocab_size": len(self.vocab), "pad_token_id": self.vocab[audio.PAD],
+                "unk_token_id": self.vocab[audio.UNK]}
 
     def check_stage_model(self, stage: StageConfig, model, where: str) -> None:
         """SpecAugment masks and VTLP act on the mel_conformer encoder's features (wav2vec2 reads the raw waveform and
