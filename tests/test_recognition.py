@@ -194,3 +194,18 @@ def test_a_flagged_phoneme_is_diagnosed_from_the_audio_even_when_the_prompt_is_r
     d = diagnosis_of(spelled([9, 2, 7, 4]), canonical, [0, 1, 0], [9, 2, 3, 4])
     assert d.phonemes == [("ok", None), ("sub", 7), ("ok", None)] and d.insertions == [(0, 9)]
     assert diagnosis_text(d, lambda p: "ph%d" % p) == ("ok sub:ph7 ok", "0:ph9")
+
+
+def test_a_canonical_phoneme_never_heard_in_training_is_scored_as_what_was_said_there():
+    from hfstage.models.alignment import GARBAGE_MARGIN
+
+    # classes: 0 blank, 1 <unk> (never trained: its column is far below the rest), 2 a, 3 b, 4 c; frames a a c c b b
+    logits = np.full((6, 5), -5.0)
+    logits[:, 1] = -30.0
+    for t, c in enumerate([2, 2, 4, 4, 3, 3]):
+        logits[t, c] = 5.0
+    (kept, kept_score), (edited, edited_score), *_ = best_by_edits(logits, [2, 1, 3])
+    assert kept == [2, 1, 3] and edited == [2, 4, 3]
+    # kept, the unknown phoneme costs at most GARBAGE_MARGIN per frame it takes against the best phoneme there, not
+    # the untrained column's ~35 nats per frame: an edit penalty of a few nats keeps the prompt
+    assert 0 < edited_score - kept_score <= 2 * GARBAGE_MARGIN + 1e-9

@@ -105,10 +105,21 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def scoring_log_probs(logits: np.ndarray) -> np.ndarray:
+    """The log-posteriors sequences of canonical phonemes are scored with: <unk> (id 1, a canonical phoneme never
+    heard in training) as a garbage phoneme (models.alignment.unknown_as_garbage)."""
+    import torch
+
+    from hfstage.models.alignment import unknown_as_garbage
+
+    lp = log_softmax(logits)
+    return unknown_as_garbage(torch.from_numpy(lp), FIRST_PHONEME - 1).numpy() if lp.shape[-1] > 1 else lp
+
+
 def best_by_edits(logits: np.ndarray, canonical: list[int]) -> list[tuple[list[int], float]]:
     """For 0, 1 and 2 edits of ``canonical``: the most likely sequence and its CTC log-likelihood (``-inf`` when the
     clip has too few frames for it)."""
-    log_probs = log_softmax(logits)
+    log_probs = scoring_log_probs(logits)
     vocab = log_probs.shape[-1]
     singles = single_edits(canonical, vocab)
     sequences = [list(canonical)] + [apply_edits(canonical, [e]) for e in singles]
@@ -242,7 +253,7 @@ def flagged_diagnosis(logits: np.ndarray, canonical: list[int], flags) -> list[t
     flagged = [i for i, f in enumerate(list(flags)[: len(canonical)]) if f]
     if not flagged:
         return out
-    log_probs = log_softmax(logits)
+    log_probs = scoring_log_probs(logits)
     edits = [(i, "del", -1) for i in flagged]
     edits += [(i, "sub", p) for i in flagged for p in range(FIRST_PHONEME, log_probs.shape[-1]) if p != canonical[i]]
     scores = ctc_log_likelihoods(log_probs, [apply_edits(canonical, [e]) for e in edits])

@@ -84,6 +84,23 @@ def aligned_segments(log_probs: torch.Tensor, lengths: torch.Tensor, targets: to
     return torch.where(ok[:, None], aligned, even)
 
 
+GARBAGE_MARGIN = 1.0  # nats below each frame's best phoneme: what an unknown phoneme's column scores
+
+
+def unknown_as_garbage(log_probs: torch.Tensor, unk: int | None, blank: int = 0) -> torch.Tensor:
+    """CTC log-posteriors (..., classes) with the unknown phoneme's column (never trained: no training phoneme is
+    unknown) replaced by each frame's best phoneme's (not blank) less GARBAGE_MARGIN: a garbage phoneme, so a
+    canonical phoneme the model never heard takes the frames that sound like none of its neighbours (alignment) and
+    a sequence that keeps it is scored by what was said there (the prompt-aware decoder, the diagnosis)."""
+    if unk is None:
+        return log_probs
+    others = log_probs.clone()
+    others[..., [blank, unk]] = NEG_INF
+    out = log_probs.clone()
+    out[..., unk] = others.max(-1).values - GARBAGE_MARGIN
+    return out
+
+
 def segment_mean(values: torch.Tensor, segments: torch.Tensor, width: int) -> torch.Tensor:
     """Mean of ``values`` (B, T, D) over each phoneme's frames (``segments`` (B, T), ``width`` = padding bin)."""
     one_hot = torch.nn.functional.one_hot(segments, width + 1)[..., :width].to(values.dtype)  # (B, T, P)

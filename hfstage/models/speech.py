@@ -43,7 +43,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from hfstage.errors import ConfigError
-from hfstage.models.alignment import aligned_segments, gop_features, segment_mean
+from hfstage.models.alignment import aligned_segments, gop_features, segment_mean, unknown_as_garbage
 from hfstage.models.base import MODELS
 from hfstage.models.mel_encoder import MEL_DEFAULTS, MelConformerEncoder, mel_floor_nats
 from hfstage.models.sequence import sinusoidal_positions
@@ -234,17 +234,7 @@ class SpeechAssessmentModel(PreTrainedModel):
         return errors.masked_fill(canonical_ids.eq(self.config.unk_token_id), UNASSESSED_LOGIT)
 
     def _unknown_as_any(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """The CTC log-posteriors with the unknown phoneme's column replaced by the best phoneme's (not blank) in each
-        frame less one nat, so a canonical phoneme the model never heard takes the frames that sound like none of its
-        neighbours (a garbage phoneme of forced alignment) and leaves its neighbours theirs."""
-        unk, blank = self.config.unk_token_id, self.config.pad_token_id
-        if unk is None:
-            return log_probs
-        others = log_probs.clone()
-        others[..., [blank, unk]] = float("-inf")
-        log_probs = log_probs.clone()
-        log_probs[..., unk] = others.max(-1).values - 1.0
-        return log_probs
+        return unknown_as_garbage(log_probs, self.config.unk_token_id, self.config.pad_token_id)
 
     @staticmethod
     def _segments(audio: torch.Tensor, lengths: torch.Tensor, canonical_mask: torch.Tensor) -> torch.Tensor:
