@@ -192,7 +192,7 @@ class PronunciationAssessmentPipeline(_StagePipeline):
         and the ``insertions`` in the sequence heard (``after``: how many canonical phonemes come before it)."""
         from hfstage.metrics.recognition import feedback
         from hfstage.metrics.speech import error_flags, error_probabilities
-        from hfstage.tasks.speech import decisions
+        from hfstage.tasks.speech import decisions, heard_names
 
         tokens = self.speech_processor.tokenizer.convert_ids_to_tokens
         length = int(model_outputs["output_lengths"][0])
@@ -216,7 +216,8 @@ class PronunciationAssessmentPipeline(_StagePipeline):
                 row["diagnosis"] = "substitution" if op == "sub" else "deletion"
                 row["heard"] = tokens(int(said)) if op == "sub" else None
             phonemes.append(row)
-        return {"recognized": tokens(heard), "phonemes": phonemes,
+        named = heard_names(tokens(heard), canonical, ids, self.model.config.unk_token_id)
+        return {"recognized": named, "phonemes": phonemes,
                 "insertions": [{"after": pos, "phoneme": tokens(int(p))} for pos, p in diagnosis.insertions]}
 
 

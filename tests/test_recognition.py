@@ -209,3 +209,14 @@ def test_a_canonical_phoneme_never_heard_in_training_is_scored_as_what_was_said_
     # kept, the unknown phoneme costs at most GARBAGE_MARGIN per frame it takes against the best phoneme there, not
     # the untrained column's ~35 nats per frame: an edit penalty of a few nats keeps the prompt
     assert 0 < edited_score - kept_score <= 2 * GARBAGE_MARGIN + 1e-9
+
+
+def test_you_said_names_a_phoneme_never_heard_in_training_as_the_prompt_did():
+    from hfstage.tasks.speech import heard_names
+
+    # canonical k a t[ (t[ unknown to the model, id 1); the recogniser kept the prompt's <unk>
+    assert heard_names(["k", "E", "<unk>"], ["k", "a", "t["], [5, 6, 1], 1) == ["k", "E", "t["]
+    assert heard_names(["<unk>", "i:", "<unk>"], ["T[", "i:", "t["], [1, 7, 1], 1) == ["T[", "i:", "t["]
+    # the counts differ (a recogniser dropped it): nothing to line up, nothing renamed
+    assert heard_names(["k", "E"], ["k", "a", "t["], [5, 6, 1], 1) == ["k", "E"]
+    assert heard_names(["k", "<unk>", "<unk>"], ["k", "a", "t["], [5, 6, 1], 1) == ["k", "<unk>", "<unk>"]

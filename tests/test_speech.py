@@ -278,12 +278,15 @@ def test_speech_recipe_quick_test_saves_processor_with_every_stage(l2_data, tmp_
     odd = assess({"audio": {"array": wave, "sampling_rate": rate},
                   "canonical": ["zz#", *predicted[0]["canonical"].split()]})
     assert odd["phonemes"][0] == {"phoneme": "zz#", "mispronounced": False, "score": None, "assessed": False}
+    assert "<unk>" not in odd["recognized"]
     # evaluate too: the test accent's dental t[ is never said in training, so it is not judged
     assert main(["evaluate", str(out / best), "--split", "test", "--save-predictions"]) == 0
     tested = list(csv.DictReader((out / best / "eval" / "test_predictions.csv").open()))
     unheard = [(r, r["canonical"].split().index("t[")) for r in tested if "t[" in r["canonical"].split()]
     assert unheard and all(r["diagnosis"].split()[i] == "unassessed" and r["predicted_labels"].split()[i] == "0"
                            for r, i in unheard)
+    # and "you said" names it (the prompt's own phoneme where the recogniser kept it), never <unk>
+    assert not any("<unk>" in r["predicted"].split() for r in tested)
     from hfstage.export import export_stage  # wav2vec2 encoder + heads, dynamic samples and phonemes
 
     exported = export_stage(out / best, "onnx", tmp_path / "onnx")

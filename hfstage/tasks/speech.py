@@ -23,6 +23,17 @@ def decisions(config) -> tuple[float, str | None, float | None]:
             getattr(config, "edit_penalty", None))
 
 
+def heard_names(heard: list[str], canonical: list[str], canonical_ids, unk_id: int | None) -> list[str]:
+    """The recognised phonemes with each ``<unk>`` named: the k-th one is the k-th canonical phoneme the model never
+    heard in training (only a kept prompt phoneme is ``<unk>``: no recogniser proposes it), so "you said" shows what
+    the learner was asked for there; left as ``<unk>`` when the counts differ."""
+    unknown = [c for c, i in zip(canonical, canonical_ids) if int(i) == unk_id]
+    if sum(h == audio.UNK for h in heard) != len(unknown):
+        return list(heard)
+    names = iter(unknown)
+    return [next(names) if h == audio.UNK else h for h in heard]
+
+
 @TASKS.register("speech_assessment")
 class SpeechAssessmentTask(Task):
     """Clips + canonical phonemes -> CTC phonemes and per-phoneme mispronunciation.
@@ -158,8 +169,9 @@ class SpeechAssessmentTask(Task):
             what, inserted = diagnosis_text(told.diagnosis(i), lambda p: tokens(int(p)))
             what = " ".join("unassessed" if ids[j] == model.config.unk_token_id else said  # never heard in training
                             for j, said in enumerate(what.split()))
+            heard = heard_names(tokens(told.heard[i]), c.canonical, ids, model.config.unk_token_id)
             rows.append({"id": clip_id, "canonical": " ".join(c.canonical), "spoken": " ".join(c.spoken),
-                         "predicted": " ".join(tokens(told.heard[i])), "labels": " ".join(str(v) for v in c.labels),
+                         "predicted": " ".join(heard), "labels": " ".join(str(v) for v in c.labels),
                          "predicted_labels": " ".join(str(int(v)) for v in error_flags(errs, threshold)),
                          "diagnosis": what, "insertions": inserted})
         return metrics, rows
