@@ -201,12 +201,12 @@ class PronunciationAssessmentPipeline(_StagePipeline):
         threshold, recognizer, penalty = decisions(self.model.config)  # chosen on the eval split in training
         logits = model_outputs["error_logits"][0, : len(canonical)].float().cpu().numpy()
         flags, probs = error_flags(logits, threshold), error_probabilities(logits)
+        ids = model_outputs["canonical_ids"][0, : len(canonical)].tolist()
         told = feedback([model_outputs["logits"][0, :length].float().cpu().numpy()],
                         None if acoustic is None else [acoustic[0, :length].float().cpu().numpy()],
-                        [model_outputs["canonical_ids"][0, : len(canonical)].tolist()], [flags], recognizer, penalty)
+                        [ids], [flags], recognizer, penalty)
         heard, diagnosis = told.heard[0], told.diagnosis(0)
         phonemes = []
-        ids = model_outputs["canonical_ids"][0].tolist()
         for p, i, f, q, (op, said) in zip(canonical, ids, flags, probs, diagnosis.phonemes):
             if i == self.model.config.unk_token_id:  # never heard in training: the model cannot judge it
                 phonemes.append({"phoneme": p, "mispronounced": False, "score": None, "assessed": False})
