@@ -66,12 +66,17 @@ def plain_recogniser(data: Path, name: str) -> float:
     return float(re.search(r"^test: PER ([0-9.]+)", proc.stdout, re.M).group(1))
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds 42,1,2``: argparse reports anything else as a bad value of --seeds (exit code 2)."""
+    return [int(s) for s in text.split(",")]
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="the recipe's seeds, comma-separated")
+    parser.add_argument("--seeds", type=seed_list, default=list(SEEDS), help="the recipe's seeds, comma-separated")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
+    seeds = args.seeds[: 1 if args.quick else None]
     from hfstage.data.prepare import prepare_espeak_l2
 
     rows = {}

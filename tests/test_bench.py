@@ -40,3 +40,10 @@ def test_benchmark_quick_mode_prints_its_headline(script, headline, low, high):
     name, value = proc.stdout.strip().splitlines()[-1].split(": ")
     assert name == headline
     assert low < float(value) if high == float("inf") else low <= float(value) <= high
+
+
+def test_speech_feedback_refuses_a_bad_seed_list_before_it_trains():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "speech_feedback.py"), "--seeds", "42,x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "argument --seeds: invalid seed_list value: '42,x'" in proc.stderr
+    assert "Traceback" not in proc.stderr
